@@ -1,0 +1,1 @@
+"""Data curation library: catalog, ingest, captions, perplexity/dedup, mixtures, shards, preference pairs."""

@@ -1,0 +1,1 @@
+"""Prefect flows and deployments composing the library; the `mavors` CLI."""

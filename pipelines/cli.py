@@ -1,0 +1,74 @@
+"""The ``mavors`` command line.
+
+    mavors --help
+    mavors demo                      # demo data + tiny models + the end-to-end flow
+    mavors ingest manifests/sources/demo/*.yaml
+    mavors catalog stats
+
+Each area registers its commands from ``pipelines/commands/<area>.py`` (a
+``register(app)`` function). Heavy libraries are imported inside commands so
+``mavors --help`` stays fast. Errors print as one line unless ``--debug``.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+# Areas, in the order their commands appear in --help.
+COMMAND_MODULES = [
+    "pipelines.commands.data",
+]
+
+console = Console(stderr=True)
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Mavors: curate video/image training data and train Mavors stage by stage.")
+
+
+@app.callback()
+def _global(
+    ctx: typer.Context,
+    config: Optional[Path] = typer.Option(None, "--config", envvar="MAVORS_CONFIG",
+                                          help="Settings YAML (work dir, catalog, Ray address)."),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks."),
+) -> None:
+    if config is not None:
+        os.environ["MAVORS_CONFIG"] = str(config)
+    if debug:
+        os.environ["MAVORS_DEBUG"] = "1"
+
+
+for _name in COMMAND_MODULES:
+    importlib.import_module(_name).register(app)
+
+
+def main() -> None:
+    """Entry point: run the app; turn errors into one readable line unless --debug."""
+    try:
+        app(standalone_mode=False)
+    except SystemExit as e:
+        raise
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except (KeyboardInterrupt, typer.Abort):
+        console.print("[red]aborted[/red]")
+        sys.exit(130)
+    except Exception as e:  # noqa: BLE001 - the CLI boundary: one line, not a traceback
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if os.environ.get("MAVORS_DEBUG") == "1":
+            raise
+        console.print(f"[red]error:[/red] {type(e).__name__}: {e}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

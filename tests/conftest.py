@@ -1,0 +1,51 @@
+"""Shared fixtures. Everything offline; heavy things (tiny models, Ray) built once per session."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Offline and quiet, before any library reads its environment.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "torch_extensions"))
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """Tiny random checkpoints (tokenizer, siglip, qwen2, qwen2vl, ...), written once per session."""
+    from model.tiny import make_tiny
+
+    return make_tiny(tmp_path_factory.mktemp("tiny-models"))
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A local Ray instance for the whole session (starting one costs ~5 s)."""
+    import ray
+
+    from curation.ray_runtime import ensure_ray
+    from curation.settings import RaySettings
+
+    ensure_ray(RaySettings(num_cpus=2, object_store_mb=256))
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def catalog(tmp_path):
+    """A fresh, migrated catalog file."""
+    from curation.catalog import Catalog
+
+    with Catalog(tmp_path / "catalog.duckdb") as cat:
+        yield cat
