@@ -116,7 +116,7 @@ def qwen2vl_config(vocab_size: int, ids: dict[str, int]):
         rope_scaling={"type": "mrope", "mrope_section": [4, 6, 6]},  # sums to head_dim / 2 = 16
         tie_word_embeddings=True,
     )
-    vision = dict(depth=2, embed_dim=64, hidden_size=128, num_heads=2, mlp_ratio=2.0, patch_size=14,
+    vision = dict(depth=2, embed_dim=64, hidden_size=128, num_heads=2, mlp_ratio=2, patch_size=14,
                   spatial_merge_size=2, temporal_patch_size=2, in_channels=3)
     return Qwen2VLConfig(
         text_config=text, vision_config=vision,
