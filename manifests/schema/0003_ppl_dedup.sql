@@ -1,0 +1,63 @@
+-- Perplexity scores and PPL-based deduplication (paper Appendix A), written by curation/perplexity.py,
+-- curation/phash.py and curation/dedup.py.
+
+-- One score per (sample, scorer, template version, text scope). A rerun with the same key skips the sample.
+CREATE TABLE ppl_scores (
+    sample_id        TEXT NOT NULL,
+    scorer           TEXT NOT NULL,        -- scorer name from the scorer config (e.g. qwen2vl-72b)
+    template_version TEXT NOT NULL,        -- version of the LLaVA -> chat conversion (curation/perplexity.py)
+    text_scope       TEXT NOT NULL,        -- answer (assistant turns only) | all (every turn's text)
+    ppl              DOUBLE NOT NULL CHECK (isfinite(ppl) AND ppl >= 1.0),
+    mean_nll         DOUBLE NOT NULL CHECK (isfinite(mean_nll) AND mean_nll >= 0.0),
+    n_tokens         INTEGER NOT NULL CHECK (n_tokens > 0),   -- tokens the mean is over
+    backend          TEXT NOT NULL,        -- transformers | vllm
+    model_path       TEXT NOT NULL,
+    run_id           TEXT,
+    created_at       TIMESTAMP DEFAULT current_timestamp,
+    PRIMARY KEY (sample_id, scorer, template_version, text_scope)
+);
+
+-- Perceptual hashes of media (optional near-duplicate grouping). Images: one 64-bit DCT hash;
+-- videos: one per sampled frame, in time order.
+CREATE TABLE media_phash (
+    media_hash  TEXT PRIMARY KEY,
+    kind        TEXT NOT NULL,             -- image | video
+    frame_hashes UBIGINT[] NOT NULL,
+    method      TEXT NOT NULL,             -- e.g. dct64-f5 (hash, frames sampled)
+    created_at  TIMESTAMP DEFAULT current_timestamp
+);
+
+-- Near-duplicate clusters: each media maps to the smallest media_hash of its cluster (itself if alone).
+-- Rebuilt as a whole by `mavors dedup phash`, keyed by the threshold it was built with.
+CREATE TABLE media_clusters (
+    media_hash   TEXT NOT NULL,
+    max_distance INTEGER NOT NULL,         -- Hamming threshold per frame hash used to link media
+    cluster_key  TEXT NOT NULL,
+    PRIMARY KEY (media_hash, max_distance)
+);
+
+-- The group each sample falls in for a policy run: identical media (ordered tuple of media hashes)
+-- or near-identical media (ordered tuple of cluster keys).
+-- One row per (policy, sample): a policy run replaces its rows as a whole, in one transaction.
+CREATE TABLE dedup_decisions (
+    policy           TEXT NOT NULL,        -- policy name from the YAML
+    sample_id        TEXT NOT NULL,
+    source           TEXT NOT NULL,
+    task             TEXT NOT NULL,
+    group_key        TEXT,                 -- NULL for samples without media
+    group_size       INTEGER NOT NULL,     -- samples of the same task in the group
+    rule             TEXT NOT NULL,        -- keep_k_lowest | random_one_of_k_lowest | keep_all
+    k                INTEGER,
+    rank             INTEGER,              -- 1 = lowest PPL in (group, task); ties by sample_id; NULL unscored
+    ppl              DOUBLE,
+    kept             BOOLEAN NOT NULL,
+    reason           TEXT NOT NULL,        -- see curation/dedup.py REASONS
+    seed             BIGINT NOT NULL,
+    grouping         TEXT NOT NULL,        -- exact | phash
+    scorer           TEXT NOT NULL,
+    template_version TEXT NOT NULL,
+    text_scope       TEXT NOT NULL,
+    run_id           TEXT,
+    created_at       TIMESTAMP DEFAULT current_timestamp,
+    PRIMARY KEY (policy, sample_id)
+);
