@@ -1,0 +1,51 @@
+"""Cluster files parse with the tools that consume them: Ray's cluster-config validator, a Dockerfile reader."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, joining backslash continuations and dropping comments."""
+    logical, current = [], ""
+    for line in path.read_text().splitlines():
+        stripped = line.strip()
+        if not current and (not stripped or stripped.startswith("#")):
+            continue
+        current += stripped[:-1] + " " if stripped.endswith("\\") else stripped
+        if not stripped.endswith("\\"):
+            logical.append(current)
+            current = ""
+    assert not current, f"{path}: dangling line continuation"
+    out = []
+    for line in logical:
+        m = re.match(r"^([A-Za-z]+)\s+(.*)$", line)
+        assert m, f"{path}: cannot parse {line!r}"
+        out.append((m.group(1).upper(), m.group(2)))
+    return out
+
+
+def test_dockerfile_parses_and_installs_the_project_with_the_gpu_extra():
+    instructions = dockerfile_instructions(ROOT / "infra" / "docker" / "Dockerfile")
+    known = {"FROM", "RUN", "ENV", "WORKDIR", "COPY", "VOLUME", "CMD", "ARG", "LABEL", "ENTRYPOINT", "EXPOSE"}
+    assert {i for i, _ in instructions} <= known
+    assert instructions[0][0] == "FROM" and "cuda" in instructions[0][1]
+    runs = " ".join(a for i, a in instructions if i == "RUN")
+    assert re.search(r'pip install (-e )?"\.\[gpu\]"', runs), "the image must install this project with [gpu]"
+    copied = {a.split()[0] for i, a in instructions if i == "COPY"}
+    # every package the project declares is copied into the image
+    assert {"curation", "model", "trainers", "pipelines", "manifests", "pyproject.toml"} <= copied
+
+
+def test_ray_cluster_yaml_passes_rays_validator():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = yaml.safe_load((ROOT / "infra" / "ray" / "cluster.yaml").read_text())
+    validate_config(prepare_config(config))  # raises on a schema error
+    assert config["head_node_type"] == "head"
+    assert {"head", "gpu", "cpu"} <= set(config["available_node_types"])
+    assert config["available_node_types"]["head"]["resources"] == {"CPU": 0}
