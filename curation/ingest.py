@@ -1,0 +1,192 @@
+"""Ingest sources into the catalog: read annotations, hash and probe media on Ray Data, write one transaction per source.
+
+    mavors ingest manifests/sources/demo/*.yaml          # or, from Python:
+    python -c "from curation.ingest import ingest; ..."
+
+Steps, per call:
+1. the driver reads every source's annotations into items (bad lines/items refused with a reason);
+2. the distinct media files of all sources are hashed (streaming sha256) and probed (Pillow / PyAV)
+   by Ray Data tasks, which return rows and never touch the catalog (DuckDB has one writer);
+3. for each source, the driver writes ``sources``, ``media``, ``samples`` and ``quarantine`` rows in
+   ONE transaction, so a crash leaves a source either fully ingested or untouched.
+
+Re-ingesting adds nothing: media rows are keyed by content hash (the same bytes reached from two
+sources are one row), samples by ``<source>/<item>``; an item whose content hash changed replaces
+its row; refusals are keyed by (source, item, stage, reason).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from curation.catalog import Catalog
+from curation.media import MediaError, hash_and_probe
+from curation.settings import RaySettings
+from curation.sources import RawItem, SourceManifest, iter_items
+
+STAGE = "ingest"
+# Fault injection for the crash-safety test: the driver stops inside this source's
+# transaction (all rows written, not committed), touches PAUSE_FILE and sleeps until killed.
+PAUSE_ENV, PAUSE_FILE_ENV = "MAVORS_INGEST_PAUSE_BEFORE_COMMIT", "MAVORS_INGEST_PAUSE_FILE"
+
+MediaKey = tuple[str, str]  # (absolute path, "image" | "video")
+Progress = Callable[[int, int], None]  # (media done, media total)
+
+
+@dataclass
+class SourceReport:
+    """What one source's ingest did (numbers of items)."""
+
+    source: str
+    items: int = 0
+    new: int = 0
+    replaced: int = 0
+    unchanged: int = 0
+    quarantined: Counter = field(default_factory=Counter)  # reason -> count
+    new_media: int = 0
+
+
+def content_sha256(conversation: list[dict], media_hashes: Sequence[str]) -> str:
+    """Hash of what a sample says and shows: a changed text or changed media bytes change it."""
+    payload = json.dumps({"conversation": conversation, "media": list(media_hashes)},
+                         sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def _probe_batch(batch: dict) -> dict:
+    """Ray Data UDF: hash + probe each (path, kind); a failure becomes a row with a reason."""
+    out: dict[str, list] = {k: [] for k in ("path", "kind", "reason", "detail", "media_hash", "bytes", "width",
+                                            "height", "duration_s", "fps", "n_frames", "codec")}
+    for path, kind in zip(batch["path"], batch["kind"]):
+        row = dict.fromkeys(out)
+        row.update(path=str(path), kind=str(kind))
+        try:
+            info = hash_and_probe(str(path), str(kind))
+            row.update(media_hash=info.media_hash, bytes=info.bytes, width=info.width, height=info.height,
+                       duration_s=info.duration_s, fps=info.fps, n_frames=info.n_frames, codec=info.codec)
+        except MediaError as e:
+            row.update(reason=e.reason, detail=e.detail)
+        except Exception as e:  # noqa: BLE001 - an unexpected decoder failure refuses the file, not the run
+            row.update(reason="probe_failed", detail=f"{type(e).__name__}: {e}")
+        for k, v in row.items():
+            out[k].append(v)
+    return out
+
+
+def probe_media(media: Sequence[MediaKey], *, ray_settings: RaySettings | None = None, workers: int | None = None,
+                progress: Progress | None = None, batch_size: int = 8) -> dict[MediaKey, dict]:
+    """Hash and probe files on Ray Data; returns (path, kind) -> result row (``reason`` set on failure).
+
+    ``workers``: at most this many concurrent Ray tasks (None: as many as Ray has CPUs).
+    """
+    import ray
+
+    from curation.ray_runtime import ensure_ray
+
+    if not media:
+        return {}
+    ensure_ray(ray_settings)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    n_blocks = max(1, min(len(media), (workers or 2) * 4, -(-len(media) // batch_size)))
+    ds = ray.data.from_items([{"path": p, "kind": k} for p, k in media], override_num_blocks=n_blocks)
+    ds = ds.map_batches(_probe_batch, batch_size=batch_size, concurrency=workers, num_cpus=1)
+    results: dict[MediaKey, dict] = {}
+    for row in ds.iter_rows():
+        results[(row["path"], row["kind"])] = row
+        if progress:
+            progress(len(results), len(media))
+    return results
+
+
+def _media_row(r: dict) -> dict:
+    return {"media_hash": r["media_hash"], "kind": r["kind"], "bytes": int(r["bytes"]), "width": int(r["width"]),
+            "height": int(r["height"]), "duration_s": r["duration_s"], "fps": r["fps"],
+            "n_frames": int(r["n_frames"]), "codec": r["codec"], "storage_path": r["path"]}
+
+
+def _source_row(m: SourceManifest) -> dict:
+    return {"name": m.name, "modality": m.modality, "task": m.task, "format": m.format,
+            "path": str(m.resolve(m.path)), "media_root": str(m.media_dir), "license": m.license, "notes": m.notes,
+            "manifest_path": str(m.manifest_path) if m.manifest_path else None,
+            "manifest_sha256": m.manifest_sha256()}
+
+
+def _maybe_pause(source: str) -> None:
+    if os.environ.get(PAUSE_ENV) == source:
+        Path(os.environ[PAUSE_FILE_ENV]).touch()
+        while True:
+            time.sleep(60)
+
+
+def write_source(catalog: Catalog, manifest: SourceManifest, items: list[RawItem],
+                 probed: dict[MediaKey, dict], run_id: str | None) -> SourceReport:
+    """Turn one source's items + probe results into rows and write them in one transaction."""
+    report = SourceReport(manifest.name, items=len(items))
+    samples, refused, media = [], [], {}
+    for it in items:
+        reason, detail = it.reason, it.detail
+        hashes = []
+        for key in it.media if reason is None else []:
+            r = probed[key]
+            if r["reason"]:
+                reason, detail = r["reason"], f"{key[0]}: {r['detail']}"
+                break
+            hashes.append(r["media_hash"])
+            media.setdefault(r["media_hash"], _media_row(r))
+        if reason:
+            refused.append({"source": manifest.name, "item": it.item, "reason": reason, "detail": detail,
+                            "stage": STAGE, "run_id": run_id})
+            report.quarantined[reason] += 1
+            continue
+        samples.append({"sample_id": f"{manifest.name}/{it.item}", "source": manifest.name, "item": it.item,
+                        "task": manifest.task, "conversation": it.conversation, "media_hashes": hashes,
+                        "stage_hints": list(manifest.stage_hints),
+                        "content_sha256": content_sha256(it.conversation, hashes)})
+
+    with catalog.transaction() as con:
+        existing = dict(con.execute("SELECT sample_id, content_sha256 FROM samples WHERE source = ?",
+                                    [manifest.name]).fetchall())
+        known_media = {h for (h,) in con.execute(
+            "SELECT media_hash FROM media WHERE media_hash IN (SELECT unnest(?::TEXT[]))", [list(media)]).fetchall()}
+        new = [s for s in samples if s["sample_id"] not in existing]
+        changed = [s for s in samples if existing.get(s["sample_id"], s["content_sha256"]) != s["content_sha256"]]
+        report.new, report.replaced = len(new), len(changed)
+        report.unchanged = len(samples) - len(new) - len(changed)
+        report.new_media = len(set(media) - known_media)
+        catalog.insert("sources", [_source_row(manifest)], on_conflict="replace", con=con)
+        catalog.insert("media", [media[h] for h in media if h not in known_media], con=con)
+        catalog.insert("samples", new, con=con)
+        catalog.insert("samples", changed, on_conflict="replace", con=con)
+        catalog.quarantine(refused, con=con)
+        _maybe_pause(manifest.name)
+    return report
+
+
+def ingest(manifests: Sequence[SourceManifest], catalog: Catalog, *, media_store: Path | None = None,
+           ray_settings: RaySettings | None = None, workers: int | None = None,
+           progress: Progress | None = None) -> list[SourceReport]:
+    """Ingest sources (in order) into ``catalog``; returns one report per source.
+
+    ``media_store``: where media packed in tars are extracted, content-addressed
+    (default ``<catalog folder>/media``), so every ``media.storage_path`` is a plain file.
+    """
+    media_store = media_store or catalog.path.parent / "media"
+    run_id = catalog.start_run("ingest", {"sources": [m.name for m in manifests], "workers": workers})
+    try:
+        read = [(m, list(iter_items(m, media_store))) for m in manifests]
+        wanted = list(dict.fromkeys(k for _, items in read for it in items if it.reason is None for k in it.media))
+        probed = probe_media(wanted, ray_settings=ray_settings, workers=workers, progress=progress)
+        reports = [write_source(catalog, m, items, probed, run_id) for m, items in read]
+    except BaseException as e:
+        catalog.finish_run(run_id, "failed", f"{type(e).__name__}: {e}")
+        raise
+    catalog.finish_run(run_id, "completed", json.dumps({r.source: r.new + r.replaced for r in reports}))
+    return reports

@@ -1,0 +1,170 @@
+"""Hash and probe one media file: sha256 of its bytes, and what Pillow / PyAV find inside.
+
+A probe decodes for real (an image fully; a video's first and last frame), so a file
+that passes can be trained on. Failures raise :class:`MediaError` with a short countable
+``reason`` (``zero_byte``, ``truncated_image``, ``decompression_bomb``, ``undecodable_image``,
+``undecodable_video``, ``missing_media``) and a detail for people.
+
+    python -m curation.media some.jpg other.mp4
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import warnings
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+
+# Largest image accepted, in pixels: 8K x 8K covers the high-resolution images of
+# LLaVA-OneVision-style mixtures; Pillow warns above this and we refuse (a bomb
+# decompresses a tiny file into gigabytes).
+MAX_IMAGE_PIXELS = 8192 * 8192
+HASH_CHUNK = 1 << 20
+
+
+class MediaError(Exception):
+    """A media file that cannot be used; ``reason`` is a short countable tag."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    """One ``media`` catalog row (without storage path)."""
+
+    media_hash: str
+    kind: str  # image | video
+    bytes: int
+    width: int
+    height: int
+    duration_s: float | None
+    fps: float | None
+    n_frames: int
+    codec: str
+
+    def row(self, storage_path: str) -> dict:
+        return {**asdict(self), "storage_path": storage_path}
+
+
+def sha256_file(path: str | os.PathLike) -> tuple[str, int]:
+    """(hex sha256, size in bytes), reading 1 MiB at a time so a video never sits in memory whole."""
+    h = hashlib.sha256()
+    n = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(HASH_CHUNK):
+            h.update(chunk)
+            n += len(chunk)
+    return h.hexdigest(), n
+
+
+def probe_image(path: str | os.PathLike) -> dict:
+    """width, height, n_frames=1, codec (format) of an image that fully decodes."""
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.verify()  # structure and checksums (PNG CRCs); the object is unusable after
+            with Image.open(path) as im:
+                fmt = im.format
+                im.load()  # the full decode: truncated data fails here
+                width, height = im.size
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise MediaError("decompression_bomb", str(e)) from None
+    except Image.UnidentifiedImageError as e:
+        raise MediaError("undecodable_image", str(e)) from None
+    except (OSError, SyntaxError, ValueError) as e:
+        text = str(e)
+        reason = "truncated_image" if "truncated" in text.lower() or "broken data stream" in text else "undecodable_image"
+        raise MediaError(reason, text) from None
+    return {"width": width, "height": height, "n_frames": 1, "codec": fmt, "duration_s": None, "fps": None}
+
+
+def probe_video(path: str | os.PathLike) -> dict:
+    """width, height, fps, n_frames, duration_s, codec of a video whose first and last frames decode.
+
+    Frames are counted by demuxing packets (cheap, no decode); the first frame is
+    decoded from the start, the last by seeking to the last keyframe and decoding on.
+    """
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise MediaError("undecodable_video", "no video stream")
+            stream = container.streams.video[0]
+            codec = stream.codec_context.name
+            n_packets, last_key_pts, end_pts = 0, None, None
+            for packet in container.demux(stream):
+                if packet.size == 0:
+                    continue
+                n_packets += 1
+                if packet.is_keyframe and packet.pts is not None:
+                    last_key_pts = packet.pts if last_key_pts is None else max(last_key_pts, packet.pts)
+                if packet.pts is not None:
+                    pkt_end = packet.pts + (packet.duration or 0)
+                    end_pts = pkt_end if end_pts is None else max(end_pts, pkt_end)
+            if n_packets == 0:
+                raise MediaError("undecodable_video", "video stream has no packets")
+            if stream.frames and n_packets < stream.frames:
+                raise MediaError("undecodable_video", f"truncated: {n_packets} of {stream.frames} frames present")
+            container.seek(0, stream=stream)
+            first = _decode_one(container, stream, None)
+            container.seek(last_key_pts or 0, stream=stream, any_frame=False)
+            last = _decode_one(container, stream, -1)
+            if first is None or last is None:
+                raise MediaError("undecodable_video", "first or last frame does not decode")
+            rate = stream.average_rate or stream.guessed_rate
+            fps = float(rate) if rate else None
+            tb = stream.time_base or Fraction(1, 1)
+            start = stream.start_time or 0
+            if end_pts is not None:
+                duration = float((end_pts - start) * tb)
+            elif fps:
+                duration = n_packets / fps
+            else:
+                duration = None
+            return {"width": first.width, "height": first.height, "n_frames": n_packets, "fps": fps,
+                    "duration_s": duration, "codec": codec}
+    except MediaError:
+        raise
+    except (av.FFmpegError, OSError, ValueError, IndexError) as e:
+        raise MediaError("undecodable_video", f"{type(e).__name__}: {e}") from None
+
+
+def _decode_one(container, stream, which: int | None):
+    """The first decoded frame (``which`` None) or the last one decodable from the current position (-1)."""
+    frame = None
+    for frame_ in container.decode(stream):
+        frame = frame_
+        if which is None:
+            return frame
+    return frame
+
+
+def hash_and_probe(path: str | os.PathLike, kind: str) -> MediaInfo:
+    """sha256 + probe of one file; raises :class:`MediaError`."""
+    if not os.path.exists(path):
+        raise MediaError("missing_media", f"{path} does not exist")
+    if not os.path.isfile(path):
+        raise MediaError("missing_media", f"{path} is not a regular file")
+    digest, size = sha256_file(path)
+    if size == 0:
+        raise MediaError("zero_byte", f"{path} is empty")
+    probe = probe_image(path) if kind == "image" else probe_video(path)
+    return MediaInfo(media_hash=digest, kind=kind, bytes=size, **probe)
+
+
+if __name__ == "__main__":
+    from curation.sources import media_kind
+
+    for arg in sys.argv[1:]:
+        try:
+            print(arg, hash_and_probe(arg, media_kind(arg) or "image"))
+        except MediaError as e:
+            print(arg, "->", e.reason, e.detail)
