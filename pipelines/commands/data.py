@@ -1,4 +1,9 @@
-"""Commands for models and data: ``mavors models make-tiny``."""
+"""Commands for data and models: ``mavors demo-data``, ``mavors ingest``, ``mavors catalog stats``, ``mavors models make-tiny``.
+
+    mavors demo-data mavors-work/demo
+    mavors ingest mavors-work/demo/manifests/*.yaml
+    mavors catalog stats
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,6 +13,7 @@ from rich.console import Console
 
 console = Console()
 models_app = typer.Typer(no_args_is_help=True, help="Model checkpoints.")
+catalog_app = typer.Typer(no_args_is_help=True, help="Inspect the catalog.")
 
 
 @models_app.command("make-tiny")
@@ -20,5 +26,74 @@ def make_tiny_cmd(out_dir: Path = typer.Argument(Path("mavors-work/models"), hel
         console.print(f"{name:>10}: {path}")
 
 
+def demo_data_cmd(out_dir: Path = typer.Argument(Path("mavors-work/demo"), help="Folder to (re)write."),
+                  seed: int = typer.Option(0, help="Seed: the same seed writes the same bytes.")) -> None:
+    """Generate the demo corpus (videos, images, annotations in every supported format, source manifests)."""
+    import json
+
+    from curation.demo_data import generate
+
+    root = generate(out_dir, seed=seed)
+    corpus = json.loads((root / "corpus.json").read_text())
+    console.print(f"wrote {len(corpus['media'])} media files, {len(corpus['quarantine'])} planted bad items")
+    console.print(f"manifests: {root / 'manifests'}/*.yaml   (next: mavors ingest {root / 'manifests'}/*.yaml)")
+
+
+def ingest_cmd(manifests: list[Path] = typer.Argument(..., help="Source manifest YAML files."),
+               workers: int = typer.Option(None, help="Concurrent Ray tasks for hashing/probing (default: all CPUs)."),
+               ) -> None:
+    """Ingest sources: hash + probe media on Ray, write samples/media/quarantine, one transaction per source."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+    from rich.table import Table
+
+    from curation.catalog import Catalog
+    from curation.ingest import ingest
+    from curation.settings import load_settings
+    from curation.sources import load_manifests
+
+    settings = load_settings()
+    sources = load_manifests(manifests)  # fails fast on a bad manifest, before Ray starts
+    with Catalog(settings.catalog) as cat, Progress(
+        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, transient=True,
+    ) as bar:
+        task = bar.add_task("hash + probe media", total=None)
+        reports = ingest(sources, cat, media_store=settings.dir("media"), ray_settings=settings.ray,
+                         workers=workers, progress=lambda done, total: bar.update(task, completed=done, total=total))
+    table = Table(title=f"Ingested into {settings.catalog}")
+    for col in ("source", "items", "new", "replaced", "unchanged", "new media", "quarantined"):
+        table.add_column(col, justify="left" if col in ("source", "quarantined") else "right")
+    for r in reports:
+        refused = ", ".join(f"{k}={v}" for k, v in sorted(r.quarantined.items())) or "-"
+        table.add_row(r.source, *(str(x) for x in (r.items, r.new, r.replaced, r.unchanged, r.new_media)), refused)
+    console.print(table)
+
+
+@catalog_app.command("stats")
+def stats_cmd() -> None:
+    """Sources, samples, media, duplicate media groups, quarantine reasons (and each area's own sections)."""
+    from rich.table import Table
+
+    from curation.catalog import Catalog
+    from curation.settings import load_settings
+    from curation.stats import collect
+
+    settings = load_settings()
+    with Catalog(settings.catalog, read_only=True) as cat:
+        sections = collect(cat)
+    if not sections:
+        console.print(f"{settings.catalog}: empty catalog")
+    for s in sections:
+        table = Table(title=s.title, title_justify="left")
+        for col in s.columns:
+            table.add_column(col)
+        for row in s.rows:
+            table.add_row(*("-" if v is None else str(v) for v in row))
+        console.print(table)
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(models_app, name="models")
+    app.add_typer(catalog_app, name="catalog")
+    app.command("demo-data")(demo_data_cmd)
+    app.command("ingest")(ingest_cmd)
