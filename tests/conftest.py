@@ -49,3 +49,28 @@ def catalog(tmp_path):
 
     with Catalog(tmp_path / "catalog.duckdb") as cat:
         yield cat
+
+
+@pytest.fixture(scope="session")
+def demo_corpus(tmp_path_factory) -> Path:
+    """The demo corpus (``mavors demo-data``, seed 0), generated once: media, annotations, ``manifests/*.yaml``,
+    ``corpus.json`` (generation truth, expected quarantine reasons) and ``planted_duplicates.json``."""
+    from curation.demo_data import generate
+
+    return generate(tmp_path_factory.mktemp("demo-corpus") / "demo", seed=0)
+
+
+@pytest.fixture(scope="session")
+def demo_catalog(demo_corpus, ray_local, tmp_path_factory) -> Path:
+    """Path of a catalog file with every demo source ingested (media of tars under ``<its folder>/media``).
+
+    Shared by the session: a test that writes must copy it first (``shutil.copy(demo_catalog, tmp_path)``).
+    """
+    from curation.catalog import Catalog
+    from curation.ingest import ingest
+    from curation.sources import load_manifests
+
+    path = tmp_path_factory.mktemp("demo-catalog") / "catalog.duckdb"
+    with Catalog(path) as cat:
+        ingest(load_manifests(sorted((demo_corpus / "manifests").glob("*.yaml"))), cat)
+    return path
