@@ -1,1 +1,41 @@
-"""Mavors: SigLIP-initialised intra-chunk vision encoder, inter-chunk aggregator with C-RoPE, projector, Qwen2.5."""
+"""Mavors (paper §3): SigLIP-initialised intra-chunk vision encoder (3D-conv chunks of F frames),
+inter-chunk feature aggregator with chunk-level RoPE, MLP projector, Qwen2(.5) LLM.
+
+Public API (other areas import only these names)::
+
+    from model import MavorsConfig, MavorsForConditionalGeneration, MavorsProcessor
+
+    model = MavorsForConditionalGeneration.from_pretrained(ckpt)      # or .from_components(siglip_dir, qwen_dir, **cfg)
+    proc = MavorsProcessor.from_pretrained(ckpt)                      # tokenizer + preprocessing settings
+    conv = [{"from": "human", "value": "<video>\\nDescribe the clip."}, {"from": "gpt", "value": "A red ball."}]
+    batch = proc([conv], media=[["clip.mp4"]])                        # paths, bytes, PIL images or uint8 arrays
+    loss = model(**batch).loss                                        # next-token loss on answer tokens only
+    gen = proc.collate([proc.encode(conv[:1], ["clip.mp4"], add_generation_prompt=True)], padding_side="left")
+    new_tokens = model.generate(**gen, max_new_tokens=32)             # only the generated tokens
+    emb = model.get_inputs_embeds(**gen)                              # MavorsInputs; emb.unpadded() -> vLLM prompt_embeds
+    samples = [proc.encode_messages(msgs, add_generation_prompt=True)]   # engine-style messages with parts
+
+Batch keys: input_ids, attention_mask, labels (-100 outside assistant answers), pixel_values (packed tubelets),
+chunk_grids, chunk_positions (C-RoPE ids), chunk_sequences. Submodules: model.ive, model.ifa, model.projector,
+model.llm. Bad media raise `MediaError` (a ValueError) naming the item. Tiny checkpoint: ``model.tiny.make_tiny``.
+"""
+from model.configuration import MavorsConfig
+from model.modeling import MavorsForConditionalGeneration, MavorsInputs
+from model.preprocessing import MediaError
+from model.processing import MavorsProcessor
+
+
+def _register_auto_classes() -> None:
+    """Make AutoConfig / AutoModelForImageTextToText resolve model_type "mavors" (no remote code)."""
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    try:
+        AutoConfig.register("mavors", MavorsConfig)
+        AutoModelForImageTextToText.register(MavorsConfig, MavorsForConditionalGeneration)
+    except ValueError:  # already registered (module reloaded)
+        pass
+
+
+_register_auto_classes()
+
+__all__ = ["MavorsConfig", "MavorsForConditionalGeneration", "MavorsInputs", "MavorsProcessor", "MediaError"]

@@ -165,4 +165,22 @@ def make_tiny(out_dir: str | Path, seed: int = 0) -> dict[str, Path]:
     except ImportError:  # transformers without video processors (needs torchvision)
         pass
     Qwen2VLProcessor(**processor_kwargs).save_pretrained(paths["qwen2vl"])
+
+    paths["mavors"] = make_tiny_mavors(paths["siglip"], paths["qwen2"], out / "mavors", seed=seed + 3)
     return paths
+
+
+# Tiny Mavors: F=4 frames/chunk and at most 8 chunks keep CPU tests fast (cluster: F=16, 64 chunks).
+TINY_MAVORS = dict(frames_per_chunk=4, ifa_num_layers=2, ifa_num_heads=2, video_fps=2.0, max_chunks=8,
+                   max_sub_images=4)
+
+
+def make_tiny_mavors(siglip_dir: Path, qwen_dir: Path, out_dir: Path, seed: int = 3) -> Path:
+    """Mavors built by `from_components` from the tiny SigLIP + Qwen2 (with processor/tokenizer)."""
+    from model.conversion import build_with_processor
+
+    torch.manual_seed(seed)
+    model, processor = build_with_processor(siglip_dir, qwen_dir, **TINY_MAVORS)
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    return out_dir

@@ -1,0 +1,295 @@
+"""`MavorsProcessor`: conversations + media -> model batch (token ids, answer-only labels, packed chunks).
+
+Takes the catalog's LLaVA-style conversations ``[{"from": "human"|"gpt"|"system", "value": "<image>\\n..."}]``
+with one media source per ``<image>``/``<video>`` placeholder, or chat messages in the engine format
+``[{"role": ..., "content": str | [{"type": "text"|"image"|"video", ...}]}]``.
+
+Rendering is the shared ChatML template (``model/tiny.py``): each medium becomes
+``<|vision_start|>`` + one ``<|image_pad|>``/``<|video_pad|>`` per visual token + ``<|vision_end|>``.
+Labels are -100 everywhere except assistant content and its closing ``<|im_end|>``.
+
+Visual layout (what `MavorsForConditionalGeneration` consumes):
+- ``pixel_values`` (P, C*F*p*p): every chunk as row-major p x p x F tubelets, chunks concatenated;
+- ``chunk_grids`` (N, 2): patch grid (h, w) per chunk; ``chunk_positions`` (N,): C-RoPE id;
+- ``chunk_sequences`` (N,): IFA sequence id (a video is one sequence; an image's thumbnail and each
+  sub-image are one sequence each, so they are aggregated independently), unique across the batch.
+A video: fixed-fps frames, c_V = ceil(T_V/F) chunks, last chunk padded by repeating its last frame,
+frame dropping beyond max_chunks. An image: thumbnail + Eq. 8 sub-images, each repeated F times.
+
+    proc = MavorsProcessor.from_pretrained("mavors-work/models/mavors")
+    batch = proc([conv], media=[["clip.mp4"]])                  # training batch (right padding)
+    batch = proc.encode_messages(messages, add_generation_prompt=True)   # one sample
+    batch = proc.collate([s1, s2], padding_side="left")         # for generate
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from model.configuration import MavorsConfig
+from model.media import MediaSource, describe, load_image, read_video
+from model.preprocessing import MediaError, dynamic_resolution, image_partition
+from model.vision import pooled_grid
+
+IGNORE_INDEX = -100
+PROCESSOR_FILE = "mavors_processor.json"
+ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+PLACEHOLDER = re.compile(r"(<image>|<video>)")
+SIGLIP_MEAN = (0.5, 0.5, 0.5)
+SIGLIP_STD = (0.5, 0.5, 0.5)
+
+
+class MavorsProcessor:
+    """Preprocessing + chat rendering. Settings mirror MavorsConfig (see `from_config`)."""
+
+    def __init__(self, tokenizer, frames_per_chunk: int = 16, patch_size: int = 14, image_size: int = 384,
+                 pooling_size: int = 2, video_fps: float = 2.0, max_chunks: int = 64, max_sub_images: int = 9,
+                 image_mean=SIGLIP_MEAN, image_std=SIGLIP_STD, num_channels: int = 3):
+        self.tokenizer = tokenizer
+        self.frames_per_chunk = frames_per_chunk
+        self.patch_size = patch_size
+        self.image_size = image_size
+        self.pooling_size = pooling_size
+        self.video_fps = video_fps
+        self.max_chunks = max_chunks
+        self.max_sub_images = max_sub_images
+        self.image_mean = tuple(image_mean)
+        self.image_std = tuple(image_std)
+        self.num_channels = num_channels
+        tok = tokenizer.convert_tokens_to_ids
+        self.image_token_id = tok("<|image_pad|>")
+        self.video_token_id = tok("<|video_pad|>")
+        self.vision_start_id = tok("<|vision_start|>")
+        self.vision_end_id = tok("<|vision_end|>")
+        self.im_end_id = tok("<|im_end|>")
+        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    # ---- construction / persistence ------------------------------------------------------------
+    def settings(self) -> dict:
+        return dict(frames_per_chunk=self.frames_per_chunk, patch_size=self.patch_size, image_size=self.image_size,
+                    pooling_size=self.pooling_size, video_fps=self.video_fps, max_chunks=self.max_chunks,
+                    max_sub_images=self.max_sub_images, image_mean=list(self.image_mean),
+                    image_std=list(self.image_std), num_channels=self.num_channels)
+
+    @classmethod
+    def from_config(cls, config: MavorsConfig, tokenizer) -> "MavorsProcessor":
+        vc = config.vision_config
+        return cls(tokenizer, frames_per_chunk=config.frames_per_chunk, patch_size=vc.patch_size,
+                   image_size=vc.image_size, pooling_size=config.pooling_size, video_fps=config.video_fps,
+                   max_chunks=config.max_chunks, max_sub_images=config.max_sub_images, num_channels=vc.num_channels)
+
+    def save_pretrained(self, path: str | Path) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.tokenizer.save_pretrained(path)
+        (path / PROCESSOR_FILE).write_text(json.dumps(self.settings(), indent=2))
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, **overrides) -> "MavorsProcessor":
+        from transformers import AutoTokenizer
+
+        path = Path(path)
+        settings_file = path / PROCESSOR_FILE
+        if not settings_file.exists():
+            raise FileNotFoundError(f"{settings_file} missing: not a Mavors processor directory")
+        settings = {**json.loads(settings_file.read_text()), **overrides}
+        return cls(AutoTokenizer.from_pretrained(path, trust_remote_code=False), **settings)
+
+    # ---- visual inputs -------------------------------------------------------------------------
+    def tokens_per_chunk(self, width: int, height: int) -> int:
+        """Visual tokens of one chunk of a width x height frame (pooled patch grid)."""
+        h, w = pooled_grid(height // self.patch_size, width // self.patch_size, self.pooling_size)
+        return h * w
+
+    def _to_tensor(self, frame: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+        """uint8 (H, W, 3) -> normalized float (3, h, w) at size=(w, h), bicubic with antialiasing."""
+        x = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)[None].float()  # (1, 3, H, W)
+        if (x.shape[-1], x.shape[-2]) != size:
+            x = F.interpolate(x, size=(size[1], size[0]), mode="bicubic", antialias=True, align_corners=False)
+        x = x.clamp(0, 255)[0] / 255.0
+        mean = torch.tensor(self.image_mean)[:, None, None]
+        std = torch.tensor(self.image_std)[:, None, None]
+        return (x - mean) / std
+
+    def to_tubelets(self, frames: torch.Tensor) -> torch.Tensor:
+        """One chunk (F, C, H, W) -> (h*w, C*F*p*p), row-major patches (the IVE's packed layout)."""
+        f, c, hh, ww = frames.shape
+        p = self.patch_size
+        h, w = hh // p, ww // p
+        x = frames[:, :, : h * p, : w * p].reshape(f, c, h, p, w, p)
+        return x.permute(2, 4, 1, 0, 3, 5).reshape(h * w, c * f * p * p)
+
+    def image_chunks(self, source: MediaSource, name: str) -> list[torch.Tensor]:
+        """Thumbnail then sub-images (row-major), each a normalized (3, h, w) frame."""
+        rgb = load_image(source, name)
+        height, width = rgb.shape[:2]
+        plan = image_partition(width, height, self.image_size, self.patch_size, self.max_sub_images, name)
+        frames = [self._to_tensor(rgb, plan.thumbnail)]
+        if plan.grid:
+            m, n = plan.grid
+            sw, sh = plan.sub_image
+            whole = self._to_tensor(rgb, (m * sw, n * sh))  # resize once, then cut the m x n grid
+            frames += [whole[:, r * sh:(r + 1) * sh, c * sw:(c + 1) * sw] for r in range(n) for c in range(m)]
+        return frames
+
+    def encode_media(self, kind: str, source: MediaSource, name: str) -> dict:
+        """One image or video -> tubelets per chunk, grids, positions, sequence index per chunk, tokens."""
+        f, p = self.frames_per_chunk, self.patch_size
+        if kind == "image":
+            frames = self.image_chunks(source, name)
+            tubelets = [self.to_tubelets(fr[None].expand(f, -1, -1, -1)) for fr in frames]
+            grids = [(fr.shape[1] // p, fr.shape[2] // p) for fr in frames]
+            positions = [0] * len(frames)
+            sequences = list(range(len(frames)))  # each sub-image aggregated on its own
+        elif kind == "video":
+            size: dict[str, tuple[int, int]] = {}
+
+            def convert(frame: np.ndarray) -> torch.Tensor:
+                if "wh" not in size:
+                    h0, w0 = frame.shape[:2]
+                    if w0 < p or h0 < p:
+                        raise MediaError(f"{name}: {w0}x{h0} frames are smaller than one {p}x{p} patch")
+                    size["wh"] = dynamic_resolution(w0, h0, self.image_size, p)
+                return self._to_tensor(frame, size["wh"])
+
+            frames, plan = read_video(source, self.video_fps, f, self.max_chunks, convert, name)
+            video = torch.stack(frames)  # (c_V*F, 3, H, W)
+            tubelets = [self.to_tubelets(video[i:i + f]) for i in range(0, video.shape[0], f)]
+            grids = [(video.shape[2] // p, video.shape[3] // p)] * len(tubelets)
+            positions = list(plan.chunk_positions)
+            sequences = [0] * len(tubelets)
+        else:
+            raise ValueError(f"unknown media kind {kind!r}")
+        n_tokens = sum(a * b for a, b in (pooled_grid(h, w, self.pooling_size) for h, w in grids))
+        return dict(tubelets=tubelets, grids=grids, positions=positions, sequences=sequences, n_tokens=n_tokens)
+
+    # ---- text ----------------------------------------------------------------------------------
+    @staticmethod
+    def conversation_to_messages(conversation: list[dict], media: list[MediaSource] | None,
+                                 name: str = "sample") -> list[dict]:
+        """LLaVA-style turns with <image>/<video> placeholders -> engine-style messages with parts."""
+        media = list(media or [])
+        messages, used = [], 0
+        for turn in conversation:
+            role = ROLES.get(turn.get("from", turn.get("role")))
+            if role is None:
+                raise ValueError(f"{name}: unknown speaker {turn.get('from')!r}")
+            parts = []
+            for piece in PLACEHOLDER.split(turn["value"]):
+                if piece in ("<image>", "<video>"):
+                    if used >= len(media):
+                        raise ValueError(f"{name}: more {piece} placeholders than media items ({len(media)})")
+                    kind = piece[1:-1]
+                    parts.append({"type": kind, kind: media[used]})
+                    used += 1
+                elif piece:
+                    parts.append({"type": "text", "text": piece})
+            messages.append({"role": role, "content": parts})
+        if used != len(media):
+            raise ValueError(f"{name}: {len(media)} media items but {used} placeholders")
+        return messages
+
+    def _text_ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def encode_messages(self, messages: list[dict], add_generation_prompt: bool = False,
+                        name: str = "sample") -> dict:
+        """One sample: input_ids, attention_mask, labels (L,) and its visual tensors (unbatched)."""
+        ids: list[int] = []
+        labels: list[int] = []
+        visual: list[dict] = []
+
+        def emit(tokens: list[int], trained: bool) -> None:
+            ids.extend(tokens)
+            labels.extend(tokens if trained else [IGNORE_INDEX] * len(tokens))
+
+        n_media = 0
+        for message in messages:
+            role = ROLES.get(message["role"], message["role"])
+            trained = role == "assistant"
+            emit(self._text_ids(f"<|im_start|>{role}\n"), False)
+            content = message["content"]
+            parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
+            for part in parts:
+                kind = part["type"]
+                if kind == "text":
+                    emit(self._text_ids(part["text"]), trained)
+                    continue
+                source = part.get(kind)
+                n_media += 1
+                item = self.encode_media(kind, source, f"{name}: {describe(source, f'{kind} #{n_media}')}")
+                pad = self.image_token_id if kind == "image" else self.video_token_id
+                emit([self.vision_start_id] + [pad] * item["n_tokens"] + [self.vision_end_id], False)
+                visual.append(item)
+            emit([self.im_end_id], trained)
+            emit(self._text_ids("\n"), False)
+        if add_generation_prompt:
+            emit(self._text_ids("<|im_start|>assistant\n"), False)
+        return self._sample(ids, labels, visual)
+
+    def encode(self, conversation: list[dict], media: list[MediaSource] | None = None,
+               add_generation_prompt: bool = False, name: str = "sample") -> dict:
+        """One LLaVA-style conversation (catalog format) -> one sample (see `encode_messages`)."""
+        return self.encode_messages(self.conversation_to_messages(conversation, media, name),
+                                    add_generation_prompt, name)
+
+    def _sample(self, ids: list[int], labels: list[int], visual: list[dict]) -> dict:
+        tub = [t for item in visual for t in item["tubelets"]]
+        sequences, offset = [], 0
+        for item in visual:
+            sequences += [offset + s for s in item["sequences"]]
+            offset += max(item["sequences"]) + 1
+        return {
+            "input_ids": torch.tensor(ids, dtype=torch.long),
+            "attention_mask": torch.ones(len(ids), dtype=torch.long),
+            "labels": torch.tensor(labels, dtype=torch.long),
+            "pixel_values": torch.cat(tub) if tub else torch.zeros(0, self.tubelet_size),
+            "chunk_grids": torch.tensor([g for item in visual for g in item["grids"]], dtype=torch.long).view(-1, 2),
+            "chunk_positions": torch.tensor([q for item in visual for q in item["positions"]], dtype=torch.long),
+            "chunk_sequences": torch.tensor(sequences, dtype=torch.long),
+        }
+
+    @property
+    def tubelet_size(self) -> int:
+        return self.num_channels * self.frames_per_chunk * self.patch_size ** 2
+
+    # ---- batching ------------------------------------------------------------------------------
+    def collate(self, samples: list[dict], padding_side: str = "right") -> dict:
+        """Pad token tensors (pad id / mask 0 / labels -100), concatenate the visual tensors and make
+        chunk_sequences unique across the batch. Use padding_side="left" for batched generation."""
+        if padding_side not in ("left", "right"):
+            raise ValueError("padding_side must be 'left' or 'right'")
+        width = max(s["input_ids"].shape[0] for s in samples)
+        out = {k: [] for k in ("input_ids", "attention_mask", "labels")}
+        for s in samples:
+            n = width - s["input_ids"].shape[0]
+            for key, fill in (("input_ids", self.pad_token_id), ("attention_mask", 0), ("labels", IGNORE_INDEX)):
+                pad = s[key].new_full((n,), fill)
+                out[key].append(torch.cat([pad, s[key]] if padding_side == "left" else [s[key], pad]))
+        batch = {k: torch.stack(v) for k, v in out.items()}
+        sequences, offset = [], 0
+        for s in samples:
+            if s["chunk_sequences"].numel():
+                sequences.append(s["chunk_sequences"] + offset)
+                offset += int(s["chunk_sequences"].max()) + 1
+        batch["pixel_values"] = torch.cat([s["pixel_values"] for s in samples])
+        batch["chunk_grids"] = torch.cat([s["chunk_grids"] for s in samples]).view(-1, 2)
+        batch["chunk_positions"] = torch.cat([s["chunk_positions"] for s in samples])
+        batch["chunk_sequences"] = torch.cat(sequences) if sequences else torch.zeros(0, dtype=torch.long)
+        return batch
+
+    def __call__(self, conversations: list[list[dict]], media: list[list[MediaSource]] | None = None,
+                 add_generation_prompt: bool = False, padding_side: str = "right") -> dict:
+        """Batch of LLaVA-style conversations, media[i] listing sample i's media in placeholder order."""
+        media = media or [[] for _ in conversations]
+        samples = [self.encode(c, m, add_generation_prompt, name=f"sample {i}")
+                   for i, (c, m) in enumerate(zip(conversations, media))]
+        return self.collate(samples, padding_side)
+
+    def decode(self, token_ids, skip_special_tokens: bool = True) -> str:
+        return self.tokenizer.decode(token_ids, skip_special_tokens=skip_special_tokens)
