@@ -85,6 +85,7 @@ SECTIONS: list[str] = [
     "curation.stats:media_section",
     "curation.stats:duplicates_section",
     "curation.stats:quarantine_section",
+    "curation.preference.stats:dpo_section",
 ]
 
 

@@ -28,7 +28,7 @@ from curation.preference.decisions import DOMAINS, Candidate, DpoInput, Outcome,
 from curation.preference.image_captions import decide_image_captions, refuse_empty
 from curation.preference.judges import ModelJudge, RoutedJudge
 from curation.preference.qa import decide_qa
-from curation.preference.records import pair_rows
+from curation.preference.records import pair_rows, write_pair_shards
 from curation.preference.scoring import CaptionScorer
 from curation.preference.video_captions import decide_video_captions, shuffle_for
 from curation.segments import SegmentRefusal
@@ -285,9 +285,13 @@ def register_pair_set(cat: Catalog, *, set_id: str, checkpoint: Path, checkpoint
 def build_pair_set(cat: Catalog, checkpoint: str | Path, sample_ids: Iterable[str], config: DpoConfig, *,
                    out_dir: str | Path, mixture: str | None = None, mixture_sha256: str | None = None,
                    run_id: str | None = None,
-                   engine_factory: Callable[[EngineConfig], Engine] = load_engine,
-                   write_shards: Callable[[Catalog, str, Path], list[str]] | None = None) -> BuildReport:
-    """Decide every not-yet-decided input of the pair set for ``checkpoint``; shard the set's pairs."""
+                   engine_factory: Callable[[EngineConfig], Engine] = load_engine) -> BuildReport:
+    """Decide every not-yet-decided input of the pair set for ``checkpoint``; shard the set's pairs.
+
+    ``sample_ids``: the inputs (a mixture's ``dpo`` stage members). ``out_dir``: shards go to
+    ``<out_dir>/<pair_set_id>/shards/<domain>/``, shuffled videos to ``.../shuffled_videos/``.
+    ``engine_factory`` builds the policy and judge engines (tests pass a wrapper).
+    """
     checkpoint = Path(checkpoint)
     model_type = checkpoint_model_type(checkpoint)
     ck_hash = checkpoint_sha256(checkpoint)
@@ -330,8 +334,7 @@ def build_pair_set(cat: Catalog, checkpoint: str | Path, sample_ids: Iterable[st
     for r in cat.query("SELECT domain, reason, count(*) AS n FROM dpo_inputs WHERE pair_set_id = ? "
                        "GROUP BY ALL ORDER BY ALL", [set_id]):
         report.counts.setdefault(r["domain"], {})[r["reason"]] = r["n"]
-    if write_shards is not None:
-        report.shards = write_shards(cat, set_id, set_dir / "shards")
-        cat.con.execute("UPDATE dpo_pair_sets SET shard_dir = ? WHERE pair_set_id = ?",
-                        [str(set_dir / "shards"), set_id])
+    report.shards = write_pair_shards(cat, set_id, set_dir / "shards", max_samples=config.max_pairs_per_shard,
+                                      run_id=run_id)
+    cat.con.execute("UPDATE dpo_pair_sets SET shard_dir = ? WHERE pair_set_id = ?", [str(set_dir / "shards"), set_id])
     return report

@@ -10,22 +10,22 @@ TRL's DPO trainer reads conversational preference rows with the columns ``prompt
      "images":   [<PIL.Image>]}
 
 Videos follow the same pattern (``{"type": "video"}`` placeholders, a ``videos`` column
-of encoded video bytes). In a shard, one pair is one sample: ``<key>.json`` holds the
-record (media named by member: ``"images": ["image0.jpg"]``) plus provenance under
-``"meta"``, and the media travel beside it as ``<key>.image0.jpg`` / ``<key>.video0.mp4``.
+of encoded video bytes). In a shard (written by :func:`curation.shards.write_records`),
+one pair is one sample: ``<key>.json`` holds the record (media named by tar member:
+``"images": ["<key>.image0.jpg"]``) plus provenance under ``"meta"``, and the media travel
+beside it as ``<key>.image0.jpg`` / ``<key>.video0.mp4``.
 
     python -c "from curation.preference.records import load_preference_dataset as l; print(l(['x.tar']))"
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from curation.preference.decisions import Outcome
+from curation.preference.decisions import DOMAINS, Outcome
 
 TRL_COLUMNS = ("prompt", "chosen", "rejected", "images", "videos")
 
@@ -62,31 +62,62 @@ def pair_rows(set_id: str, outcome: Outcome, checkpoint_hash: str, run_id: str |
     return rows
 
 
-def sample_key(pair_id: str) -> str:
-    """WebDataset key of a pair: no dots or slashes (readers split the member name at the first dot)."""
-    return hashlib.sha256(pair_id.encode()).hexdigest()[:32]
+def shard_record(row: dict[str, Any]):
+    """One ``dpo_pairs`` row as a :class:`curation.shards.ShardRecord`: the TRL JSON plus its media files."""
+    from curation.shards import ShardRecord, sample_key
 
-
-def shard_sample(row: dict[str, Any]) -> dict[str, Any]:
-    """One ``dpo_pairs`` row as a WebDataset sample: ``__key__``, ``json`` and the media members (bytes)."""
     prompt = json.loads(row["prompt"]) if isinstance(row["prompt"], str) else row["prompt"]
-    sample: dict[str, Any] = {"__key__": sample_key(row["pair_id"])}
+    files: list[tuple[str, str]] = []
     names: dict[str, list[str]] = {"image": [], "video": []}
+    key = sample_key(row["pair_id"])
     for kind, path in zip(row["media_kinds"], row["media_paths"]):
         ext = Path(path).suffix.lower().lstrip(".") or ("jpg" if kind == "image" else "mp4")
-        member = f"{kind}{len(names[kind])}.{ext}"
-        names[kind].append(member)
-        sample[member] = Path(path).read_bytes()
+        suffix = f"{kind}{len(names[kind])}.{ext}"
+        names[kind].append(f"{key}.{suffix}")
+        files.append((suffix, path))
     meta = {k: row[k] for k in ("pair_id", "pair_set_id", "sample_id", "domain", "chosen_score", "rejected_score",
                                 "margin", "chosen_reason", "rejected_reason", "judge", "checkpoint_sha256",
                                 "media_hashes", "rejected_media_path")}
     for k in ("temperatures", "seeds"):
         meta[k] = json.loads(row[k]) if isinstance(row[k], str) else row[k]
-    sample["json"] = json.dumps({
-        "prompt": prompt, "chosen": trl_answer(row["chosen"]), "rejected": trl_answer(row["rejected"]),
-        "images": names["image"], "videos": names["video"], "meta": meta,
-    }, ensure_ascii=False, sort_keys=True).encode()
-    return sample
+    record = {"prompt": prompt, "chosen": trl_answer(row["chosen"]), "rejected": trl_answer(row["rejected"]),
+              "images": names["image"], "videos": names["video"], "meta": meta}
+    return ShardRecord(key, record, files)
+
+
+def write_pair_shards(cat, set_id: str, out_dir: Path, *, max_samples: int, max_bytes: int = 512 << 20,
+                      run_id: str | None = None) -> list[str]:
+    """Shard every pair of the set, one folder per domain (``<out_dir>/<domain>/dpo-<domain>-NNNNNN.tar``).
+
+    Shards are recorded in the ``shards`` table under record set ``dpo/<set_id>``. A
+    domain whose recorded shards still match their checksums and hold exactly its
+    current pairs is left alone; otherwise it is rewritten (pairs in ``pair_id`` order,
+    so the bytes are a function of the pairs).
+    """
+    from curation.shards import record_shard, write_records
+    from curation.transcode import file_sha256
+
+    record_set = f"dpo/{set_id}"
+    paths = []
+    for domain in DOMAINS:
+        rows = cat.query("SELECT * FROM dpo_pairs WHERE pair_set_id = ? AND domain = ? ORDER BY pair_id",
+                         [set_id, domain])
+        stage = f"dpo-{domain}"
+        recorded = cat.query("SELECT name, path, sha256, n_samples FROM shards WHERE mixture = ? AND stage = ?",
+                             [record_set, stage])
+        if recorded and sum(r["n_samples"] for r in recorded) == len(rows) and all(
+                Path(r["path"]).exists() and file_sha256(r["path"]) == r["sha256"] for r in recorded):
+            paths += sorted(r["path"] for r in recorded)
+            continue
+        infos = write_records([shard_record(r) for r in rows], out_dir / domain, prefix=f"dpo-{domain}",
+                              max_samples=max_samples, max_bytes=max_bytes,
+                              index_header={"record_set": record_set, "domain": domain}) if rows else []
+        with cat.transaction() as con:
+            con.execute("DELETE FROM shards WHERE mixture = ? AND stage = ?", [record_set, stage])
+            for info in infos:
+                record_shard(cat, record_set, stage, info, run_id, con=con)
+        paths += [info.path for info in infos]
+    return paths
 
 
 def iter_shard_records(tar_paths: Iterable[str | Path]) -> Iterator[dict[str, Any]]:
@@ -96,8 +127,11 @@ def iter_shard_records(tar_paths: Iterable[str | Path]) -> Iterator[dict[str, An
 
     for sample in wds.WebDataset([str(p) for p in tar_paths], shardshuffle=False, empty_check=False):
         record = json.loads(sample["json"])
-        record["images"] = [Image.open(io.BytesIO(sample[m])).convert("RGB") for m in record["images"]]
-        record["videos"] = [sample[m] for m in record["videos"]]
+        key = sample["__key__"]
+        # members are named "<key>.<suffix>"; webdataset exposes them by suffix
+        record["images"] = [Image.open(io.BytesIO(sample[m.removeprefix(key + ".")])).convert("RGB")
+                            for m in record["images"]]
+        record["videos"] = [sample[m.removeprefix(key + ".")] for m in record["videos"]]
         yield record
 
 

@@ -1,0 +1,90 @@
+"""DPO preference pairs: ``mavors dpo build`` (paper §4 Stage 3, App. A) and ``mavors dpo sets``.
+
+    mavors dpo build --checkpoint mavors-work/models/qwen2vl --mixture manifests/mixtures/dpo.yaml
+    mavors dpo build --checkpoint CK --mixture M.yaml --config my-dpo.yaml   # DpoConfig overrides
+    mavors dpo sets                                                          # pair sets and their lineage
+
+A rerun with the same checkpoint and config skips inputs already decided; a new
+checkpoint builds a new pair set beside the old ones.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+dpo_app = typer.Typer(no_args_is_help=True, help="DPO preference pairs from a policy checkpoint.")
+
+
+@dpo_app.command("build")
+def build_cmd(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="Policy checkpoint: a Mavors export or any local VLM."),
+    mixture: Path = typer.Option(..., "--mixture", help="Mixture YAML whose `dpo` stage lists the inputs."),
+    config: Optional[Path] = typer.Option(None, "--config", help="DpoConfig YAML (embedded defaults otherwise)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Output root (default: <work_dir>/dpo)."),
+) -> None:
+    """Generate, judge and pair; record every decision; shard the pairs in TRL's format."""
+    from curation.catalog import Catalog
+    from curation.config import load_yaml
+    from curation.mixtures import load_mixture, select_mixture
+    from curation.preference.build import build_pair_set
+    from curation.preference.config import DpoConfig
+    from curation.settings import load_settings
+
+    settings = load_settings()
+    cfg = load_yaml(config, DpoConfig) if config else DpoConfig()
+    mix = load_mixture(mixture)
+    if "dpo" not in mix.stages:
+        raise ValueError(f"{mixture}: the mixture has no `dpo` stage to take inputs from")
+    root = out_dir or cfg.output_dir or settings.dir("dpo")
+    with Catalog(settings.catalog) as cat:
+        run_id = cat.start_run("dpo build", {"checkpoint": str(checkpoint), "mixture": str(mixture),
+                                             "config": cfg.model_dump(mode="json")})
+        try:
+            select_mixture(cat, mix, manifest_path=mixture, run_id=run_id)
+            ids = [r["sample_id"] for r in cat.query(
+                "SELECT sample_id FROM mixture_members WHERE mixture = ? AND stage = 'dpo'", [mix.name])]
+            mix_sha = cat.scalar("SELECT config_sha256 FROM mixtures WHERE name = ?", [mix.name])
+            report = build_pair_set(cat, checkpoint, ids, cfg, out_dir=root, mixture=mix.name,
+                                    mixture_sha256=mix_sha, run_id=run_id)
+        except BaseException as e:
+            cat.finish_run(run_id, "failed", f"{type(e).__name__}: {e}")
+            raise
+        cat.finish_run(run_id, "completed")
+    table = Table(title=f"pair set {report.pair_set_id} (checkpoint {report.checkpoint_sha256[:12]}, "
+                        f"backend {report.backend}; {report.decided} decided, {report.skipped} already done)")
+    for col in ("domain", "reason", "inputs"):
+        table.add_column(col)
+    for domain, reasons in report.counts.items():
+        for reason, n in reasons.items():
+            table.add_row(domain, reason, str(n))
+    console.print(table)
+    console.print(f"{len(report.shards)} shard(s) under {root / report.pair_set_id / 'shards'}")
+
+
+@dpo_app.command("sets")
+def sets_cmd() -> None:
+    """Pair sets in the catalog, newest first, with their checkpoint and the set they supersede."""
+    from curation.catalog import Catalog
+    from curation.settings import load_settings
+
+    with Catalog(load_settings().catalog) as cat:
+        rows = cat.query("""SELECT s.pair_set_id, s.checkpoint_path, s.checkpoint_sha256[:12] AS ck, s.backend,
+                                   s.previous_pair_set, s.created_at,
+                                   (SELECT count(*) FROM dpo_pairs p WHERE p.pair_set_id = s.pair_set_id) AS pairs
+                            FROM dpo_pair_sets s ORDER BY s.created_at DESC""")
+    table = Table(title="DPO pair sets")
+    for col in ("pair set", "checkpoint", "sha256", "backend", "pairs", "previous", "created"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["pair_set_id"], r["checkpoint_path"], r["ck"], r["backend"], str(r["pairs"]),
+                      r["previous_pair_set"] or "-", str(r["created_at"])[:19])
+    console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(dpo_app, name="dpo")
