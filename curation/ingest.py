@@ -83,14 +83,23 @@ def probe_media(media: Sequence[MediaKey], *, ray_settings: RaySettings | None =
                 progress: Progress | None = None, batch_size: int = 8) -> dict[MediaKey, dict]:
     """Hash and probe files on Ray Data; returns (path, kind) -> result row (``reason`` set on failure).
 
-    ``workers``: at most this many concurrent Ray tasks (None: as many as Ray has CPUs).
+    ``workers``: at most this many concurrent Ray tasks (None: as many as Ray has CPUs);
+    0 probes in this process without Ray (a few files, where starting Ray costs more than the work).
     """
+    if not media:
+        return {}
+    if workers == 0:
+        results = {}
+        for key in media:
+            row = {k: v[0] for k, v in _probe_batch({"path": [key[0]], "kind": [key[1]]}).items()}
+            results[key] = row
+            if progress:
+                progress(len(results), len(media))
+        return results
     import ray
 
     from curation.ray_runtime import ensure_ray
 
-    if not media:
-        return {}
     ensure_ray(ray_settings)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False

@@ -40,7 +40,7 @@ def demo_data_cmd(out_dir: Path = typer.Argument(Path("mavors-work/demo"), help=
 
 
 def ingest_cmd(manifests: list[Path] = typer.Argument(..., help="Source manifest YAML files."),
-               workers: int = typer.Option(None, help="Concurrent Ray tasks for hashing/probing (default: all CPUs)."),
+               workers: int = typer.Option(None, help="Concurrent Ray tasks for hashing/probing (default: all CPUs; 0: no Ray, in this process)."),
                ) -> None:
     """Ingest sources: hash + probe media on Ray, write samples/media/quarantine, one transaction per source."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
