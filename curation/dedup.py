@@ -134,35 +134,35 @@ def decisions_sql(policy: DedupPolicy) -> str:
                ON q.source = s.source AND q.item = s.item
         LEFT JOIN _dedup_rules r ON r.task = s.task
     ),
-    ranked AS (
+    ranked AS MATERIALIZED (
+        -- One sort per (group, task): eligible (scored, not quarantined) first, by PPL then sample_id,
+        -- so row_number() is the rank among eligible members.
         SELECT *,
                count(*) OVER (PARTITION BY group_key, task) AS group_size,
-               CASE WHEN ppl IS NOT NULL AND NOT quarantined THEN
-                   row_number() OVER (PARTITION BY group_key, task, ppl IS NOT NULL AND NOT quarantined
-                                      ORDER BY ppl, sample_id)
-               END AS rank,
-               md5(CAST($seed AS VARCHAR) || ':' || sample_id) AS pick_hash
-        FROM base
+               row_number() OVER (PARTITION BY group_key, task ORDER BY eligible DESC, ppl, sample_id) AS pos
+        FROM (SELECT *, ppl IS NOT NULL AND NOT quarantined AS eligible FROM base)
     ),
-    picked AS (
-        SELECT *,
-               min(CASE WHEN rank <= k THEN pick_hash END) OVER (PARTITION BY group_key, task) AS group_pick
+    picks AS (
+        -- The random pick of each (group, task): smallest seeded hash among its k lowest.
+        SELECT arg_min(sample_id, md5(CAST($seed AS VARCHAR) || ':' || sample_id)) AS sample_id
         FROM ranked
+        WHERE rule = 'random_one_of_k_lowest' AND eligible AND pos <= k AND group_size > 1
+        GROUP BY group_key, task
     )
     SELECT sample_id, source, task, group_key, CAST(group_size AS INTEGER) AS group_size, rule,
-           k, CAST(rank AS INTEGER) AS rank, ppl,
+           k, CASE WHEN eligible THEN CAST(pos AS INTEGER) END AS rank, ppl,
            CASE
                WHEN quarantined THEN 'quarantined'
                WHEN group_key IS NULL THEN 'no_media'
                WHEN group_size = 1 THEN 'unique'
                WHEN rule = 'keep_all' THEN 'keep_all'
                WHEN ppl IS NULL THEN $unscored
-               WHEN rank > k THEN 'above_k'
+               WHEN pos > k THEN 'above_k'
                WHEN rule = 'keep_k_lowest' THEN 'lowest_k'
-               WHEN pick_hash = group_pick THEN 'random_pick'
+               WHEN sample_id IN (SELECT sample_id FROM picks) THEN 'random_pick'
                ELSE 'not_picked'
            END AS reason
-    FROM picked
+    FROM ranked
     """
 
 

@@ -38,7 +38,9 @@ CREATE TABLE media_clusters (
 
 -- The group each sample falls in for a policy run: identical media (ordered tuple of media hashes)
 -- or near-identical media (ordered tuple of cluster keys).
--- One row per (policy, sample): a policy run replaces its rows as a whole, in one transaction.
+-- One row per (policy, sample): a policy run deletes its rows and inserts one per sample, in one
+-- transaction. No PRIMARY KEY on purpose: the uniqueness holds by construction, and maintaining a
+-- 10M-entry ART index made the insert slower than the whole policy query.
 CREATE TABLE dedup_decisions (
     policy           TEXT NOT NULL,        -- policy name from the YAML
     sample_id        TEXT NOT NULL,
@@ -58,6 +60,5 @@ CREATE TABLE dedup_decisions (
     template_version TEXT NOT NULL,
     text_scope       TEXT NOT NULL,
     run_id           TEXT,
-    created_at       TIMESTAMP DEFAULT current_timestamp,
-    PRIMARY KEY (policy, sample_id)
+    created_at       TIMESTAMP DEFAULT current_timestamp
 );
