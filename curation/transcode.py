@@ -1,0 +1,253 @@
+"""Media as it goes into training shards: videos re-encoded to the model's fixed fps with a short GOP.
+
+    python -m curation.transcode IN.mp4 OUT.mp4 --fps 2
+
+Why: Mavors numbers video chunks by the timestamp of their first frame (paper §3.4:
+"we transcode the video into fixed FPS, so that the index of the video chunk can be
+identified from the actual timestamp"), and the loader decodes chunks of F=16 frames.
+So every shard video has a constant frame rate (``fps``) and a keyframe every ``gop``
+frames (default F), no B-frames and no scene-cut keyframes: a chunk starts on a
+keyframe and decodes without seeking back. The frame-rate change follows the usual
+"nearest earlier frame" rule (FFmpeg's ``fps`` filter): output frame k at time k/fps
+shows the last source frame whose timestamp is <= k/fps, so the output lasts as long
+as the source, ``ceil(duration * fps)`` frames. Encoding is single-threaded and so
+bit-reproducible: the same input and profile give the same bytes (shards stay
+byte-identical across rebuilds). Images are checked to decode and kept as they are.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from curation.config import ConfigModel
+
+DEFAULT_FPS = 2.0
+"""Fixed frame rate of shard videos when neither the mixture nor the model config says otherwise: the
+model area's ``MavorsConfig.video_fps`` default (not given in the paper; 16-frame chunks span 8 s)."""
+FRAMES_PER_CHUNK = 16
+"""Frames per video chunk F (paper §5.1, ``MavorsConfig.frames_per_chunk``); the default keyframe interval."""
+
+
+def model_video_defaults() -> tuple[float, int]:
+    """(fps, frames per chunk) from ``model.configuration.MavorsConfig``'s defaults, the single source of truth;
+    the constants above when the model package is not importable (a data-only install)."""
+    try:
+        from model.configuration import MavorsConfig
+    except ImportError:
+        return DEFAULT_FPS, FRAMES_PER_CHUNK
+    return float(MavorsConfig.video_fps), int(MavorsConfig.frames_per_chunk)
+
+
+class TranscodeRefusal(ValueError):
+    """Media that cannot go into a shard; ``reason`` is a countable code stored in the quarantine."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class TranscodeConfig(ConfigModel):
+    """How shard videos are encoded."""
+
+    fps: float | None = Field(None, gt=0, le=120)
+    """Fixed frame rate of every shard video; None: the model's ``MavorsConfig.video_fps`` (2.0).
+    Must equal the ``video_fps`` of the checkpoint that trains on the shards."""
+    gop: int | None = Field(None, ge=1)
+    """Keyframe interval in frames; None: F (``MavorsConfig.frames_per_chunk``, 16), a keyframe at every chunk start."""
+    codec: Literal["libx264"] = "libx264"
+    """Encoder (H.264 decodes everywhere: PyAV, decord, torchvision, browsers)."""
+    crf: int = Field(23, ge=0, le=51)
+    """x264 constant rate factor (0 lossless, 23 default quality, higher smaller)."""
+    preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium"] = "veryfast"
+    """x264 speed/size trade-off."""
+    max_side: int | None = Field(None, ge=16)
+    """Downscale so the longer side is at most this many pixels (aspect kept); None keeps the resolution
+    (Mavors resizes dynamically itself). Cluster: e.g. 896 to bound shard size."""
+
+    def resolved(self) -> TranscodeConfig:
+        """A copy with ``fps``/``gop`` filled in from the model config where they are None."""
+        fps, frames_per_chunk = model_video_defaults() if self.fps is None or self.gop is None else (0.0, 0)
+        return self.model_copy(update={"fps": self.fps or fps, "gop": self.gop or frames_per_chunk})
+
+    def profile_id(self) -> str:
+        """Short stable id of the resolved settings: transcoded files are cached and recorded under it."""
+        cfg = self.resolved()
+        digest = hashlib.sha256(json.dumps(cfg.model_dump(), sort_keys=True).encode()).hexdigest()[:10]
+        return f"{cfg.codec}-{cfg.fps:g}fps-g{cfg.gop}-{digest}"
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    """What a shard records about one media file (its bytes are at ``path``)."""
+
+    kind: str  # image | video
+    path: str
+    ext: str
+    sha256: str
+    bytes: int
+    width: int
+    height: int
+    codec: str
+    fps: float | None = None
+    n_frames: int | None = None
+    duration_s: float | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+_IMAGE_EXT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tiff"}
+
+
+def check_image(path: str | Path) -> MediaInfo:
+    """Decode an image fully (truncated files fail here, not in training); the bytes stay as they are."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            fmt, (w, h) = im.format, im.size
+    except (OSError, UnidentifiedImageError, ValueError) as e:
+        raise TranscodeRefusal("undecodable_image", f"{path}: {e}") from None
+    ext = _IMAGE_EXT.get(fmt or "", path.suffix.lstrip(".").lower() or "img")
+    return MediaInfo("image", str(path), ext, file_sha256(path), path.stat().st_size, w, h, fmt or ext)
+
+
+def output_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
+    """Even (yuv420p) output size, scaled down so the longer side is <= max_side when given."""
+    scale = min(1.0, max_side / max(width, height)) if max_side else 1.0
+    w, h = max(2, int(width * scale) // 2 * 2), max(2, int(height * scale) // 2 * 2)
+    return w, h
+
+
+def transcode_video(src: str | Path, dst: str | Path, cfg: TranscodeConfig) -> MediaInfo:
+    """Write ``dst`` (mp4, H.264, constant ``cfg.fps``, keyframe every ``cfg.gop`` frames) from ``src``.
+
+    Written to a temporary name, fsynced and renamed, so ``dst`` is either absent or complete.
+    Raises :class:`TranscodeRefusal` (``undecodable_video``) for input that does not decode.
+    """
+    import av
+
+    src, dst, cfg = Path(src), Path(dst), cfg.resolved()
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.partial")
+    step = Fraction(1) / Fraction(cfg.fps).limit_denominator(1001)
+    n_out = 0
+    try:
+        with av.open(str(src)) as inp:
+            if not inp.streams.video:
+                raise TranscodeRefusal("undecodable_video", f"{src}: no video stream")
+            ist = inp.streams.video[0]
+            src_rate = ist.average_rate or ist.guessed_rate or Fraction(cfg.fps)
+            w, h = output_size(ist.codec_context.width, ist.codec_context.height, cfg.max_side)
+            with av.open(str(tmp), "w", format="mp4") as out:
+                ost = out.add_stream(cfg.codec, rate=Fraction(1) / step, options={
+                    "crf": str(cfg.crf), "preset": cfg.preset, "threads": "1",
+                    "x264-params": f"keyint={cfg.gop}:min-keyint={cfg.gop}:scenecut=0:bframes=0:open-gop=0",
+                })
+                ost.width, ost.height, ost.pix_fmt = w, h, "yuv420p"
+                ost.codec_context.time_base = step
+                ost.codec_context.gop_size = cfg.gop
+
+                def emit(frame: av.VideoFrame) -> None:
+                    nonlocal n_out
+                    frame.pts, frame.time_base = n_out, step
+                    frame.pict_type = av.video.frame.PictureType.NONE  # the source's I-frames must not force ours
+                    out.mux(ost.encode(frame))
+                    n_out += 1
+
+                t0 = last_t = None
+                held = None  # the source frame on screen, already scaled: (H, W) yuv420p
+                for i, frame in enumerate(inp.decode(ist)):
+                    t = Fraction(frame.pts * ist.time_base) if frame.pts is not None else Fraction(i) / src_rate
+                    t0 = t if t0 is None else t0
+                    if held is not None:
+                        while n_out * step < t - t0:  # output instants before this frame show the held one
+                            emit(held)
+                    held = frame.reformat(width=w, height=h, format="yuv420p")
+                    last_t = t
+                if held is None:
+                    raise TranscodeRefusal("undecodable_video", f"{src}: no frame decodes")
+                end = last_t - t0 + Fraction(1) / Fraction(src_rate)
+                while n_out * step < end:
+                    emit(held)
+                out.mux(ost.encode(None))
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        tmp.replace(dst)
+    except TranscodeRefusal:
+        tmp.unlink(missing_ok=True)
+        raise
+    except (av.error.FFmpegError, OSError, ValueError, ZeroDivisionError) as e:
+        tmp.unlink(missing_ok=True)
+        raise TranscodeRefusal("undecodable_video", f"{src}: {type(e).__name__}: {e}") from None
+    fps = float(Fraction(1) / step)
+    return MediaInfo("video", str(dst), "mp4", file_sha256(dst), dst.stat().st_size, w, h, "h264",
+                     fps=fps, n_frames=n_out, duration_s=n_out / fps)
+
+
+def decode_check(data: bytes, kind: str) -> int:
+    """Decode media bytes completely; returns the frame count (1 for an image). Raises TranscodeRefusal."""
+    if kind == "image":
+        from PIL import Image
+
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                im.load()
+        except Exception as e:  # noqa: BLE001 - PIL raises many types for bad bytes
+            raise TranscodeRefusal("undecodable_image", str(e)) from None
+        return 1
+    import av
+
+    try:
+        with av.open(io.BytesIO(data)) as c:
+            n = sum(1 for _ in c.decode(video=0))
+    except (av.error.FFmpegError, IndexError, ValueError) as e:
+        raise TranscodeRefusal("undecodable_video", str(e)) from None
+    if n == 0:
+        raise TranscodeRefusal("undecodable_video", "no frame decodes")
+    return n
+
+
+def keyframe_indices(path: str | Path) -> list[int]:
+    """Indices (in display order) of the keyframes of a video: every ``gop``-th frame for shard videos."""
+    import av
+
+    with av.open(str(path)) as c:
+        return [i for i, f in enumerate(c.decode(video=0)) if f.key_frame]
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("src", type=Path)
+    p.add_argument("dst", type=Path)
+    p.add_argument("--fps", type=float, default=None, help="default: MavorsConfig.video_fps")
+    p.add_argument("--gop", type=int, default=None, help="default: MavorsConfig.frames_per_chunk")
+    a = p.parse_args(argv)
+    info = transcode_video(a.src, a.dst, TranscodeConfig(fps=a.fps, gop=a.gop))
+    print(json.dumps(info.as_dict(), indent=1))
+
+
+if __name__ == "__main__":
+    main()
