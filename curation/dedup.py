@@ -75,8 +75,8 @@ class DedupPolicy(ConfigModel):
     """Seed of the random pick (``md5('<seed>:<sample_id>')``)."""
     grouping: Literal["exact", "phash"] = "exact"
     """``exact``: identical media bytes. ``phash``: near-duplicate clusters (run ``mavors dedup phash`` first)."""
-    phash_max_distance: int = Field(4, ge=0, le=32)
-    """With ``grouping: phash``: which ``media_clusters`` build to use (Hamming threshold per 64-bit hash)."""
+    phash_max_distance: int = Field(32, ge=0, le=255)
+    """With ``grouping: phash``: which ``media_clusters`` build to use (largest thumbnail value difference, 0-255)."""
     unscored: Literal["error", "keep", "drop"] = "error"
     """A sample without a score in a group that needs ranking: fail the run, keep it, or drop it."""
     tasks: dict[str, TaskRule] = {}

@@ -238,3 +238,66 @@ def test_shipped_policies_load():
 
     for path in sorted((REPO / "manifests" / "dedup" / "scorers").glob("*.yaml")):
         load_yaml(path, ScorerConfig)
+
+
+@pytest.fixture(scope="module")
+def demo_decisions(demo_catalog, demo_corpus, tmp_path_factory):
+    """The demo catalog with every sample given a PPL, exact and near-duplicate policies run."""
+    import shutil
+
+    from curation.phash import build_clusters, compute_signatures
+
+    path = tmp_path_factory.mktemp("dedup-demo") / "catalog.duckdb"
+    shutil.copy(demo_catalog, path)
+    with Catalog(path) as cat:
+        ids = [r["sample_id"] for r in cat.query("SELECT sample_id FROM samples ORDER BY sample_id")]
+        for i, sid in enumerate(ids):
+            cat.insert("ppl_scores", [{"sample_id": sid, "scorer": SCORER, "template_version": "llava2chat-v1",
+                                       "text_scope": "answer", "ppl": 1.0 + (i * 37 % 101) / 10, "mean_nll": 0.5,
+                                       "n_tokens": 4, "backend": "transformers", "model_path": "-"}])
+        assert compute_signatures(cat)["failed"] == 0
+        build_clusters(cat, 32)
+        run_policy(cat, policy(name="exact"))
+        run_policy(cat, policy(name="near", grouping="phash", phash_max_distance=32))
+        yield cat, json.loads((demo_corpus / "planted_duplicates.json").read_text())
+
+
+def test_demo_planted_exact_duplicates_are_all_found(demo_decisions):
+    cat, planted = demo_decisions
+    d = decisions(cat, "exact")
+    assert planted["exact"]
+    for dup in planted["exact"]:
+        media_hash = cat.scalar("SELECT media_hash FROM media WHERE storage_path LIKE ?", [f"%/{dup['media']}"]) or \
+            cat.scalar("SELECT unnest(media_hashes) FROM samples WHERE sample_id = ? LIMIT 1", [dup["samples"][0]])
+        for sid in dup["samples"]:
+            assert media_hash in d[sid]["group_key"].split("+"), (dup, sid)
+    # every sample got exactly one decision
+    assert len(d) == cat.scalar("SELECT count(*) FROM samples")
+
+
+def test_demo_planted_near_duplicates_group_only_with_phash(demo_decisions):
+    cat, planted = demo_decisions
+    exact, near = decisions(cat, "exact"), decisions(cat, "near")
+    assert planted["near"]
+    for dup in planted["near"]:
+        a, b = dup["samples"]
+        assert exact[a]["group_key"] != exact[b]["group_key"]
+        assert near[a]["group_key"] == near[b]["group_key"], dup
+    # nothing else merged: near groups differ from exact groups only by the planted pairs
+    merged = cat.scalar("SELECT count(*) FROM media_clusters WHERE max_distance = 32 AND cluster_key <> media_hash")
+    assert merged == len(planted["near"])
+
+
+def test_signature_distance_by_hand():
+    import numpy as np
+
+    from curation.phash import THUMB, cluster, distance
+
+    a = np.zeros((2, THUMB, THUMB, 3), np.uint8)
+    b = a.copy()
+    b[1, 3, 4, 2] = 40
+    c = a.copy()
+    c[0, 0, 0, 0] = 41
+    assert distance(a, b) == 40 and distance(b, c) == 41
+    keys = cluster({"h3": ("video", a), "h1": ("video", b), "h2": ("video", c), "h0": ("image", a[:1])}, 40)
+    assert keys == {"h1": "h1", "h3": "h1", "h2": "h2", "h0": "h0"}

@@ -17,21 +17,24 @@ CREATE TABLE ppl_scores (
     PRIMARY KEY (sample_id, scorer, template_version, text_scope)
 );
 
--- Perceptual hashes of media (optional near-duplicate grouping). Images: one 64-bit DCT hash;
--- videos: one per sampled frame, in time order.
-CREATE TABLE media_phash (
-    media_hash  TEXT PRIMARY KEY,
+-- Perceptual signatures of media (optional near-duplicate grouping, curation/phash.py): a 16x16 RGB
+-- thumbnail per image, one per sampled frame for videos (uint8 bytes, frames concatenated in time order).
+CREATE TABLE media_signatures (
+    media_hash  TEXT NOT NULL,
+    method      TEXT NOT NULL,             -- thumb16-f<frames>: thumbnail size and frames sampled
     kind        TEXT NOT NULL,             -- image | video
-    frame_hashes UBIGINT[] NOT NULL,
-    method      TEXT NOT NULL,             -- e.g. dct64-f5 (hash, frames sampled)
-    created_at  TIMESTAMP DEFAULT current_timestamp
+    n_frames    INTEGER NOT NULL,
+    signature   BLOB NOT NULL,             -- n_frames * 16 * 16 * 3 bytes
+    created_at  TIMESTAMP DEFAULT current_timestamp,
+    PRIMARY KEY (media_hash, method)
 );
 
 -- Near-duplicate clusters: each media maps to the smallest media_hash of its cluster (itself if alone).
 -- Rebuilt as a whole by `mavors dedup phash`, keyed by the threshold it was built with.
 CREATE TABLE media_clusters (
     media_hash   TEXT NOT NULL,
-    max_distance INTEGER NOT NULL,         -- Hamming threshold per frame hash used to link media
+    max_distance INTEGER NOT NULL,         -- threshold used to link media: largest thumbnail value
+                                           -- difference, 0-255 scale (curation/phash.py)
     cluster_key  TEXT NOT NULL,
     PRIMARY KEY (media_hash, max_distance)
 );
