@@ -1,0 +1,105 @@
+"""Commands for mixtures and shards.
+
+    mavors shards select manifests/mixtures/demo-stage2.yaml      # draw + requested-vs-available table
+    mavors shards build manifests/mixtures/demo-stage2.yaml       # select, transcode, write shards (Ray)
+    mavors shards verify mavors-work/shards/demo-stage2           # checksums, counts, decodability
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+console = Console()
+shards_app = typer.Typer(no_args_is_help=True, help="Stage mixtures and WebDataset shards.")
+
+
+def _select(cat, path: Path, strict: bool, replace: bool, run_id: str | None):
+    from curation.mixtures import load_mixture, select_mixture
+
+    mixture = load_mixture(path)
+    selection = select_mixture(cat, mixture, strict=strict, replace=replace, manifest_path=path, run_id=run_id)
+    for w in selection.warnings:
+        console.print(f"[yellow]warning:[/yellow] {w}")
+    console.print(f"mixture {mixture.name}: {selection.n_selected} samples"
+                  f"{' (already selected, reused)' if selection.reused else ''}; "
+                  f"dedup policy: {selection.dedup_policy or 'none'}")
+    console.print(selection.table(), highlight=False)
+    return mixture, selection
+
+
+@shards_app.command("select")
+def select_cmd(mixture: Path = typer.Argument(..., help="Mixture YAML (manifests/mixtures/...)."),
+               strict: bool = typer.Option(False, help="A source absent from the catalog or short of its count fails."),
+               replace: bool = typer.Option(False, help="Redraw a mixture selected before with another config.")) -> None:
+    """Draw a mixture's samples into the catalog and print requested vs available per source."""
+    from curation.catalog import Catalog
+    from curation.settings import load_settings
+
+    with Catalog(load_settings().catalog) as cat:
+        run_id = cat.start_run("shards select", {"mixture": str(mixture), "strict": strict})
+        _select(cat, mixture, strict, replace, run_id)
+        cat.finish_run(run_id)
+
+
+@shards_app.command("build")
+def build_cmd(mixture: Path = typer.Argument(..., help="Mixture YAML (manifests/mixtures/...)."),
+              out: Optional[Path] = typer.Option(None, help="Shard root; default <work_dir>/shards."),
+              stage: Optional[list[str]] = typer.Option(None, help="Only these stages (repeatable)."),
+              strict: bool = typer.Option(False, help="A source absent from the catalog or short of its count fails."),
+              replace: bool = typer.Option(False, help="Redraw a mixture selected before with another config."),
+              serial: bool = typer.Option(False, help="Write in this process instead of Ray tasks.")) -> None:
+    """Select a mixture, transcode its media and write its shards (a rerun skips finished shards)."""
+    from curation.catalog import Catalog
+    from curation.settings import load_settings
+    from curation.shards import build_shards
+
+    settings = load_settings()
+    out_root = out or settings.dir("shards")
+    with Catalog(settings.catalog) as cat:
+        run_id = cat.start_run("shards build", {"mixture": str(mixture), "out": str(out_root), "stages": stage})
+        try:
+            cfg, _ = _select(cat, mixture, strict, replace, run_id)
+            builds = build_shards(cat, cfg, out_root, stages=stage, parallel=not serial, ray_settings=settings.ray,
+                                  run_id=run_id,
+                                  on_shard=lambda s: console.print(f"  wrote {s.name}: {s.n_samples} samples, "
+                                                                   f"{s.bytes / 1e6:.1f} MB", highlight=False))
+        except BaseException as e:
+            cat.finish_run(run_id, "failed", f"{type(e).__name__}: {e}")
+            raise
+        cat.finish_run(run_id)
+    for b in builds:
+        q = ", ".join(f"{k}: {v}" for k, v in b.quarantined.items()) or "none"
+        console.print(f"stage {b.stage}: {len(b.shards)} shards, {b.n_samples} samples -> {b.out_dir} "
+                      f"(written {len(b.written)}, already complete {len(b.skipped)}, removed {len(b.removed)}; "
+                      f"quarantined: {q})", highlight=False)
+
+
+@shards_app.command("verify")
+def verify_cmd(directory: Path = typer.Argument(..., help="A shard folder (with index.json) or a root above several."),
+               decode: bool = typer.Option(True, help="Decode every image and video."),
+               catalog: bool = typer.Option(False, help="Also compare checksums with the catalog's shards table.")) -> None:
+    """Check shards against their index (and the catalog): sha256, sizes, counts, members, decodability."""
+    from curation.shards import verify_shards
+
+    recorded = None
+    if catalog:
+        from curation.catalog import Catalog
+        from curation.settings import load_settings
+
+        with Catalog(load_settings().catalog, read_only=True) as cat:
+            recorded = {r["name"]: r["sha256"] for r in cat.query("SELECT name, sha256 FROM shards")}
+    report = verify_shards(directory, recorded=recorded, decode=decode)
+    for p in report.problems:
+        console.print(f"[red]FAIL[/red] {p}", highlight=False)
+    console.print(f"{report.n_shards} shards, {report.n_samples} samples: "
+                  f"{'OK' if report.ok else f'{len(report.problems)} problems'}")
+    if not report.ok:
+        bad = sorted({p.split(":")[0] for p in report.problems})
+        raise RuntimeError(f"verification failed: {', '.join(bad)}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(shards_app, name="shards")
