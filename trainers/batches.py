@@ -1,0 +1,66 @@
+"""The stage's data as a resumable stream of micro-batches for this rank, and DPO pairs for scoring.
+
+    stream = build_stream(spec, model, processor, rank, world, work_dir)
+    state = stream.state_dict(); stream.load_state_dict(state)   # resume mid-epoch
+
+A stream yields dicts with ``sample_id`` (list), model inputs (``input_ids`` (B, T),
+``attention_mask``, visual tensors) and ``labels`` (answer tokens, -100 elsewhere);
+DPO streams yield ``chosen`` and ``rejected`` dicts of the same shape instead.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+from trainers.initialization import resolve
+from trainers.spec import StageSpec
+from trainers.synthetic import SyntheticStream
+
+
+def vocab_size(model) -> int:
+    cfg = model.config
+    return getattr(getattr(cfg, "text_config", None), "vocab_size", None) or cfg.vocab_size
+
+
+def data_dir(spec: StageSpec, work_dir: Path) -> Path | None:
+    """Directory of the stage's shards (None for synthetic data)."""
+    if spec.data.shards is not None:
+        return resolve(work_dir, spec.data.shards)
+    if spec.data.mixture is not None:
+        from curation.mixtures import load_mixture
+        from curation.shards import stage_dir
+
+        mixture = load_mixture(resolve(work_dir, spec.data.mixture))
+        return stage_dir(work_dir / "shards", mixture.name, spec.data.mixture_stage)
+    return None
+
+
+def build_stream(spec: StageSpec, model, processor, rank: int, world: int, work_dir: Path):
+    """This rank's micro-batch stream for the stage."""
+    if spec.data.synthetic is not None:
+        return synthetic_stream(spec, model, processor, spec.batch.micro_size, rank, world)
+    from trainers.data import build_loader
+
+    return build_loader(data_dir(spec, work_dir), processor, micro_size=spec.batch.micro_size, rank=rank,
+                        world_size=world, seed=spec.data.seed, shuffle_buffer=spec.data.shuffle_buffer,
+                        dpo=spec.loss.kind == "dpo")
+
+
+def synthetic_stream(spec: StageSpec, model, processor, micro_size: int, rank: int, world: int) -> SyntheticStream:
+    cfg = spec.data.synthetic
+    return SyntheticStream(cfg, vocab_size(model), micro_size, rank, world, spec.data.seed,
+                           dpo=spec.loss.kind == "dpo", processor=processor if cfg.image_px else None)
+
+
+def pair_batches(spec: StageSpec, model, processor, rank: int, world: int, work_dir: Path) -> Iterator[dict]:
+    """Every DPO pair once (rank's share: pairs ``rank, rank+world, ...``), in micro-batches, for reference scoring."""
+    if spec.data.synthetic is not None:
+        stream = synthetic_stream(spec, model, processor, 1, 0, 1)
+        ids = list(range(rank, spec.data.synthetic.n_samples, world))
+        for i in range(0, len(ids), spec.batch.micro_size):
+            yield stream.collate([stream.sample(j) for j in ids[i:i + spec.batch.micro_size]])
+        return
+    from trainers.data import iter_pairs_once
+
+    yield from iter_pairs_once(data_dir(spec, work_dir), processor, micro_size=spec.batch.micro_size,
+                               rank=rank, world_size=world)

@@ -1,0 +1,90 @@
+"""Run stages in order, each from its predecessor's export, skipping stages already exported.
+
+    records = run_chain(["demo-stage1", "demo-stage1_5", "demo-stage2", "demo-dpo"],
+                        stages_dir=Path("manifests/stages"), run_dir=Path("mavors-work/train/demo"))
+
+Every spec is loaded and checked before the first step of the first stage: the
+world size divides each batch, every ``init.from_stage`` runs earlier in the chain
+or has a finished export, base checkpoints exist. A stage whose export exists was
+finished by an earlier run and is skipped, unless it was trained from a different
+spec (then the chain stops: the run dir belongs to other settings).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from curation.config import ConfigError
+from trainers.export import is_exported, read_stage_record
+from trainers.initialization import check_init, export_dir
+from trainers.launch import Launch, deepspeed_command, run_launched, world_size
+from trainers.spec import StageSpec, check_world_size, load_stage
+
+
+@dataclass(frozen=True)
+class PlannedStage:
+    path: Path
+    spec: StageSpec
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+def stage_file(stages_dir: Path, name: str) -> Path:
+    path = Path(stages_dir) / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in Path(stages_dir).glob("*.yaml"))
+        raise ConfigError(f"{path}: no such stage spec; known stages: {', '.join(known)}")
+    return path
+
+
+def plan_chain(names: list[str], stages_dir: Path, run_dir: Path, work_dir: Path, launch: Launch) -> list[PlannedStage]:
+    """Load and check every stage before anything trains (errors name file and field)."""
+    world = world_size(launch)
+    planned, earlier = [], []
+    for name in names:
+        path = stage_file(stages_dir, name)
+        spec = load_stage(path)
+        check_world_size(spec, world, str(path))
+        check_init(spec, run_dir, work_dir, str(path), tuple(earlier))
+        finished = export_dir(run_dir, spec.name)
+        if is_exported(finished) and read_stage_record(finished).get("spec_digest") != spec.digest():
+            raise ConfigError(f"{path}: stage {spec.name!r} in {run_dir} was exported from a different spec; "
+                              "use a new run dir or remove that export")
+        planned.append(PlannedStage(path, spec))
+        earlier.append(spec.name)
+    return planned
+
+
+def run_chain(names: list[str], stages_dir: Path, run_dir: Path, work_dir: Path = Path("."),
+              launch: Launch = Launch(), on_stage: Callable[[str, dict], None] | None = None,
+              run_one: Callable | None = None) -> list[dict]:
+    """Train ``names`` in order; returns each stage's record (``status`` trained or skipped).
+
+    ``on_stage(status, record)`` is called after each stage (the CLI records it in the catalog).
+    ``run_one(spec, run_dir, work_dir, source)`` trains one stage in this process (default ``run_stage``).
+    """
+    from trainers.stage import run_stage
+
+    run_one = run_one or run_stage
+    records = []
+    for stage in plan_chain(names, stages_dir, run_dir, work_dir, launch):
+        out = export_dir(run_dir, stage.name)
+        if is_exported(out):
+            record = {**read_stage_record(out), "status": "skipped"}
+        else:
+            if launch.in_process:
+                run_one(stage.spec, run_dir, work_dir, str(stage.path))
+            else:
+                cmd = deepspeed_command(stage.path, run_dir, work_dir, launch)
+                run_launched(cmd, Path(run_dir) / stage.name / "launcher.log")
+            if not is_exported(out):
+                raise RuntimeError(f"stage {stage.name} finished without an export at {out}")
+            record = {**read_stage_record(out), "status": "trained"}
+        record["export"] = str(out)
+        records.append(record)
+        if on_stage is not None:
+            on_stage(record["status"], record)
+    return records

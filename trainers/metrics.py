@@ -1,0 +1,108 @@
+"""Per-step metrics as JSONL: loss, LR per module, grad norm, samples/s, tokens/s, estimated MFU.
+
+    MetricsLogger(run_dir / "metrics.jsonl", module, peak_flops=None)   # a loop callback
+
+Rank 0 writes; losses and throughput are reduced over ranks first. On resume the
+file is cut back to the checkpoint's step, so the log reads like one uninterrupted run.
+MFU uses the usual estimate (PaLM appendix B / torchtitan): 6·N FLOPs per token for
+trainable weights, 4·N for frozen weights on the gradient path (forward + input
+gradient), 2·N for frozen weights before the first trainable module, plus attention.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from trainers.param_groups import frozen_prefix, module_of
+
+
+def flops_per_token(model: torch.nn.Module, spec, seq_len: int) -> float:
+    """Estimated training FLOPs per LLM token for this stage's freeze pattern (embeddings excluded)."""
+    no_graph = set(frozen_prefix(spec))
+    total = 0.0
+    for name, p in model.named_parameters():
+        if "embed" in name:
+            continue  # a lookup, not a matmul
+        module = module_of(name)
+        if spec.modules[module].trainable:
+            total += 6 * p.numel()
+        elif module in no_graph:
+            total += 2 * p.numel()
+        else:
+            total += 4 * p.numel()
+    cfg = getattr(getattr(model, "llm", model), "config", None)
+    if cfg is not None and hasattr(cfg, "num_hidden_layers"):
+        total += 12 * cfg.num_hidden_layers * cfg.hidden_size * seq_len  # attention scores + values, fwd+bwd
+    return total
+
+
+def reduce_mean(values: list[float]) -> list[float]:
+    """Mean of each value over ranks (identity in a single process)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return (t / dist.get_world_size()).tolist()
+
+
+def reduce_sum(values: list[float]) -> list[float]:
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """All records of a metrics JSONL file."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class MetricsLogger:
+    """Loop callback: one JSON line per ``log_every`` optimizer steps (rank 0)."""
+
+    def __init__(self, path: Path, module, peak_flops: float | None = None, seq_len: int = 0):
+        self.path, self.module, self.peak_flops = Path(path), module, peak_flops
+        self.flops_per_token = None
+        self.seq_len = seq_len
+        self.rank = dist.get_rank() if dist.is_initialized() else 0
+        self.last = time.perf_counter()
+
+    def on_start(self, step: int) -> None:
+        """Drop records past ``step`` (a crashed run's steps that resume will redo)."""
+        if self.rank == 0:
+            kept = [r for r in read_metrics(self.path) if r["step"] <= step]
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        self.last = time.perf_counter()
+
+    def on_step(self, step: int, stats: dict) -> None:
+        now = time.perf_counter()
+        elapsed, self.last = now - self.last, now
+        loss, *extra = reduce_mean([stats["loss"]] + [stats[k] for k in ("reward_margin", "reward_accuracy")
+                                                       if k in stats])
+        samples, tokens = reduce_sum([stats["samples"], stats["tokens"]])
+        if self.rank != 0 or step % self.module.spec.log_every:
+            return
+        record = {"step": step, "loss": loss, "lr": stats["lr"], "grad_norm": stats["grad_norm"],
+                  "samples": int(samples), "tokens": int(tokens),
+                  "samples_per_s": samples / elapsed, "tokens_per_s": tokens / elapsed, "mfu": None}
+        if "reward_margin" in stats:
+            record["reward_margin"], record["reward_accuracy"] = extra
+        if self.peak_flops:
+            if self.flops_per_token is None:
+                self.flops_per_token = flops_per_token(self.module.model, self.module.spec, self.seq_len)
+            world = dist.get_world_size() if dist.is_initialized() else 1
+            record["mfu"] = self.flops_per_token * tokens / elapsed / (self.peak_flops * world)
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def on_end(self, step: int) -> None:
+        pass

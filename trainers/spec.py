@@ -1,0 +1,262 @@
+"""Stage specs: one YAML per training stage (``manifests/stages/*.yaml``) loaded into pydantic.
+
+    python -c "from trainers.spec import load_stage; print(load_stage('manifests/stages/stage1.yaml'))"
+
+A spec says where the weights come from (base components or a previous stage's
+export), which data it reads, which of the four Mavors modules train and at which
+fraction of the base LR, the schedule, the batch arithmetic, the budget, the loss
+and the checkpoint cadence. Everything that can be checked without a model is
+checked on load, so a bad spec fails before any process starts, naming file and field.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from curation.config import ConfigError, ConfigModel, load_yaml
+
+# Data-flow order of Mavors' submodules: video → IVE → IFA → projector → LLM.
+MODULES: tuple[str, ...] = ("ive", "ifa", "projector", "llm")
+
+
+class ModuleSpec(ConfigModel):
+    trainable: bool
+    """Whether the module's parameters are updated. Frozen: ``requires_grad=False``, no optimizer state."""
+    lr_scale: float | None = Field(None, gt=0)
+    """Multiplier on ``optim.lr`` for this module (paper: 0.1 for IVE and IFA, 1 for projector and LLM).
+    Only for trainable modules; a scale on a frozen module is an error (it would silently do nothing)."""
+
+    @model_validator(mode="after")
+    def _scale_only_when_trainable(self) -> "ModuleSpec":
+        if not self.trainable and self.lr_scale is not None:
+            raise ValueError("lr_scale is set on a frozen module (trainable: false); remove it or unfreeze")
+        return self
+
+    @property
+    def scale(self) -> float:
+        return 1.0 if self.lr_scale is None else self.lr_scale
+
+
+class InitSpec(ConfigModel):
+    """Where the stage's starting weights come from; exactly one of the three."""
+
+    components: dict[str, str] | None = None
+    """Build from separate checkpoints: ``{vision: <SigLIP dir>, llm: <Qwen2.5 dir>}`` (paths relative to the
+    work dir, or absolute). Stage 1 only. Embedded default: the tiny models of ``mavors models make-tiny``."""
+    from_stage: str | None = None
+    """Name of the previous stage (its spec's ``name``) whose Hugging Face export this stage starts from."""
+    pretrained: str | None = None
+    """A Mavors checkpoint directory (``save_pretrained`` layout) to start from."""
+    config_overrides: dict[str, Any] = {}
+    """MavorsConfig fields for a build from ``components`` (paper defaults otherwise: F=16, 3 IFA layers, ...).
+    The demo uses the tiny settings (F=4, 2 IFA layers)."""
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "InitSpec":
+        given = [k for k in ("components", "from_stage", "pretrained") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of components, from_stage, pretrained (got {given or 'none'})")
+        if self.config_overrides and self.components is None:
+            raise ValueError("config_overrides only apply to a build from components")
+        if self.components is not None:
+            missing = {"vision", "llm"} - set(self.components)
+            extra = set(self.components) - {"vision", "llm"}
+            if missing or extra:
+                raise ValueError(f"components needs keys vision and llm (missing {sorted(missing)}, "
+                                 f"unknown {sorted(extra)})")
+        return self
+
+
+class SyntheticData(ConfigModel):
+    """Random token conversations of a fixed length; for smoke tests and benchmarks, never for real runs."""
+
+    n_samples: int = Field(256, ge=1)
+    """Number of distinct samples; the stream cycles over them with a seeded shuffle per epoch."""
+    seq_len: int = Field(64, ge=4)
+    """Tokens per sample (prompt + answer)."""
+    answer_len: int = Field(16, ge=1)
+    """Trailing tokens that count as the answer (the only positions with labels); words with an image."""
+    image_px: int | None = None
+    """With a Mavors model: each sample is a conversation about a random square image of this size, encoded
+    by the processor (``seq_len``/``answer_len`` count words then). None: token ids only."""
+
+
+class DataSpec(ConfigModel):
+    """The stage's training data; exactly one of ``shards``, ``mixture``, ``synthetic``."""
+
+    shards: str | None = None
+    """Directory of WebDataset shards (relative to the work dir or absolute), as written by ``mavors shards build``."""
+    mixture: str | None = None
+    """A mixture manifest (``manifests/mixtures/*.yaml``); the stage reads the shards ``mavors shards build`` wrote
+    for ``mixture_stage`` (``<work_dir>/shards/<mixture name>/s<stage>``)."""
+    mixture_stage: str | None = None
+    """Which stage of the mixture (``1``, ``1.5``, ``2``, ``dpo``); required with ``mixture``."""
+    synthetic: SyntheticData | None = None
+    """Random token data (tests, benchmarks)."""
+    seed: int = 0
+    """Seed of the sample order (shuffle per epoch); resume replays the same order."""
+    shuffle_buffer: int = Field(1000, ge=1)
+    """Samples in the shuffle buffer of the shard loader."""
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "DataSpec":
+        given = [k for k in ("shards", "mixture", "synthetic") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of shards, mixture, synthetic (got {given or 'none'})")
+        if (self.mixture is None) != (self.mixture_stage is None):
+            raise ValueError("mixture and mixture_stage go together")
+        return self
+
+
+class ScheduleSpec(ConfigModel):
+    kind: Literal["constant", "cosine"] = "constant"
+    """``constant`` (paper Stages 1, 1.5) or ``cosine`` decay to ``min_ratio`` of the peak (Stage 2, DPO)."""
+    min_ratio: float = Field(1.0, gt=0, le=1)
+    """Final LR as a fraction of the peak for ``cosine`` (paper: 0.1). Must be 1 for ``constant``."""
+    warmup_steps: int = Field(0, ge=0)
+    """Linear warmup from 1/warmup to 1 over this many optimizer steps (paper: not stated; 0)."""
+
+    @model_validator(mode="after")
+    def _ratio_matches_kind(self) -> "ScheduleSpec":
+        if self.kind == "constant" and self.min_ratio != 1.0:
+            raise ValueError("min_ratio only applies to the cosine schedule")
+        return self
+
+
+class OptimSpec(ConfigModel):
+    lr: float = Field(gt=0)
+    """Base (peak) learning rate; each module gets ``lr * lr_scale`` (paper: 1e-5)."""
+    weight_decay: float = Field(0.0, ge=0)
+    """AdamW weight decay on matrices; biases, norms and embeddings' 1-D params never decay."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    eps: float = Field(1e-8, gt=0)
+    """AdamW epsilon."""
+    grad_clip: float = Field(1.0, gt=0)
+    """Global gradient-norm clip (DeepSpeed ``gradient_clipping``)."""
+
+
+class BatchSpec(ConfigModel):
+    global_size: int = Field(ge=1)
+    """Samples per optimizer step over all ranks (paper: 6656 / 3328 / 1664)."""
+    micro_size: int = Field(1, ge=1)
+    """Samples per rank per forward/backward; accumulation = global / (micro * world)."""
+
+    def accumulation(self, world_size: int, source: str = "spec") -> int:
+        """Gradient accumulation steps for ``world_size`` ranks; a clear error when the batch does not divide."""
+        per_step = self.micro_size * world_size
+        if self.global_size % per_step:
+            raise ConfigError(
+                f"{source}: field 'batch.global_size': {self.global_size} is not divisible by "
+                f"micro_size {self.micro_size} x world size {world_size} = {per_step}")
+        return self.global_size // per_step
+
+
+class BudgetSpec(ConfigModel):
+    """How long the stage runs; exactly one of ``samples`` or ``steps``."""
+
+    samples: int | None = Field(None, ge=1)
+    """Training samples (paper: 127M / 52M / 19M); steps = ceil(samples / global batch)."""
+    steps: int | None = Field(None, ge=1)
+    """Optimizer steps."""
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "BudgetSpec":
+        if (self.samples is None) == (self.steps is None):
+            raise ValueError("give exactly one of samples, steps")
+        return self
+
+
+class LossSpec(ConfigModel):
+    kind: Literal["ntp", "dpo"] = "ntp"
+    """``ntp``: next-token loss on answer tokens; ``dpo``: sigmoid DPO loss against a frozen reference."""
+    beta: float | None = Field(None, gt=0)
+    """DPO temperature beta (TRL default 0.1); only for ``dpo``."""
+
+    @model_validator(mode="after")
+    def _beta_for_dpo(self) -> "LossSpec":
+        if self.kind == "dpo" and self.beta is None:
+            raise ValueError("loss kind dpo needs beta")
+        if self.kind == "ntp" and self.beta is not None:
+            raise ValueError("beta only applies to loss kind dpo")
+        return self
+
+
+class StageSpec(ConfigModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    """Stage name; the export lands in ``<run dir>/<name>/export`` and later stages refer to it."""
+    description: str = ""
+    """What the stage is for (paper section)."""
+    init: InitSpec
+    """Starting weights."""
+    data: DataSpec
+    """Training data."""
+    modules: dict[str, ModuleSpec]
+    """Per-module ``{trainable, lr_scale}`` for all four of ``ive``, ``ifa``, ``projector``, ``llm``."""
+    optim: OptimSpec
+    """Optimizer (AdamW) settings."""
+    schedule: ScheduleSpec = ScheduleSpec()
+    """LR schedule, applied as one multiplicative factor to every group so module ratios hold."""
+    batch: BatchSpec
+    """Global and per-rank micro batch."""
+    budget: BudgetSpec
+    """Samples or steps."""
+    loss: LossSpec = LossSpec()
+    """Training objective."""
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    """``auto``: bf16 on GPU, fp32 on CPU (DeepSpeed's CPU path has no bf16 kernels worth using)."""
+    zero_stage: Literal[0, 1, 2] = 2
+    """DeepSpeed ZeRO stage (paper: 2)."""
+    checkpoint_every: int = Field(1000, ge=1)
+    """Save a DeepSpeed checkpoint (model, optimizer, schedule, data position) every N optimizer steps."""
+    keep_checkpoints: int = Field(2, ge=1)
+    """How many recent DeepSpeed checkpoints to keep."""
+    seed: int = 0
+    """Torch seed for the stage (dropout etc.)."""
+    log_every: int = Field(1, ge=1)
+    """Write a metrics line every N optimizer steps."""
+
+    @model_validator(mode="after")
+    def _modules_complete(self) -> "StageSpec":
+        unknown = sorted(set(self.modules) - set(MODULES))
+        if unknown:
+            raise ValueError(f"unknown module(s) {unknown} in modules; Mavors has {list(MODULES)}")
+        missing = [m for m in MODULES if m not in self.modules]
+        if missing:
+            raise ValueError(f"modules is missing {missing}; say trainable true/false for each of {list(MODULES)}")
+        if not any(m.trainable for m in self.modules.values()):
+            raise ValueError("no module is trainable")
+        return self
+
+    def digest(self) -> str:
+        """sha256 of the canonical JSON (what makes two runs of a stage the same run)."""
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+    def total_steps(self) -> int:
+        """Optimizer steps of the whole stage."""
+        if self.budget.steps is not None:
+            return self.budget.steps
+        return math.ceil(self.budget.samples / self.batch.global_size)
+
+    def lr_of(self, module: str) -> float:
+        """Peak LR of a trainable module."""
+        return self.optim.lr * self.modules[module].scale
+
+    @property
+    def trainable_modules(self) -> list[str]:
+        return [m for m in MODULES if self.modules[m].trainable]
+
+
+def load_stage(path: str | Path) -> StageSpec:
+    """Load and validate one stage YAML; errors name the file and field."""
+    return load_yaml(path, StageSpec)
+
+
+def check_world_size(spec: StageSpec, world_size: int, source: str | Path = "spec") -> int:
+    """Fail before training when ``world_size`` does not divide the batch; returns the accumulation steps."""
+    return spec.batch.accumulation(world_size, str(source))
