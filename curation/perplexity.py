@@ -1,0 +1,362 @@
+"""Perplexity of each sample's text conditioned on its media, under a VLM, through the engine interface.
+
+    mavors ppl score manifests/dedup/scorers/tiny-qwen2vl.yaml
+
+The paper (Appendix A) ranks samples that share media by the PPL of their text
+under Qwen2VL-72B. Here a sample's LLaVA conversation becomes a
+:class:`~curation.engines.ChatRequest` (``<image>``/``<video>`` placeholders
+become media parts pointing at the catalog's ``media.storage_path``), the
+engine returns per-token prompt log-probs with a mask of the scored roles'
+content tokens, and::
+
+    mean_nll = -mean(logprob[mask])        ppl = exp(mean_nll)
+
+``text_scope: answer`` scores the assistant turns given media and user turns;
+``all`` scores every turn's text. Work is spread with Ray Data (an actor pool,
+one engine per actor); the driver writes each finished batch to ``ppl_scores``
+(and refusals to ``quarantine``, stage ``ppl``) in one transaction, so a killed
+run loses at most the batches in flight and a rerun skips every sample that
+already has a score or was quarantined.
+
+Refusals, never scores: media missing on disk or failing to decode, a
+conversation whose placeholders do not match its media, no token to score, and
+a NaN/inf result.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from curation.catalog import Catalog
+from curation.config import ConfigModel, load_yaml
+from curation.engines import ChatRequest, EngineConfig, PromptScore
+
+# Bump when the LLaVA -> chat conversion changes: scores keyed by an older version are not reused.
+TEMPLATE_VERSION = "llava2chat-v1"
+STAGE = "ppl"
+_ROLE = {"human": "user", "gpt": "assistant", "system": "system"}
+_PLACEHOLDER = re.compile(r"<(image|video)>")
+SCORE_ROLES = {"answer": ("assistant",), "all": ("system", "user", "assistant")}
+
+
+class ScorerConfig(ConfigModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    """Scorer name stored in ``ppl_scores.scorer`` (and named by dedup policies). Cluster: ``qwen2vl-72b``."""
+    engine: EngineConfig
+    """The VLM and backend (``transformers`` or ``vllm``); ``num_replicas`` actors each load one engine,
+    ``batch_size`` requests go through one ``score`` call. Score in float32 when comparing backends."""
+    text_scope: Literal["answer", "all"] = "answer"
+    """``answer``: NLL of the assistant turns given media and user turns (paper). ``all``: of every turn."""
+    rows_per_commit: int = Field(64, ge=1)
+    """Samples per Ray batch; each finished batch is written in one catalog transaction."""
+
+
+def load_scorer_config(path: str | Path) -> ScorerConfig:
+    return load_yaml(path, ScorerConfig)
+
+
+class SampleRefused(ValueError):
+    """A sample that cannot be scored; ``reason`` is a short countable code."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def to_chat_request(sample_id: str, conversation: list[dict[str, str]],
+                    media: list[tuple[str, str]]) -> ChatRequest:
+    """A LLaVA conversation + its media ``[(kind, path)]`` (placeholder order) as a ``ChatRequest``.
+
+    Each ``<image>``/``<video>`` placeholder becomes a media part in place; the text around it is kept
+    verbatim (empty pieces dropped). Raises :class:`SampleRefused` on unknown roles or when placeholders
+    and media disagree in number or kind.
+    """
+    messages: list[dict[str, Any]] = []
+    remaining = list(media)
+    for turn_no, turn in enumerate(conversation):
+        role = _ROLE.get(turn.get("from", ""))
+        if role is None:
+            raise SampleRefused("bad_conversation", f"{sample_id}: turn {turn_no} has role {turn.get('from')!r}")
+        value = turn.get("value") or ""
+        parts: list[dict[str, Any]] = []
+        pos = 0
+        for m in _PLACEHOLDER.finditer(value):
+            if m.start() > pos:
+                parts.append({"type": "text", "text": value[pos:m.start()]})
+            kind = m.group(1)
+            if not remaining:
+                raise SampleRefused("placeholder_mismatch",
+                                    f"{sample_id}: more <image>/<video> placeholders than media ({len(media)})")
+            media_kind, path = remaining.pop(0)
+            if media_kind != kind:
+                raise SampleRefused("placeholder_mismatch",
+                                    f"{sample_id}: placeholder <{kind}> but the media is a {media_kind} ({path})")
+            parts.append({"type": kind, kind: path})
+            pos = m.end()
+        if pos < len(value):
+            parts.append({"type": "text", "text": value[pos:]})
+        if all(p["type"] == "text" for p in parts):
+            messages.append({"role": role, "content": "".join(p["text"] for p in parts)})
+        else:
+            messages.append({"role": role, "content": parts})
+    if remaining:
+        raise SampleRefused("placeholder_mismatch",
+                            f"{sample_id}: {len(remaining)} media without a placeholder in the conversation")
+    return ChatRequest(request_id=sample_id, messages=messages)
+
+
+def score_row(score: PromptScore) -> dict[str, Any]:
+    """``{mean_nll, ppl, n_tokens}`` of one engine score; raises :class:`SampleRefused` if not finite."""
+    n = score.n_scored
+    if n == 0:
+        raise SampleRefused("no_scored_tokens", f"{score.request_id}: no token of the scored roles")
+    values = [lp for lp, m in zip(score.logprobs, score.mask) if m]
+    mean_nll = -math.fsum(values) / n
+    if not math.isfinite(mean_nll):
+        bad = sum(1 for v in values if not math.isfinite(v))
+        raise SampleRefused("nonfinite_score",
+                            f"{score.request_id}: mean NLL is {mean_nll} ({bad} of {n} token log-probs not finite)")
+    ppl = math.exp(mean_nll) if mean_nll < 700 else math.inf
+    if not math.isfinite(ppl):
+        raise SampleRefused("nonfinite_score", f"{score.request_id}: PPL overflows (mean NLL {mean_nll:.1f})")
+    return {"mean_nll": max(mean_nll, 0.0), "ppl": max(ppl, 1.0), "n_tokens": n}
+
+
+def probe_media(kind: str, path: str) -> str | None:
+    """None if the file decodes fully, else why not (used to name the cause of a failed request)."""
+    try:
+        if kind == "image":
+            from PIL import Image
+
+            with Image.open(path) as im:
+                im.load()
+        else:
+            import av
+
+            with av.open(path) as container:
+                if not container.streams.video:
+                    return f"{path}: no video stream"
+                n = sum(1 for _ in container.decode(video=0))
+                if n == 0:
+                    return f"{path}: no decodable frame"
+    except Exception as e:  # noqa: BLE001 - any decoder error is the answer
+        return f"{path}: {type(e).__name__}: {e}"
+    return None
+
+
+def score_requests(engine, requests: list[ChatRequest], text_scope: str) -> list[dict[str, Any]]:
+    """Score a batch; one result dict per request: ``{sample_id, ok, mean_nll, ppl, n_tokens, reason, detail}``.
+
+    If the batch fails, each request is retried alone so one bad sample does not sink the others; a
+    request that fails alone is refused with ``media_decode_failed`` when one of its media does not
+    decode, else ``score_failed`` with the engine's error.
+    """
+    roles = SCORE_ROLES[text_scope]
+    try:
+        scores: list[PromptScore | Exception] = list(engine.score(requests, score_roles=roles))
+    except Exception:  # noqa: BLE001 - isolate the failing request(s) below
+        scores = []
+        for request in requests:
+            try:
+                scores.append(engine.score([request], score_roles=roles)[0])
+            except Exception as e:  # noqa: BLE001
+                scores.append(e)
+    out = []
+    for request, score in zip(requests, scores, strict=True):
+        row: dict[str, Any] = {"sample_id": request.request_id, "ok": False, "mean_nll": None, "ppl": None,
+                               "n_tokens": None, "reason": None, "detail": None}
+        try:
+            if isinstance(score, Exception):
+                broken = [msg for kind, path in request.media() if (msg := probe_media(kind, str(path)))]
+                if broken:
+                    raise SampleRefused("media_decode_failed", f"{request.request_id}: {broken[0]}")
+                raise SampleRefused("score_failed", f"{request.request_id}: {type(score).__name__}: {score}")
+            row.update(score_row(score), ok=True)
+        except SampleRefused as refused:
+            row.update(reason=refused.reason, detail=refused.detail)
+        out.append(row)
+    return out
+
+
+# -- catalog side ------------------------------------------------------------------------------
+
+def pending_samples(cat: Catalog, config: ScorerConfig, *, limit: int | None = None,
+                    sample_ids: list[str] | None = None) -> list[dict[str, Any]]:
+    """Samples with no score under (scorer, template, scope) and not quarantined at this stage, with media.
+
+    Rows: sample_id, source, item, conversation (list), media [(kind, path)].
+    """
+    sql = """
+        SELECT s.sample_id, s.source, s.item, s.conversation,
+               list(struct_pack(kind := m.kind, path := m.storage_path, hash := h.media_hash) ORDER BY h.i)
+                   FILTER (WHERE h.media_hash IS NOT NULL) AS media
+        FROM samples s
+        LEFT JOIN (SELECT sample_id, unnest(media_hashes) AS media_hash,
+                          generate_subscripts(media_hashes, 1) AS i FROM samples) h ON h.sample_id = s.sample_id
+        LEFT JOIN media m ON m.media_hash = h.media_hash
+        WHERE NOT EXISTS (SELECT 1 FROM ppl_scores p WHERE p.sample_id = s.sample_id AND p.scorer = ?
+                            AND p.template_version = ? AND p.text_scope = ?)
+          AND NOT EXISTS (SELECT 1 FROM quarantine q WHERE q.source = s.source AND q.item = s.item
+                            AND q.stage = ?)
+    """
+    params: list[Any] = [config.name, TEMPLATE_VERSION, config.text_scope, STAGE]
+    if sample_ids is not None:
+        sql += " AND s.sample_id IN (SELECT unnest(?::TEXT[]))"
+        params.append(sample_ids)
+    sql += " GROUP BY s.sample_id, s.source, s.item, s.conversation ORDER BY s.sample_id"
+    if limit is not None:
+        sql += f" LIMIT {int(limit)}"
+    rows = cat.query(sql, params)
+    for row in rows:
+        row["conversation"] = json.loads(row["conversation"])
+        row["media"] = row["media"] or []
+    return rows
+
+
+def prepare(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(work items ``{sample_id, source, item, request_json}``, refusals) from pending rows.
+
+    Media whose row is missing from ``media`` or whose file is gone are refused here, before any model runs.
+    """
+    work, refused = [], []
+    for row in rows:
+        try:
+            for m in row["media"]:
+                if m["kind"] is None:
+                    raise SampleRefused("media_missing", f"{row['sample_id']}: media {m['hash']} not in the catalog")
+                if not Path(m["path"]).is_file():
+                    raise SampleRefused("media_missing", f"{row['sample_id']}: {m['path']} does not exist")
+            request = to_chat_request(row["sample_id"], row["conversation"],
+                                      [(m["kind"], m["path"]) for m in row["media"]])
+        except SampleRefused as e:
+            refused.append({"sample_id": row["sample_id"], "source": row["source"], "item": row["item"],
+                            "reason": e.reason, "detail": e.detail})
+            continue
+        work.append({"sample_id": row["sample_id"], "source": row["source"], "item": row["item"],
+                     "request_json": json.dumps(request.messages)})
+    return work, refused
+
+
+def write_results(cat: Catalog, config: ScorerConfig, results: list[dict[str, Any]], run_id: str | None) -> None:
+    """One transaction: scores into ``ppl_scores``, refusals into ``quarantine`` (stage ppl)."""
+    scores = [{"sample_id": r["sample_id"], "scorer": config.name, "template_version": TEMPLATE_VERSION,
+               "text_scope": config.text_scope, "ppl": r["ppl"], "mean_nll": r["mean_nll"],
+               "n_tokens": r["n_tokens"], "backend": config.engine.backend,
+               "model_path": str(config.engine.model_path), "run_id": run_id}
+              for r in results if r["ok"]]
+    refused = [{"source": r["source"], "item": r["item"], "reason": r["reason"], "detail": r["detail"],
+                "stage": STAGE, "run_id": run_id} for r in results if not r["ok"]]
+    with cat.transaction() as con:
+        cat.insert("ppl_scores", scores, on_conflict="ignore", con=con)
+        cat.quarantine(refused, con=con)
+
+
+class _ScoreActor:
+    """Ray Data actor: loads one engine, scores batches of work items."""
+
+    def __init__(self, config_json: str):
+        from curation.engines import load_engine
+
+        self.config = ScorerConfig.model_validate_json(config_json)
+        self.engine = load_engine(self.config.engine)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
+        ids = list(batch["sample_id"])
+        requests = [ChatRequest(request_id=sid, messages=json.loads(msg))
+                    for sid, msg in zip(ids, batch["request_json"])]
+        by_id = {r["sample_id"]: r for r in _score_in_engine_batches(self.engine, requests, self.config)}
+        rows = [by_id[sid] for sid in ids]
+        out = {key: [r[key] for r in rows] for key in ("sample_id", "ok", "mean_nll", "ppl", "n_tokens",
+                                                         "reason", "detail")}
+        out["source"] = list(batch["source"])
+        out["item"] = list(batch["item"])
+        return out
+
+
+def _score_in_engine_batches(engine, requests: list[ChatRequest], config: ScorerConfig) -> Iterator[dict]:
+    step = config.engine.batch_size
+    for start in range(0, len(requests), step):
+        yield from score_requests(engine, requests[start:start + step], config.text_scope)
+
+
+def run_scoring(cat: Catalog, config: ScorerConfig, *, use_ray: bool = True, limit: int | None = None,
+                sample_ids: list[str] | None = None, run_id: str | None = None,
+                ray_settings=None) -> dict[str, int]:
+    """Score every pending sample and write the results batch by batch; returns counts.
+
+    The checkpoint is checked before anything else (a missing scorer fails before any work starts).
+    ``use_ray=False`` runs one engine in this process (same code path per batch).
+    """
+    from curation.engines.loader import check_model_path
+
+    check_model_path(Path(config.engine.model_path))
+    rows = pending_samples(cat, config, limit=limit, sample_ids=sample_ids)
+    work, refused = prepare(rows)
+    counts = {"pending": len(rows), "scored": 0, "quarantined": 0}
+    if refused:
+        write_results(cat, config, [{**r, "ok": False} for r in refused], run_id)
+        counts["quarantined"] += len(refused)
+    if not work:
+        return counts
+    meta = {w["sample_id"]: w for w in work}
+    for results in _run_batches(work, config, use_ray, ray_settings):
+        for r in results:
+            r.setdefault("source", meta[r["sample_id"]]["source"])
+            r.setdefault("item", meta[r["sample_id"]]["item"])
+        write_results(cat, config, results, run_id)
+        counts["scored"] += sum(1 for r in results if r["ok"])
+        counts["quarantined"] += sum(1 for r in results if not r["ok"])
+    return counts
+
+
+def _run_batches(work: list[dict], config: ScorerConfig, use_ray: bool, ray_settings) -> Iterator[list[dict]]:
+    """Yield lists of result rows, one per finished unit of ``rows_per_commit`` samples."""
+    n = config.rows_per_commit
+    if not use_ray:
+        from curation.engines import load_engine
+
+        engine = load_engine(config.engine)
+        try:
+            for start in range(0, len(work), n):
+                chunk = work[start:start + n]
+                requests = [ChatRequest(w["sample_id"], json.loads(w["request_json"])) for w in chunk]
+                yield list(_score_in_engine_batches(engine, requests, config))
+        finally:
+            engine.close()
+        return
+
+    import ray.data
+
+    from curation.ray_runtime import ensure_ray
+
+    ensure_ray(ray_settings)
+    ds = ray.data.from_items(work, override_num_blocks=max(1, math.ceil(len(work) / n)))
+    ds = ds.map_batches(
+        _ScoreActor, fn_constructor_args=(config.model_dump_json(),), batch_size=n,
+        compute=ray.data.ActorPoolStrategy(size=config.engine.num_replicas),
+        num_cpus=1, num_gpus=_actor_gpus(config), batch_format="numpy",
+    )
+    for batch in ds.iter_batches(batch_size=None, batch_format="pandas"):
+        yield [{k: _py(v) for k, v in row.items()} for row in batch.to_dict("records")]
+
+
+def _actor_gpus(config: ScorerConfig) -> float:
+    return float(config.engine.tensor_parallel_size) if config.engine.device.startswith("cuda") else 0.0
+
+
+def _py(value: Any) -> Any:
+    """numpy/pandas scalars and NaN placeholders back to plain Python (None for missing)."""
+    if value is None:
+        return None
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
