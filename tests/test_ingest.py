@@ -1,13 +1,22 @@
 """Ingest of the demo corpus, checked against the annotation files read with stock readers and the generator's truth.
 
     pytest tests/test_ingest.py -q
+
+Crash safety: `mavors ingest` is killed with SIGKILL at a fixed point given by a
+fault-injection variable (every row of the source ``image_qa`` written, not committed;
+``curation.ingest.PAUSE_ENV``), rerun, and compared with an uninterrupted run.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import tarfile
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -16,7 +25,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from curation.catalog import Catalog
-from curation.ingest import ingest
+from curation.ingest import PAUSE_ENV, PAUSE_FILE_ENV, ingest
 from curation.sources import load_manifest, load_manifests, unsafe_member_name
 
 
@@ -227,3 +236,40 @@ def test_cli_catalog_stats(demo_catalog, tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     for text in ("Sources", "Duplicate media", "Quarantine", "decompression_bomb", "wds_images"):
         assert text in result.output
+
+
+def test_sigkill_mid_ingest_then_rerun_equals_an_uninterrupted_run(demo_corpus, demo_catalog, ray_local, tmp_path):
+    work = tmp_path / "work"
+    (tmp_path / "settings.yaml").write_text(f"work_dir: {work}\n")
+    pause_file = tmp_path / "paused"
+    manifests = sorted(str(p) for p in (demo_corpus / "manifests").glob("*.yaml"))
+    env = {**os.environ, "MAVORS_CONFIG": str(tmp_path / "settings.yaml"), PAUSE_ENV: "image_qa",
+           PAUSE_FILE_ENV: str(pause_file)}
+    # The kill lands in the driver's write phase; probing in-process (--workers 0) spares a second Ray.
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "ingest", "--workers", "0", *manifests], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 240
+        while not pause_file.exists():
+            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "ingest never reached the pause point"
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+    catalog_path = work / "catalog.duckdb"
+    with duckdb.connect(str(catalog_path), read_only=True) as con:  # the sources before image_qa, nothing of it
+        assert [r[0] for r in con.execute("SELECT name FROM sources ORDER BY name").fetchall()] == [
+            "composite", "image_captions", "image_captions_parquet"]
+        assert con.execute("SELECT count(*) FROM samples WHERE source NOT IN "
+                           "('composite', 'image_captions', 'image_captions_parquet')").fetchone()[0] == 0
+        assert con.execute("SELECT count(*) FROM quarantine WHERE source = 'image_qa'").fetchone()[0] == 0
+        assert con.execute("SELECT status FROM runs").fetchall() == [("running",)]  # the killed run, as it died
+
+    with Catalog(catalog_path) as cat:
+        ingest(demo_manifests(demo_corpus), cat, media_store=work / "media")
+        statuses = sorted(r[0] for r in cat.con.execute("SELECT status FROM runs").fetchall())
+    assert statuses == ["completed", "running"]
+    assert dump_tables(catalog_path, work / "media") == dump_tables(demo_catalog, demo_catalog.parent / "media")
