@@ -80,6 +80,8 @@ class InterChunkLayer(nn.Module):
         self.fc1 = nn.Linear(width, intermediate)
         self.act = ACT2FN[act]
         self.fc2 = nn.Linear(intermediate, width)
+        for residual_out in (self.attn.o_proj, self.fc2):
+            residual_out.zero_init = True  # read by MavorsPreTrainedModel._init_weights
 
     def forward(self, x, cos, sin, mask):
         x = x + self.attn(self.norm1(x), cos, sin, mask)

@@ -20,10 +20,11 @@ from transformers import PreTrainedModel, Qwen2ForCausalLM
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 
-from model.aggregator import InterChunkFeatureAggregator, InterChunkLayer
+from model.aggregator import InterChunkFeatureAggregator
 from model.compression import merge_adjacent_chunk_tokens
 from model.configuration import MavorsConfig
-from model.vision import IntraChunkVisionEncoder, pooled_grid
+from model.preprocessing import pooled_grid
+from model.vision import IntraChunkVisionEncoder
 
 VISUAL_INPUT_KEYS = ("pixel_values", "chunk_grids", "chunk_positions", "chunk_sequences")
 
@@ -92,12 +93,13 @@ class MavorsPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module):
+        if getattr(module, "zero_init", False):
+            # IFA residual outputs start closed: a fresh IFA is the identity (§3.3 initial behaviour).
+            # Guarded init functions: weights loaded from a checkpoint are left alone.
+            init.zeros_(module.weight)
+            init.zeros_(module.bias)
+            return
         super()._init_weights(module)
-        if isinstance(module, InterChunkLayer):
-            # Residual branches start closed: a fresh IFA is the identity (§3.3 initial behaviour).
-            for linear in (module.attn.o_proj, module.fc2):
-                init.zeros_(linear.weight)
-                init.zeros_(linear.bias)
 
 
 class MavorsForConditionalGeneration(MavorsPreTrainedModel):

@@ -22,6 +22,12 @@ def round_to_patch(x: float, patch: int) -> int:
     return max(patch, int(math.floor(x / patch + 0.5)) * patch)
 
 
+def pooled_grid(h: int, w: int, pooling_size: int) -> tuple[int, int]:
+    """Pooled grid for a (h, w) patch grid. Odd grids: ceil, the edge window averages what exists
+    (so SigLIP-so400m's 27x27 pools to 14x14 = 196 tokens, not 13x13 with a lost row/column)."""
+    return -(-h // pooling_size), -(-w // pooling_size)
+
+
 def dynamic_resolution(width: float, height: float, r_v: int, patch: int) -> tuple[int, int]:
     """§3.5: keep the aspect ratio, match R_v^2 pixels: (R_v*sqrt(W/H), R_v*sqrt(H/W)), patch-rounded."""
     return (round_to_patch(r_v * math.sqrt(width / height), patch),

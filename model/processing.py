@@ -33,8 +33,7 @@ from torch.nn import functional as F
 
 from model.configuration import MavorsConfig
 from model.media import MediaSource, describe, load_image, read_video
-from model.preprocessing import MediaError, dynamic_resolution, image_partition
-from model.vision import pooled_grid
+from model.preprocessing import MediaError, dynamic_resolution, image_partition, pooled_grid
 
 IGNORE_INDEX = -100
 PROCESSOR_FILE = "mavors_processor.json"
@@ -101,11 +100,6 @@ class MavorsProcessor:
         return cls(AutoTokenizer.from_pretrained(path, trust_remote_code=False), **settings)
 
     # ---- visual inputs -------------------------------------------------------------------------
-    def tokens_per_chunk(self, width: int, height: int) -> int:
-        """Visual tokens of one chunk of a width x height frame (pooled patch grid)."""
-        h, w = pooled_grid(height // self.patch_size, width // self.patch_size, self.pooling_size)
-        return h * w
-
     def _to_tensor(self, frame: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
         """uint8 (H, W, 3) -> normalized float (3, h, w) at size=(w, h), bicubic with antialiasing."""
         x = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)[None].float()  # (1, 3, H, W)

@@ -19,12 +19,6 @@ from transformers.models.siglip.modeling_siglip import SiglipEncoder
 from model.configuration import MavorsConfig
 
 
-def pooled_grid(h: int, w: int, pooling_size: int) -> tuple[int, int]:
-    """Pooled grid for a (h, w) patch grid. Odd grids: ceil, the edge window averages what exists
-    (so SigLIP-so400m's 27x27 pools to 14x14 = 196 tokens, not 13x13 with a lost row/column)."""
-    return -(-h // pooling_size), -(-w // pooling_size)
-
-
 def resize_position_embedding(table: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """Eq. 7: E(x, y) = E_v(x * P_v / P_W, y * P_v / P_H), sampled bicubically like SigLIP.
 
@@ -90,7 +84,7 @@ class IntraChunkVisionEncoder(nn.Module):
         return out  # type: ignore[return-value]
 
     def pool(self, features: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        """(h*w, d) -> (ceil(h/k)*ceil(w/k), d), average over k x k windows (see `pooled_grid`)."""
+        """(h*w, d) -> (ceil(h/k)*ceil(w/k), d), average over k x k windows (rule: model.preprocessing.pooled_grid)."""
         if self.pooling_size == 1:
             return features
         grid = features.t().reshape(1, -1, h, w)  # (1, d, h, w)
