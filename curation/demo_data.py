@@ -96,8 +96,16 @@ def draw(scene: Scene, width: int, height: int, t: float) -> np.ndarray:
     return frame
 
 
+def _grain(frame: np.ndarray, noise: float, seed: int) -> np.ndarray:
+    """Add Gaussian grain (std ``noise`` in 0..255 units): camera-like texture that makes files realistically large."""
+    if not noise:
+        return frame
+    grain = np.random.default_rng(seed).normal(0.0, noise, frame.shape)
+    return np.clip(frame + grain, 0, 255).astype(np.uint8)
+
+
 def write_video(path: Path, scene: Scene, width: int, height: int, fps: int, n_frames: int,
-                codec: str = "h264") -> dict:
+                codec: str = "h264", noise: float = 0.0) -> dict:
     """Encode a clip with PyAV; returns its generation truth (kind, size, fps, frames, codec)."""
     import av
 
@@ -109,7 +117,8 @@ def write_video(path: Path, scene: Scene, width: int, height: int, fps: int, n_f
         if codec == "h264":
             stream.options = {"preset": "ultrafast", "crf": "28", "bf": "0"}
         for i in range(n_frames):
-            frame = av.VideoFrame.from_ndarray(draw(scene, width, height, i / max(1, n_frames - 1)), format="rgb24")
+            pixels = _grain(draw(scene, width, height, i / max(1, n_frames - 1)), noise, i)
+            frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
             for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():
@@ -118,11 +127,11 @@ def write_video(path: Path, scene: Scene, width: int, height: int, fps: int, n_f
             "duration_s": n_frames / fps, "codec": codec}
 
 
-def write_image(path: Path, scene: Scene, width: int, height: int) -> dict:
+def write_image(path: Path, scene: Scene, width: int, height: int, noise: float = 0.0) -> dict:
     from PIL import Image
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    im = Image.fromarray(draw(scene, width, height, 0.5))
+    im = Image.fromarray(_grain(draw(scene, width, height, 0.5), noise, 0))
     fmt = "PNG" if path.suffix == ".png" else "JPEG"
     im.save(path, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
     return {"kind": "image", "width": width, "height": height, "n_frames": 1, "codec": fmt}
