@@ -231,7 +231,7 @@ def _check_clusters(con, policy: DedupPolicy) -> None:
 
 # -- explain and report ------------------------------------------------------------------------
 
-def _resolve_policy_name(cat: Catalog, policy: str | None) -> str:
+def resolve_policy_name(cat: Catalog, policy: str | None) -> str:
     names = [r["policy"] for r in cat.query("SELECT DISTINCT policy FROM dedup_decisions ORDER BY policy")]
     if policy is not None:
         if policy not in names:
@@ -244,7 +244,7 @@ def _resolve_policy_name(cat: Catalog, policy: str | None) -> str:
 
 def explain(cat: Catalog, sample_id: str, policy: str | None = None) -> dict[str, Any]:
     """The decision for one sample and the members of its (group, task), ordered by rank."""
-    name = _resolve_policy_name(cat, policy)
+    name = resolve_policy_name(cat, policy)
     rows = cat.query("SELECT * FROM dedup_decisions WHERE policy = ? AND sample_id = ?", [name, sample_id])
     if not rows:
         raise ValueError(f"sample {sample_id!r} has no decision under policy {name!r} "
@@ -289,7 +289,7 @@ def format_explanation(info: dict[str, Any]) -> str:
 
 def report(cat: Catalog, out_dir: str | Path, policy: str | None = None) -> dict[str, Any]:
     """Groups, kept/dropped per source and task, reasons; writes ``report.json`` and ``ppl_histogram.png``."""
-    name = _resolve_policy_name(cat, policy)
+    name = resolve_policy_name(cat, policy)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     groups = cat.query(
