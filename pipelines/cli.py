@@ -23,6 +23,7 @@ from rich.console import Console
 # Areas, in the order their commands appear in --help.
 COMMAND_MODULES = [
     "pipelines.commands.data",
+    "pipelines.commands.dedup",
     "pipelines.commands.dpo",
     "pipelines.commands.shards",
 ]
