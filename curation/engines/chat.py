@@ -9,6 +9,8 @@ transformers, vLLM and the Mavors engine:
 - ``token_mask`` turns those spans into a per-token mask using the tokenizer's
   offsets; ``expand_mask`` carries it over to a processor's sequence in which each
   media placeholder token was repeated once per visual token;
+- ``decode_completion`` turns generated ids into a :class:`Completion` the same way
+  for every backend (EOS counted but not shown, text cut at the first stop string);
 - ``load_image`` / ``load_video`` turn paths into PIL images / ``(T, H, W, 3)``
   uint8 frames (uniformly sampled with PyAV).
 """
@@ -20,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from curation.engines.types import ChatRequest, EngineError
+from curation.engines.types import ChatRequest, Completion, EngineError
 
 _SENTINEL = "\x00{}\x00"  # stands in for text piece k while the template renders
 
@@ -139,6 +141,27 @@ def scored_mask(tokenizer: Any, chat: RenderedChat, roles: tuple[str, ...], full
     """The mask of ``roles``' content over ``full_ids`` (the model's prompt ids, media placeholders expanded)."""
     enc = tokenizer(chat.text, add_special_tokens=False, return_offsets_mapping=True)
     return expand_mask(enc["input_ids"], token_mask(enc["offset_mapping"], chat.spans, roles), full_ids)
+
+
+def first_stop(text: str, stop: tuple[str, ...]) -> int | None:
+    """Index of the earliest stop string in ``text``, or None."""
+    hits = [i for i in (text.find(s) for s in stop) if i >= 0]
+    return min(hits) if hits else None
+
+
+def decode_completion(tokenizer: Any, ids: list[int], ended_by_token: bool, stop: tuple[str, ...]) -> Completion:
+    """A completion from generated ids that end at an EOS/stop token (``ended_by_token``) or anywhere.
+
+    As vLLM reports it: the stop token counts in ``n_tokens`` and ``token_ids`` but not in the text;
+    a stop string ends the text before it and the ids at the token that completed it.
+    """
+    text = tokenizer.decode(ids[:-1] if ended_by_token else ids, skip_special_tokens=True)
+    cut = first_stop(text, stop)
+    if cut is not None:
+        text, ended_by_token = text[:cut], True
+        ids = ids[:next(k for k in range(1, len(ids) + 1)
+                        if first_stop(tokenizer.decode(ids[:k], skip_special_tokens=True), stop) is not None)]
+    return Completion(text, "stop" if ended_by_token else "length", len(ids), tuple(ids))
 
 
 def load_image(value: Any):

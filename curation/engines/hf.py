@@ -14,17 +14,11 @@ from typing import Any
 
 import torch
 
-from curation.engines.chat import RenderedChat, load_image, load_video, render, scored_mask
+from curation.engines.chat import RenderedChat, decode_completion, load_image, load_video, render, scored_mask
 from curation.engines.config import EngineConfig
 from curation.engines.types import ChatRequest, Completion, EngineError, GenerationResult, PromptScore, SamplingParams
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def first_stop(text: str, stop: tuple[str, ...]) -> int | None:
-    """Index of the earliest stop string in ``text``, or None."""
-    hits = [i for i in (text.find(s) for s in stop) if i >= 0]
-    return min(hits) if hits else None
 
 
 def length_buckets(lengths: list[int], batch_size: int) -> list[list[int]]:
@@ -105,24 +99,10 @@ class TransformersEngine:
         return results  # type: ignore[return-value]
 
     def _completion(self, ids: list[int], params: SamplingParams) -> Completion:
-        """Cut at the first EOS or stop string; else it ran out of length.
-
-        As in vLLM, the EOS token counts in ``n_tokens`` but not in the text.
-        """
+        """Cut at the first EOS (generate pads the rows that ended early), then decode as vLLM does."""
         end = next((k for k, t in enumerate(ids) if t in self.eos_ids), None)
-        if end is not None:
-            ids, finish = ids[:end + 1], "stop"
-        else:
-            finish = "length"
-        text = self.tokenizer.decode(ids[:end] if end is not None else ids, skip_special_tokens=True)
-        cut = first_stop(text, params.stop)
-        if cut is not None:
-            text, finish = text[:cut], "stop"
-            # tokens up to the one that completed the stop string, as vLLM counts them
-            ids = ids[:next(k for k in range(1, len(ids) + 1)
-                            if first_stop(self.tokenizer.decode(ids[:k], skip_special_tokens=True), params.stop)
-                            is not None)]
-        return Completion(text, finish, len(ids))
+        return decode_completion(self.tokenizer, ids if end is None else ids[:end + 1], end is not None,
+                                 params.stop)
 
     # -- scoring --------------------------------------------------------------------------
     @torch.inference_mode()

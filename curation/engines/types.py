@@ -76,11 +76,15 @@ class SamplingParams:
 
 @dataclass(frozen=True)
 class Completion:
-    """One sampled continuation. ``finish_reason``: ``stop`` (EOS or a stop string) or ``length`` (max_tokens)."""
+    """One sampled continuation. ``finish_reason``: ``stop`` (EOS or a stop string) or ``length`` (max_tokens).
+
+    ``token_ids``: the generated ids (the EOS/stop token included, as in ``n_tokens``).
+    """
 
     text: str
     finish_reason: FinishReason
     n_tokens: int
+    token_ids: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

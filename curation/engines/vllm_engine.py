@@ -17,9 +17,9 @@ import math
 import os
 from typing import Any
 
-from curation.engines.chat import RenderedChat, load_image, load_video, render, scored_mask
+from curation.engines.chat import RenderedChat, decode_completion, load_image, load_video, render, scored_mask
 from curation.engines.config import EngineConfig
-from curation.engines.types import ChatRequest, Completion, GenerationResult, PromptScore, SamplingParams
+from curation.engines.types import ChatRequest, GenerationResult, PromptScore, SamplingParams
 
 
 class VllmEngine:
@@ -83,8 +83,12 @@ class VllmEngine:
         )
         results = []
         for request, out in zip(requests, self._run(chats, sampling)):
-            completions = [Completion(c.text, "length" if c.finish_reason == "length" else "stop", len(c.token_ids))
-                           for c in out.outputs]
+            # Decoded here with the checkpoint's tokenizer, as the transformers backend does (vLLM's
+            # incremental detokenizer holds back a trailing partial UTF-8 character). stop_reason is
+            # None for EOS, a token id for stop tokens, the string for stop strings.
+            completions = [decode_completion(self.tokenizer, list(c.token_ids),
+                                             c.finish_reason == "stop" and not isinstance(c.stop_reason, str),
+                                             params.stop) for c in out.outputs]
             results.append(GenerationResult(request.request_id, completions, len(out.prompt_token_ids)))
         return results
 
