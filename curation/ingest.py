@@ -12,7 +12,9 @@ Steps, per call:
 
 Re-ingesting adds nothing: media rows are keyed by content hash (the same bytes reached from two
 sources are one row), samples by ``<source>/<item>``; an item whose content hash changed replaces
-its row; refusals are keyed by (source, item, stage, reason).
+its row; refusals are keyed by (source, item, stage, reason) and a refusal whose item is now good
+(or gone) is removed. Samples whose item disappeared from the source are kept (captions, scores and
+mixtures cite them) and counted as ``stale``.
 """
 from __future__ import annotations
 
@@ -50,6 +52,7 @@ class SourceReport:
     unchanged: int = 0
     quarantined: Counter = field(default_factory=Counter)  # reason -> count
     new_media: int = 0
+    stale: int = 0  # samples in the catalog whose item this read no longer yields (kept: later tables cite them)
 
 
 def content_sha256(conversation: list[dict], media_hashes: Sequence[str]) -> str:
@@ -174,7 +177,15 @@ def write_source(catalog: Catalog, manifest: SourceManifest, items: list[RawItem
         catalog.insert("media", [media[h] for h in media if h not in known_media], con=con)
         catalog.insert("samples", new, con=con)
         catalog.insert("samples", changed, on_conflict="replace", con=con)
+        # Refusals mirror the source as read now: a fixed item loses its old refusal, a still-bad one keeps its row.
+        now = {(r["item"], r["reason"]) for r in refused}
+        before = con.execute("SELECT item, reason FROM quarantine WHERE source = ? AND stage = ?",
+                             [manifest.name, STAGE]).fetchall()
+        gone = [[manifest.name, STAGE, item, reason] for item, reason in before if (item, reason) not in now]
+        if gone:
+            con.executemany("DELETE FROM quarantine WHERE source = ? AND stage = ? AND item = ? AND reason = ?", gone)
         catalog.quarantine(refused, con=con)
+        report.stale = len(set(existing) - {s["sample_id"] for s in samples})
         _maybe_pause(manifest.name)
     return report
 

@@ -64,11 +64,14 @@ def probe_image(path: str | os.PathLike) -> dict:
     """width, height, n_frames=1, codec (format) of an image that fully decodes."""
     from PIL import Image
 
-    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
     try:
         with warnings.catch_warnings():
+            # Pillow's own limit (a process-wide global we leave alone) warns, then refuses at 2x: both refuse here.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(path) as im:  # reads the header only
+                if im.width * im.height > MAX_IMAGE_PIXELS:
+                    raise MediaError("decompression_bomb", f"{im.width}x{im.height} pixels, over the limit "
+                                                           f"of {MAX_IMAGE_PIXELS} ({path})")
                 im.verify()  # structure and checksums (PNG CRCs); the object is unusable after
             with Image.open(path) as im:
                 fmt = im.format
@@ -114,9 +117,11 @@ def probe_video(path: str | os.PathLike) -> dict:
             if stream.frames and n_packets < stream.frames:
                 raise MediaError("undecodable_video", f"truncated: {n_packets} of {stream.frames} frames present")
             container.seek(0, stream=stream)
-            first = _decode_one(container, stream, None)
+            first = next(container.decode(stream), None)
             container.seek(last_key_pts or 0, stream=stream, any_frame=False)
-            last = _decode_one(container, stream, -1)
+            last = None
+            for last in container.decode(stream):  # from the last keyframe to the end
+                pass
             if first is None or last is None:
                 raise MediaError("undecodable_video", "first or last frame does not decode")
             rate = stream.average_rate or stream.guessed_rate
@@ -135,16 +140,6 @@ def probe_video(path: str | os.PathLike) -> dict:
         raise
     except (av.FFmpegError, OSError, ValueError, IndexError) as e:
         raise MediaError("undecodable_video", f"{type(e).__name__}: {e}") from None
-
-
-def _decode_one(container, stream, which: int | None):
-    """The first decoded frame (``which`` None) or the last one decodable from the current position (-1)."""
-    frame = None
-    for frame_ in container.decode(stream):
-        frame = frame_
-        if which is None:
-            return frame
-    return frame
 
 
 def hash_and_probe(path: str | os.PathLike, kind: str) -> MediaInfo:

@@ -23,6 +23,7 @@ import os
 import shutil
 import tarfile
 import tempfile
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -210,11 +211,12 @@ def iter_items(manifest: SourceManifest, media_store: Path) -> Iterator[RawItem]
         "caption_parquet": _read_caption_parquet,
         "webdataset": lambda m: _read_webdataset(m, media_store),
     }[manifest.format]
-    seen: set[str] = set()
+    seen: Counter[str] = Counter()
     for raw in reader(manifest):
-        if raw.item in seen:
-            raw = RawItem(raw.item + f"#dup{len(seen)}", reason="duplicate_item", detail=f"item id {raw.item!r} seen before")
-        seen.add(raw.item)
+        seen[raw.item] += 1
+        if seen[raw.item] > 1:  # the first occurrence is kept; later ones are refused under a numbered id
+            raw = RawItem(f"{raw.item}#{seen[raw.item]}", reason="duplicate_item",
+                          detail=f"item id {raw.item!r} occurs {seen[raw.item]} times")
         yield raw
 
 

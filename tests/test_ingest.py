@@ -167,14 +167,20 @@ def test_reingest_adds_nothing(cat, demo_corpus, demo_catalog, ray_local):
 
 
 def test_changed_items_replace_their_rows(cat, demo_corpus, tmp_path, ray_local):
-    """A new caption and a swapped image change the content hash: the rows are replaced, nothing added."""
+    """A new caption and a swapped image change the content hash: those rows are replaced, nothing duplicated.
+    A repaired line loses its refusal and becomes a sample; a removed item stays, counted as stale."""
     lines = (demo_corpus / "image_captions" / "captions.jsonl").read_bytes().splitlines()
     out = []
     for line in lines:
         try:
             rec = json.loads(line)
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except UnicodeDecodeError:
             out.append(line)
+            continue
+        except json.JSONDecodeError:  # repair the malformed line (same row number)
+            out.append(json.dumps({"id": "cap-fixed", "media": "images/cap_04.jpg", "caption": "Fixed."}).encode())
+            continue
+        if rec["id"] == "cap-0009":
             continue
         if rec["id"] == "cap-0002":
             rec["caption"] = "A recaptioned picture."
@@ -189,9 +195,11 @@ def test_changed_items_replace_their_rows(cat, demo_corpus, tmp_path, ray_local)
     before = {r["sample_id"]: r for r in cat.query("SELECT * FROM samples")}
     (report,) = ingest([load_manifest(manifest)], cat, media_store=tmp_path / "store")
     after = {r["sample_id"]: r for r in cat.query("SELECT * FROM samples")}
-    assert (report.replaced, report.new) == (2, 0)
-    assert set(after) == set(before)
-    changed = {s for s in after if after[s]["content_sha256"] != before[s]["content_sha256"]}
+    assert (report.replaced, report.new, report.stale) == (2, 1, 1)
+    assert set(after) == set(before) | {"image_captions/cap-fixed"}
+    refused = {r["item"]: r["reason"] for r in cat.query("SELECT * FROM quarantine WHERE source = 'image_captions'")}
+    assert "row000006" not in refused and refused["row000003"] == "not_utf8" and len(refused) == 5
+    changed = {s for s in before if after[s]["content_sha256"] != before[s]["content_sha256"]}
     assert changed == {"image_captions/cap-0002", "image_captions/cap-0004"}
     assert json.loads(after["image_captions/cap-0002"]["conversation"])[1]["value"] == "A recaptioned picture."
     assert after["image_captions/cap-0004"]["media_hashes"] == before["image_captions/cap-0008"]["media_hashes"]

@@ -61,11 +61,11 @@ def ingest_cmd(manifests: list[Path] = typer.Argument(..., help="Source manifest
         reports = ingest(sources, cat, media_store=settings.dir("media"), ray_settings=settings.ray,
                          workers=workers, progress=lambda done, total: bar.update(task, completed=done, total=total))
     table = Table(title=f"Ingested into {settings.catalog}")
-    for col in ("source", "items", "new", "replaced", "unchanged", "new media", "quarantined"):
+    for col in ("source", "items", "new", "replaced", "unchanged", "stale", "new media", "quarantined"):
         table.add_column(col, justify="left" if col in ("source", "quarantined") else "right")
     for r in reports:
         refused = ", ".join(f"{k}={v}" for k, v in sorted(r.quarantined.items())) or "-"
-        table.add_row(r.source, *(str(x) for x in (r.items, r.new, r.replaced, r.unchanged, r.new_media)), refused)
+        table.add_row(r.source, *(str(x) for x in (r.items, r.new, r.replaced, r.unchanged, r.stale, r.new_media)), refused)
     console.print(table)
 
 
