@@ -109,7 +109,8 @@ def probe_media(media: Sequence[MediaKey], *, ray_settings: RaySettings | None =
     ctx.print_on_execution_start = False
     n_blocks = max(1, min(len(media), (workers or 2) * 4, -(-len(media) // batch_size)))
     ds = ray.data.from_items([{"path": p, "kind": k} for p, k in media], override_num_blocks=n_blocks)
-    ds = ds.map_batches(_probe_batch, batch_size=batch_size, concurrency=workers, num_cpus=1)
+    ds = ds.map_batches(_probe_batch, batch_size=batch_size, num_cpus=1,
+                        concurrency=min(workers, n_blocks) if workers else None)
     results: dict[MediaKey, dict] = {}
     for row in ds.iter_rows():
         results[(row["path"], row["kind"])] = row

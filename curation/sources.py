@@ -322,10 +322,15 @@ def _extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, media_store: 
     media_store.mkdir(parents=True, exist_ok=True)
     h = hashlib.sha256()
     fd, tmp = tempfile.mkstemp(dir=media_store, prefix=".part-")
+    n = 0
     with os.fdopen(fd, "wb") as out:
         while chunk := src.read(1 << 20):
             h.update(chunk)
             out.write(chunk)
+            n += len(chunk)
+    if n != member.size:  # tarfile returns short data from a cut archive instead of failing
+        os.unlink(tmp)
+        raise tarfile.ReadError(f"member {member.name!r} truncated: {n} of {member.size} bytes")
     dest = store_path(media_store, h.hexdigest(), os.path.splitext(member.name)[1])
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(tmp, dest)  # same filesystem: an atomic rename; a rerun rewrites identical bytes
@@ -333,32 +338,46 @@ def _extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, media_store: 
 
 
 def _read_webdataset(manifest: SourceManifest, media_store: Path) -> Iterator[RawItem]:
-    """Group tar members by key (path up to the first dot of the basename), as webdataset does."""
+    """Items of every tar; a tar that cannot be read to its end is refused whole (``bad_tar``)."""
     for tar_path in manifest.annotation_paths:
-        groups: dict[str, dict[str, Any]] = {}
-        with tarfile.open(tar_path, "r:*") as tar:
-            for member in tar:
-                if member.isdir():
-                    continue
-                if unsafe_member_name(member.name) or not member.isfile():
-                    what = "escapes the folder" if unsafe_member_name(member.name) else "is a link or device"
-                    bad = groups.setdefault(f"{tar_path.stem}/{member.name}", {"media": [], "bad": None})
-                    bad["bad"] = ItemError("unsafe_tar_member", f"{tar_path.name}: member {member.name!r} {what}")
-                    continue
-                # webdataset's key: the member path up to the first dot of its file name.
-                folder, base = os.path.split(member.name)
-                key, _, ext = base.partition(".")
-                item = f"{tar_path.stem}/{os.path.join(folder, key).removeprefix('./')}"
-                g = groups.setdefault(item, {"media": [], "text": None, "json": None, "bad": None})
-                ext = "." + ext.lower()
-                if kind := media_kind(base):
-                    g["media"].append((str(_extract_member(tar, member, media_store)), kind))
-                elif ext == ".txt":
-                    g["text"] = tar.extractfile(member).read()
-                elif ext == ".json":
-                    g["json"] = tar.extractfile(member).read()
+        try:
+            groups = _tar_groups(tar_path, media_store)
+        except (tarfile.TarError, OSError, EOFError) as e:
+            yield RawItem(tar_path.name, reason="bad_tar", detail=f"{tar_path}: {type(e).__name__}: {e}")
+            continue
         for item, g in groups.items():
             yield _webdataset_item(manifest, item, g)
+
+
+def _tar_groups(tar_path: Path, media_store: Path) -> dict[str, dict[str, Any]]:
+    """Members grouped by key (path up to the first dot of the file name), as webdataset does; media extracted."""
+    groups: dict[str, dict[str, Any]] = {}
+    with tarfile.open(tar_path, "r:*") as tar:
+        for member in tar:
+            if member.isdir():
+                continue
+            if unsafe_member_name(member.name) or not member.isfile():
+                what = "escapes the folder" if unsafe_member_name(member.name) else "is a link or device"
+                bad = groups.setdefault(f"{tar_path.stem}/{member.name}", {"media": [], "bad": None})
+                bad["bad"] = ItemError("unsafe_tar_member", f"{tar_path.name}: member {member.name!r} {what}")
+                continue
+            folder, base = os.path.split(member.name)
+            key, _, ext = base.partition(".")
+            item = f"{tar_path.stem}/{os.path.join(folder, key).removeprefix('./')}"
+            g = groups.setdefault(item, {"media": [], "text": None, "json": None, "bad": None})
+            ext = "." + ext.lower()
+            if kind := media_kind(base):
+                g["media"].append((str(_extract_member(tar, member, media_store)), kind))
+            elif ext in (".txt", ".json"):
+                data = tar.extractfile(member).read()
+                if len(data) != member.size:
+                    raise tarfile.ReadError(f"member {member.name!r} truncated: {len(data)} of {member.size} bytes")
+                g[ext[1:].replace("txt", "text")] = data
+        # A cut between members leaves tarfile silent: a whole archive ends with a zero block.
+        tar.fileobj.seek(tar.offset)
+        if tar.fileobj.read(tarfile.BLOCKSIZE) != tarfile.NUL * tarfile.BLOCKSIZE:
+            raise tarfile.ReadError(f"no end-of-archive block at offset {tar.offset}: the tar is cut short")
+    return groups
 
 
 def _webdataset_item(manifest: SourceManifest, item: str, g: dict[str, Any]) -> RawItem:

@@ -150,3 +150,19 @@ def test_llava_json_list_and_jsonl_read_alike(tmp_path):
     assert a[1][0]["value"] == "<image>\nQ" and a[2] == [(str(tmp_path / "x.jpg"), "image")]
     assert [p for p, _ in b[2]] == [str(tmp_path / "x.jpg"), str(tmp_path / "y.png")]
     assert dup[3] == "duplicate_item"
+
+
+@pytest.mark.parametrize("where", ["inside a member", "between members"])
+def test_truncated_tar_is_refused_whole_and_other_shards_are_read(demo_corpus, tmp_path, where):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    data = (demo_corpus / "wds_images" / "shard-000000.tar").read_bytes()
+    with tarfile.open(demo_corpus / "wds_images" / "shard-000000.tar") as tar:
+        second = tar.getmembers()[3]  # 000000001.jpg
+    cut = second.offset_data + second.size // 2 if where == "inside a member" else second.offset
+    (shards / "a.tar").write_bytes(data)
+    (shards / "b.tar").write_bytes(data[:cut])
+    m = SourceManifest(name="s", modality="image", task="caption", format="webdataset", path=str(shards / "*.tar"))
+    items = list(iter_items(m, tmp_path / "store"))
+    assert [(it.item, it.reason) for it in items if it.item.startswith("b")] == [("b.tar", "bad_tar")]
+    assert sum(it.reason is None for it in items) == 5
