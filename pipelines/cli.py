@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "pipelines.commands.dedup",
     "pipelines.commands.dpo",
     "pipelines.commands.shards",
+    "pipelines.commands.flows",
 ]
 
 console = Console(stderr=True)

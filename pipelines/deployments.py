@@ -1,0 +1,127 @@
+"""Scheduled deployments of the flows, and a local Prefect server to serve them against.
+
+    mavors serve                          # starts a Prefect server on 127.0.0.1 if none is configured, serves all
+    mavors deploy                         # registers them on the server at PREFECT_API_URL (for workers, infra/prefect)
+    prefect deployment run 'curate/nightly-curation'
+
+Three deployments:
+
+- ``nightly-curation`` (cron, 02:00): the ``curate`` flow; new sources/files are picked up because
+  ingest skips what the catalog already holds and the step cache keys include the source files.
+- ``dpo-regeneration`` (cron, 05:00, and on the event ``mavors.stage.exported`` for ``stage2``
+  that the ``train`` flow emits): the ``dpo_regenerate`` flow on the newest Stage-2 export.
+- ``training`` (cron, Sundays 03:00): the ``train`` flow over the configured stages.
+
+Every deployment has a concurrency limit of one: two runs of the same flow never hold the
+catalog at once (DuckDB has one writer process); different flows on one catalog retry a busy
+lock with backoff (``pipelines.flows.common.is_transient``).
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+DEPLOYMENTS = ("nightly-curation", "dpo-regeneration", "training")
+SCHEDULES = {"nightly-curation": "0 2 * * *", "dpo-regeneration": "0 5 * * *", "training": "0 3 * * 0"}
+STAGE_EXPORTED = "mavors.stage.exported"
+"""Event the train flow emits when a stage writes its export; resource id ``mavors.stage.<name>``."""
+
+
+def build_deployments(*, config: Path | None = None, work_dir: Path | None = None,
+                      only: list[str] | None = None, interval_s: float | None = None,
+                      parameters: dict[str, dict[str, Any]] | None = None) -> list[Any]:
+    """The deployments as Prefect ``RunnerDeployment`` objects (not yet applied or served).
+
+    ``interval_s`` replaces every cron with an interval (local smoke runs); ``parameters`` maps a
+    deployment name to extra flow parameters merged over the defaults.
+    """
+    from prefect.deployments.runner import EntrypointType
+    from prefect.events import DeploymentEventTrigger
+
+    from pipelines.flows.common import code_digest
+    from pipelines.flows.curate import CurateParams, curate
+    from pipelines.flows.dpo_regenerate import DpoParams, dpo_regenerate
+    from pipelines.flows.train import TrainParams, train
+
+    unknown = sorted(set(only or []) - set(DEPLOYMENTS))
+    if unknown:
+        raise ValueError(f"unknown deployment(s) {unknown}; there are {list(DEPLOYMENTS)}")
+    base = {"config": config, "work_dir": work_dir}
+    extra = parameters or {}
+
+    def params(model: Any, name: str) -> dict[str, Any]:
+        merged = {**{k: v for k, v in base.items() if v is not None}, **extra.get(name, {})}
+        return {"params": model.model_validate(merged).model_dump(mode="json")}
+
+    def when(name: str) -> dict[str, Any]:
+        return {"interval": interval_s} if interval_s else {"cron": SCHEDULES[name]}
+
+    common = {"entrypoint_type": EntrypointType.MODULE_PATH, "concurrency_limit": 1,
+              "version": code_digest()[:12], "tags": ["mavors"]}
+    made = {
+        "nightly-curation": lambda: curate.to_deployment(
+            "nightly-curation", parameters=params(CurateParams, "nightly-curation"), **when("nightly-curation"),
+            description="Ingest new sources, synthesize captions, score, dedup, mix and shard.", **common),
+        "dpo-regeneration": lambda: dpo_regenerate.to_deployment(
+            "dpo-regeneration", parameters=params(DpoParams, "dpo-regeneration"), **when("dpo-regeneration"),
+            triggers=[DeploymentEventTrigger(
+                name="new-stage2-export", expect={STAGE_EXPORTED},
+                match={"prefect.resource.id": "mavors.stage.stage2"},
+                parameters=params(DpoParams, "dpo-regeneration"))],
+            description="Rebuild DPO pairs from the newest Stage-2 export.", **common),
+        "training": lambda: train.to_deployment(
+            "training", parameters=params(TrainParams, "training"), **when("training"),
+            description="Train the configured stages in order, skipping finished ones.", **common),
+    }
+    return [made[name]() for name in (only or DEPLOYMENTS)]
+
+
+# -- a local Prefect server ----------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(api_url: str, timeout_s: float = 120.0, proc: subprocess.Popen | None = None) -> None:
+    """Poll ``<api>/health`` until the server answers; fail early if its process died."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the Prefect server exited with code {proc.returncode} before it was healthy")
+        try:
+            with urllib.request.urlopen(f"{api_url}/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"the Prefect server at {api_url} did not become healthy within {timeout_s:.0f} s")
+
+
+def start_local_server(port: int | None = None, log_path: Path | None = None) -> tuple[subprocess.Popen, str]:
+    """``prefect server start`` on 127.0.0.1 (schedules need a real server, not the ephemeral one).
+
+    Returns the process and its API URL; the caller terminates the process. Its database lives in
+    ``PREFECT_HOME`` (``<work_dir>/prefect`` when set by :func:`pipelines.flows.configure_prefect`).
+    """
+    port = port or free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - lives as long as the server
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        wait_healthy(api_url, proc=proc)
+    except BaseException:
+        proc.terminate()
+        raise
+    return proc, api_url

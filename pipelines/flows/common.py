@@ -1,0 +1,323 @@
+"""What every flow shares: parameters, the catalog run record, the step decorator, artifacts, fault injection.
+
+Imported by the flow modules (``pipelines/flows/<flow>.py``); nothing here touches data.
+
+- :class:`FlowParams`: base of every flow's typed parameters (settings file, work dir, cache switch).
+- :func:`recorded_run`: one ``runs`` row per flow run (code version, parameters, status), keyed by
+  Prefect's flow-run id so the catalog and Prefect's UI name the same run.
+- :func:`step`: a Prefect task with retries (exponential backoff, only for transient errors), a cache
+  key made from the step's inputs (file contents, upstream results, code digest, catalog lineage),
+  and the fault-injection hook the crash tests use.
+- :func:`publish_table`, :func:`publish_link`: markdown/link artifacts on the current run.
+
+Single-writer rule (DuckDB): the flow process is the only catalog writer. A step opens the catalog
+for the library call it makes and closes it before returning (:meth:`RunContext.catalog`), so
+trainer subprocesses launched by a later step never meet a held lock.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
+from prefect.tasks import exponential_backoff
+from pydantic import BaseModel, ConfigDict
+
+from curation.catalog import REPO_ROOT, Catalog, CatalogError
+from curation.config import ConfigModel
+from curation.settings import Settings, load_settings
+
+FAULT_ENV = "MAVORS_FAULT_AT"
+"""``<step>``, ``<step>:<seconds>`` or ``<step>#<n>``: SIGKILL this process (group) during that step (crash tests)."""
+
+# Exception types worth retrying: the cause is outside the inputs (a lost worker, a busy lock,
+# a flaky filesystem or network). Everything else (bad config, bad data) fails at once.
+_TRANSIENT_TYPES = (ConnectionError, TimeoutError, BrokenPipeError, InterruptedError)
+_TRANSIENT_NAMES = {"RaySystemError", "RayActorError", "WorkerCrashedError", "ObjectLostError",
+                    "NodeDiedError", "OutOfMemoryError", "ActorDiedError", "TransientError"}
+
+
+class FlowParams(ConfigModel):
+    """Parameters every flow takes; the defaults are the embedded world (``./mavors-work``)."""
+
+    config: Path | None = None
+    """Settings YAML (work dir, catalog path, Ray address). None: ``MAVORS_CONFIG`` or the embedded defaults."""
+    work_dir: Path | None = None
+    """Overrides the settings' work dir. Catalog, shards, checkpoints and reports live under it."""
+    use_ray: bool = True
+    """Run the parallel steps (media probing, scoring, caption synthesis, shard writing) on Ray Data: a
+    local instance, or the cluster of the settings' ``ray.address`` / ``RAY_ADDRESS``. False: in the flow
+    process (on the tiny demo with 2 cores this saves Ray's start-up; results are identical)."""
+    use_cache: bool = True
+    """Reuse Prefect's cached results of steps whose inputs did not change. Correctness never
+    depends on it: every library step skips finished work itself (catalog rows, complete shards,
+    finished stages); the cache only saves re-checking. False: every step runs."""
+
+    def settings(self) -> Settings:
+        settings = load_settings(self.config)
+        if self.work_dir is not None:
+            settings = settings.model_copy(update={"work_dir": self.work_dir})
+        return settings
+
+
+class RunContext(BaseModel):
+    """What a step needs to know about the run it belongs to (passed to every task)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    run_id: str
+    flow: str
+    settings: Settings
+    use_ray: bool
+    cache_scope: str | None
+    """Digest of (code, catalog lineage, paths); None switches Prefect caching off for this run."""
+
+    @contextlib.contextmanager
+    def catalog(self) -> Iterator[Catalog]:
+        """The catalog, open for one step only (the flow process is its single writer)."""
+        with Catalog(self.settings.catalog) as cat:
+            yield cat
+
+    def dir(self, name: str) -> Path:
+        return self.settings.dir(name)
+
+
+# -- run record ------------------------------------------------------------------------------------
+@lru_cache(maxsize=1)
+def code_digest() -> str:
+    """sha256 over the project's code and shipped manifests: a cache key that changes with any edit.
+
+    ``git describe --dirty`` (the catalog's code version) does not change when a dirty tree changes
+    again, so it cannot key a cache.
+    """
+    h = hashlib.sha256()
+    for top in ("curation", "model", "trainers", "pipelines", "manifests"):
+        for path in sorted((REPO_ROOT / top).rglob("*")):
+            if path.suffix in {".py", ".yaml", ".yml", ".sql", ".json"} and path.is_file():
+                h.update(str(path.relative_to(REPO_ROOT)).encode())
+                h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def _prefect_run_id() -> str | None:
+    from prefect.runtime import flow_run
+
+    return flow_run.get_id()
+
+
+@contextlib.contextmanager
+def recorded_run(flow: str, params: FlowParams) -> Iterator[RunContext]:
+    """Record the run in the catalog's ``runs`` table for the duration of the ``with`` block.
+
+    The run id is Prefect's flow-run id (a rerun after a crash is a new run). The catalog's
+    *lineage* (its first run id) enters every cache key: a deleted and recreated catalog never
+    gets results cached against the old one.
+    """
+    settings = params.settings()
+    logger = get_run_logger()
+    record = {**params.model_dump(mode="json"), "code_digest": code_digest()}
+    with Catalog(settings.catalog) as cat:
+        run_id = cat.start_run(flow, record, run_id=_prefect_run_id())
+        lineage = cat.scalar("SELECT run_id FROM runs ORDER BY started_at, run_id LIMIT 1")
+    scope = None
+    if params.use_cache:
+        scope = _digest({"code": code_digest(), "lineage": lineage,
+                         "catalog": str(settings.catalog.resolve()), "work_dir": str(settings.work_dir.resolve())})
+    logger.info("run %s of %s: catalog %s, work dir %s", run_id, flow, settings.catalog, settings.work_dir)
+    ctx = RunContext(run_id=run_id, flow=flow, settings=settings, use_ray=params.use_ray, cache_scope=scope)
+    try:
+        yield ctx
+    except BaseException as e:
+        with Catalog(settings.catalog) as cat:
+            cat.finish_run(run_id, "failed", detail=f"{type(e).__name__}: {e}"[:2000])
+        raise
+    with Catalog(settings.catalog) as cat:
+        cat.finish_run(run_id, "completed")
+
+
+# -- steps ------------------------------------------------------------------------------------------
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return _jsonable(value.model_dump(mode="json"))
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(_jsonable(value), sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _file_fingerprints(value: Any) -> dict[str, str]:
+    """sha256 of every existing file named by a Path anywhere in the inputs (manifests, specs, rosters)."""
+    found: dict[str, str] = {}
+
+    def visit(v: Any) -> None:
+        if isinstance(v, BaseModel):
+            v = dict(v)
+        if isinstance(v, Mapping):
+            for x in v.values():
+                visit(x)
+        elif isinstance(v, (list, tuple)):
+            for x in v:
+                visit(x)
+        elif isinstance(v, Path) and v.is_file():
+            found[str(v.resolve())] = hashlib.sha256(v.read_bytes()).hexdigest()
+
+    visit(value)
+    return found
+
+
+def step_cache_key(context: Any, parameters: dict[str, Any]) -> str | None:
+    """Cache key of one step: its name, its inputs (values and the bytes of files they name),
+    and the run's scope (code digest, catalog lineage, paths). The run id is not part of it, so a
+    rerun after a crash hits the cache for every finished step and recomputes from the failed one.
+    """
+    run = parameters.get("run")
+    if not isinstance(run, RunContext) or run.cache_scope is None:
+        return None
+    inputs = {k: v for k, v in parameters.items() if k != "run"}
+    return _digest({"step": context.task.name, "scope": run.cache_scope,
+                    "files": _file_fingerprints(inputs), "inputs": inputs})
+
+
+def is_transient(task_: Any, task_run: Any, state: Any) -> bool:
+    """Retry only failures whose cause is outside the inputs (``retry_condition_fn``)."""
+    try:
+        exc = state.result(raise_on_failure=False)
+    except Exception:  # noqa: BLE001 - an unreadable state is not worth a retry
+        return False
+    if not isinstance(exc, BaseException):
+        return False
+    if isinstance(exc, CatalogError):
+        return "cannot open the catalog" in str(exc)  # the lock is held by another process for now
+    if isinstance(exc, _TRANSIENT_TYPES):
+        return True
+    return any(t.__name__ in _TRANSIENT_NAMES for t in type(exc).__mro__)
+
+
+def step(name: str, *, retries: int = 2, backoff_s: float = 2.0,
+         timeout_s: float | None = None) -> Callable[[Callable[..., Any]], Any]:
+    """Make a flow step: a Prefect task with retries, input-keyed caching and the fault hook.
+
+    The decorated function takes ``run: RunContext`` first and calls one library function.
+    """
+    def wrap(fn: Callable[..., Any]) -> Any:
+        @functools.wraps(fn)
+        def body(*args: Any, **kwargs: Any) -> Any:
+            with fault_point(name):
+                return fn(*args, **kwargs)
+
+        return task(
+            body, name=name, retries=retries, retry_delay_seconds=exponential_backoff(backoff_s),
+            retry_jitter_factor=0.5, retry_condition_fn=is_transient, cache_key_fn=step_cache_key,
+            persist_result=True, timeout_seconds=timeout_s,
+        )
+    return wrap
+
+
+# -- fault injection (crash tests) ------------------------------------------------------------------
+def _kill_now(step_name: str) -> None:
+    """SIGKILL this process, and its process group when it leads one (trainer subprocesses die with it,
+    as they would when a machine goes down)."""
+    get_run_logger().warning("fault injection: SIGKILL during step %s", step_name)
+    for handler in __import__("logging").getLogger().handlers:
+        with contextlib.suppress(Exception):
+            handler.flush()
+    if os.getpgid(0) == os.getpid():
+        os.killpg(os.getpid(), signal.SIGKILL)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _fault_spec() -> tuple[str, str, str]:
+    """(step, seconds, units) of ``MAVORS_FAULT_AT``; empty strings where not given."""
+    spec = os.environ.get(FAULT_ENV, "")
+    target, _, units = spec.partition("#")
+    target, _, delay = target.partition(":")
+    return target, delay, units
+
+
+_fault_ticks: dict[str, int] = {}
+
+
+def fault_tick(step_name: str) -> None:
+    """A unit of the step's work was committed (a shard recorded, a batch written). With
+    ``MAVORS_FAULT_AT=<step>#<n>``, SIGKILL after the n-th unit: a crash in the middle of the step."""
+    target, _, units = _fault_spec()
+    if target != step_name or not units:
+        return
+    _fault_ticks[step_name] = _fault_ticks.get(step_name, 0) + 1
+    if _fault_ticks[step_name] >= int(units):
+        _kill_now(step_name)
+
+
+@contextlib.contextmanager
+def fault_point(step_name: str) -> Iterator[None]:
+    """Honour ``MAVORS_FAULT_AT`` for this step.
+
+    ``<step>:<seconds>``: SIGKILL that long after the step starts (mid-step). ``<step>#<n>``: after the
+    n-th committed unit (:func:`fault_tick`). In every form, if the step's library call returns
+    first: SIGKILL then, before Prefect records the step as completed (work committed, flow not told).
+    """
+    target, delay, _ = _fault_spec()
+    if target != step_name:
+        yield
+        return
+    timer = None
+    if delay:
+        timer = threading.Timer(float(delay), _kill_now, args=(step_name,))
+        timer.daemon = True
+        timer.start()
+    yield
+    _kill_now(step_name)
+
+
+# -- artifacts --------------------------------------------------------------------------------------
+def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """A GitHub markdown table of dict rows (columns: given order, else first row's keys)."""
+    if not rows:
+        return "_(none)_"
+    columns = list(columns or rows[0].keys())
+
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return str(v).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _artifact_key(run: RunContext, key: str) -> str:
+    raw = f"{run.flow}-{key}".lower()
+    return "".join(c if c.isalnum() else "-" for c in raw)
+
+
+def publish_table(run: RunContext, key: str, title: str, rows: Sequence[Mapping[str, Any]],
+                  columns: Sequence[str] | None = None, note: str = "") -> str:
+    """Publish a markdown-table artifact on the current flow/task run; returns the markdown."""
+    markdown = f"### {title}\n\n{markdown_table(rows, columns)}\n"
+    if note:
+        markdown += f"\n{note}\n"
+    create_markdown_artifact(markdown, key=_artifact_key(run, key), description=title)
+    get_run_logger().info("%s:\n%s", title, markdown_table(rows, columns))
+    return markdown
+
+
+def publish_link(run: RunContext, key: str, path: Path, text: str) -> None:
+    create_link_artifact(Path(path).resolve().as_uri(), link_text=text, key=_artifact_key(run, key))

@@ -1,0 +1,106 @@
+"""The whole pipeline: curate -> Stages 1, 1.5, 2 -> DPO pairs from the Stage-2 export -> DPO stage.
+
+    mavors demo                         # demo corpus + tiny models + this flow under ./mavors-work
+    mavors flow run end-to-end          # this flow on whatever the parameters name
+
+Each part is a subflow (its own ``runs`` row and artifacts). A rerun after a crash resumes
+at the step that was interrupted: finished steps hit Prefect's cache, and the library skips
+work the catalog and the file system record as done (which is what correctness rests on).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+from pydantic import Field
+
+from pipelines.flows.common import FlowParams, publish_link, publish_table, recorded_run
+from pipelines.flows.curate import CurateParams, curate
+from pipelines.flows.dpo_regenerate import DpoParams, dpo_regenerate
+from pipelines.flows.train import TrainParams, train
+
+
+class EndToEndParams(FlowParams):
+    """The parameters of the three parts; ``config``, ``work_dir``, ``use_ray`` and ``use_cache`` apply to all."""
+
+    curate: CurateParams = Field(default_factory=CurateParams)
+    """Curation (sources, captioners, scorer, dedup policy, mixtures)."""
+    train: TrainParams = Field(default_factory=TrainParams)
+    """Supervised stages (1, 1.5, 2), in order."""
+    dpo: DpoParams = Field(default_factory=DpoParams)
+    """DPO pair building; its checkpoint is the last supervised stage's export unless given."""
+    dpo_stages: list[str] = Field(default_factory=lambda: ["demo-dpo"])
+    """Stage specs trained on the pairs after they are built (the paper's Stage 3). Cluster: ``[dpo]``."""
+
+    def part(self, params: FlowParams) -> Any:
+        """A part's parameters with the shared ones applied."""
+        return params.model_copy(update={"config": self.config, "work_dir": self.work_dir,
+                                         "use_ray": self.use_ray, "use_cache": self.use_cache})
+
+
+@flow(name="end_to_end", log_prints=True)
+def end_to_end(params: EndToEndParams = EndToEndParams()) -> dict[str, Any]:
+    """curate -> train (1, 1.5, 2) -> dpo_regenerate (policy: the Stage-2 export) -> train (DPO)."""
+    with recorded_run("end_to_end", params) as run:
+        curated = curate(params.part(params.curate))
+        supervised = train(params.part(params.train))
+        stage2 = supervised["stages"][-1]
+        dpo = params.part(params.dpo)
+        if dpo.checkpoint is None:
+            dpo = dpo.model_copy(update={"checkpoint": Path(stage2["export"])})
+        pairs = dpo_regenerate(dpo)
+        preference = train(params.part(params.train).model_copy(update={"stages": params.dpo_stages}))
+        stages = supervised["stages"] + preference["stages"]
+        publish_table(run, "stages", "Training stages (loss per stage)", [
+            {"stage": s["stage"], "status": s["status"], "steps": s["steps"], "final loss": s["final_loss"]}
+            for s in stages])
+        report = run.settings.work_dir / "reports" / run.run_id / "report.html"
+        publish_link(run, "report", report, "run report (mavors report RUN_ID)")
+    return {"run_id": run.run_id, "curate": curated, "stages": stages, "dpo": pairs,
+            "locations": {"catalog": str(run.settings.catalog), "shards": str(run.settings.work_dir / "shards"),
+                          "dpo pairs": pairs.get("shard_dir"),
+                          "checkpoints": str(run.settings.work_dir / "checkpoints" / params.train.run_name),
+                          "report": str(report)}}
+
+
+def demo(work_dir: Path, seed: int = 0) -> dict[str, Any]:
+    """``mavors demo``: demo corpus (``mavors demo-data``) + tiny models (``mavors models make-tiny``) +
+    :func:`end_to_end` with its embedded defaults; returns its summary with per-step wall times."""
+    from curation.demo_data import generate
+    from model.tiny import make_tiny
+
+    timings = []
+    started = time.monotonic()
+    corpus = work_dir / "demo"
+    if not (corpus / "corpus.json").exists():
+        generate(corpus, seed=seed)
+    timings.append({"step": "demo-data", "seconds": round(time.monotonic() - started, 1)})
+    started = time.monotonic()
+    if not (work_dir / "models" / "mavors").exists():
+        make_tiny(work_dir / "models", seed=seed)
+    timings.append({"step": "make-tiny", "seconds": round(time.monotonic() - started, 1)})
+    summary = end_to_end(EndToEndParams(work_dir=work_dir))
+    summary["tables"] = {"Wall time per step": timings + step_timings(summary["run_id"])}
+    return summary
+
+
+def step_timings(flow_run_id: str) -> list[dict[str, Any]]:
+    """Wall time of every task run of a flow run and its subflows, from Prefect's API, in start order."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])))
+        ids = [flow_run_id, *(str(c.id) for c in children)]
+        runs = client.read_task_runs(task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=ids)),
+                                     flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)))
+    rows = []
+    for tr in sorted(runs, key=lambda r: r.start_time or r.expected_start_time):
+        seconds = (tr.end_time - tr.start_time).total_seconds() if tr.start_time and tr.end_time else None
+        rows.append({"step": tr.name, "state": tr.state_name,
+                     "seconds": round(seconds, 1) if seconds is not None else None})
+    return rows

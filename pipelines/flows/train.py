@@ -1,0 +1,143 @@
+"""The training flow: stages in order (Stage 1 -> 1.5 -> 2, optionally DPO), each from its predecessor's export.
+
+    mavors flow run train                          # the demo stages under <work_dir>/checkpoints/demo
+    mavors flow run train --params train.yaml      # stages: [stage1, stage1_5, stage2], hostfile: ...
+
+Each stage is one task that launches the trainer and waits: a ``python -m trainers.stage``
+subprocess on the embedded default (one process; DeepSpeed never lives in the flow process,
+so a crashed stage cannot take the flow's state with it), or the ``deepspeed`` launcher over
+a hostfile on a cluster. A stage whose export exists is skipped by the trainer's chain, and a
+killed stage resumes from its last DeepSpeed checkpoint. The trainer never opens the catalog;
+the flow records each stage after it finished (single writer).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from pydantic import Field
+
+from curation.catalog import REPO_ROOT
+from pipelines.flows.common import FlowParams, RunContext, fault_point, publish_table, recorded_run, step
+
+STAGE_EXPORTED = "mavors.stage.exported"
+"""Prefect event emitted after a stage's export; resource ``mavors.stage.<stage name>`` (triggers DPO)."""
+
+
+class TrainParams(FlowParams):
+    """Which stages, where they write, how they are launched."""
+
+    stages: list[str] = Field(default_factory=lambda: ["demo-stage1", "demo-stage1_5", "demo-stage2"])
+    """Stage spec names in ``stages_dir``, in training order. Cluster: ``[stage1, stage1_5, stage2, dpo]``."""
+    stages_dir: Path = REPO_ROOT / "manifests" / "stages"
+    """Folder of the stage specs (``<name>.yaml``)."""
+    run_name: str = "demo"
+    """Run folder under ``<work_dir>/checkpoints``: exports, DeepSpeed checkpoints, metrics, logs."""
+    hostfile: Path | None = None
+    """DeepSpeed hostfile (``infra/deepspeed/``); None: this machine."""
+    procs_per_node: int = Field(1, ge=1)
+    """Ranks on this machine without a hostfile; 1 runs ``trainers.stage`` as a plain subprocess."""
+    master_addr: str = "127.0.0.1"
+    """Rendezvous address (node 0) for multi-process launches."""
+    master_port: int = 29500
+    """Rendezvous port for multi-process launches."""
+    node_rank: int = 0
+    """This node's index in the hostfile (each node runs the flow's launch with its rank)."""
+
+    def launch(self) -> Any:
+        from trainers.launch import Launch
+
+        return Launch(hostfile=self.hostfile, procs_per_node=self.procs_per_node, master_addr=self.master_addr,
+                      master_port=self.master_port, node_rank=self.node_rank)
+
+
+def _subprocess_stage(log_dir: Path):
+    """``run_one`` for the trainer's chain: the stage in a child process (``python -m trainers.stage``)."""
+    import sys
+
+    from trainers.launch import run_launched
+
+    def run_one(spec: Any, run_dir: Path, work_dir: Path, source: str) -> None:
+        cmd = [sys.executable, "-m", "trainers.stage", "--spec", str(Path(source).resolve()),
+               "--run-dir", str(Path(run_dir).resolve()), "--work-dir", str(Path(work_dir).resolve())]
+        run_launched(cmd, log_dir / spec.name / "trainer.log")
+    return run_one
+
+
+# -- steps ------------------------------------------------------------------------------------------------
+@step("plan-stages", retries=0)
+def plan_stages(run: RunContext, stages: list[str], stage_files: list[Path], launch: dict[str, Any]) -> list[str]:
+    """trainers.chain.plan_chain: every spec loaded and checked before anything trains."""
+    from trainers.chain import plan_chain
+    from trainers.launch import Launch
+
+    return [s.name for s in plan_chain(stages, stage_files[0].parent, _run_dir(run, launch),
+                                       run.settings.work_dir, Launch(**_launch_args(launch)))]
+
+
+@step("train-stage", retries=1, backoff_s=10.0)
+def train_stage(run: RunContext, stage: str, spec_file: Path, data_index: list[Path], launch: dict[str, Any],
+                previous: dict[str, Any] | None) -> dict[str, Any]:
+    """trainers.chain.run_chain for one stage: launch, wait, return its export record (skipped when exported)."""
+    from trainers.chain import run_chain
+    from trainers.launch import Launch
+
+    run_dir = _run_dir(run, launch)
+    with fault_point(f"train-{stage}"):
+        [record] = run_chain([stage], spec_file.parent, run_dir, run.settings.work_dir,
+                             Launch(**_launch_args(launch)), run_one=_subprocess_stage(run_dir))
+    _emit_exported(stage, record)
+    return {k: record.get(k) for k in ("stage", "status", "steps", "samples", "final_loss", "resumed_from_step",
+                                       "export", "world_size", "spec_digest", "fingerprints", "init_fingerprints")}
+
+
+def _run_dir(run: RunContext, launch: dict[str, Any]) -> Path:
+    return run.dir("checkpoints") / launch["run_name"]
+
+
+def _launch_args(launch: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in launch.items() if k != "run_name"}
+
+
+def _emit_exported(stage: str, record: dict[str, Any]) -> None:
+    """Tell Prefect's event system a stage export exists (the DPO deployment's trigger listens)."""
+    from prefect.events import emit_event
+
+    emit_event(event=STAGE_EXPORTED, resource={"prefect.resource.id": f"mavors.stage.{stage}",
+                                               "mavors.export": str(record.get("export"))},
+               payload={"status": record.get("status"), "steps": record.get("steps")})
+
+
+# -- the flow ------------------------------------------------------------------------------------------------
+@flow(name="train", log_prints=True)
+def train(params: TrainParams = TrainParams()) -> dict[str, Any]:
+    """Train the stages in order; each starts from its predecessor's export; finished stages are skipped."""
+    with recorded_run("train", params) as run:
+        records = train_stages(run, params)
+    return {"run_id": run.run_id, "stages": records}
+
+
+def train_stages(run: RunContext, params: TrainParams) -> list[dict[str, Any]]:
+    """The stage tasks of ``params`` in order (also used by the end-to-end flow inside its own run)."""
+    from trainers.batches import data_dir
+    from trainers.spec import load_stage
+
+    launch = {"run_name": params.run_name, "hostfile": params.hostfile, "procs_per_node": params.procs_per_node,
+              "master_addr": params.master_addr, "master_port": params.master_port, "node_rank": params.node_rank}
+    files = [params.stages_dir / f"{name}.yaml" for name in params.stages]
+    plan_stages(run, params.stages, files, launch)
+    records, previous = [], None
+    for name, spec_file in zip(params.stages, files):
+        shards = data_dir(load_stage(spec_file), run.settings.work_dir)
+        index = sorted(shards.rglob("index.json")) if shards is not None else []
+        previous = train_stage.with_options(task_run_name=f"train-{name}")(
+            run, name, spec_file, index, launch, previous)
+        get_run_logger().info("stage %s: %s, %s steps, final loss %s", name, previous["status"],
+                              previous["steps"], previous["final_loss"])
+        records.append(previous)
+    publish_table(run, "stages", "Training stages", [
+        {"stage": r["stage"], "status": r["status"], "steps": r["steps"], "samples": r["samples"],
+         "final loss": r["final_loss"], "resumed from step": r["resumed_from_step"], "export": r["export"]}
+        for r in records])
+    return records
