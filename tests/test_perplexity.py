@@ -94,9 +94,9 @@ def make_catalog(path: Path, corpus) -> Catalog:
 
 
 def scorer(tiny_models, **engine) -> ScorerConfig:
-    return ScorerConfig(name="tiny", rows_per_commit=4, engine=EngineConfig(
-        backend="transformers", model_path=tiny_models["qwen2vl"], modalities=MODALITIES,
-        video_frames=N_FRAMES, **{"batch_size": 4, **engine}))
+    return ScorerConfig(name="tiny", rows_per_commit=4, engine=EngineConfig(**{
+        "backend": "transformers", "model_path": tiny_models["qwen2vl"], "modalities": MODALITIES,
+        "video_frames": N_FRAMES, "batch_size": 4, **engine}))
 
 
 # -- the independent reference -------------------------------------------------------------------
@@ -168,12 +168,22 @@ def test_llava_conversation_to_chat_request():
         to_chat_request("s/1", [{"from": "bot", "value": "x"}], [])
 
 
-def test_scores_equal_plain_forward_and_bad_samples_are_quarantined(tiny_models, corpus, tmp_path):
+@pytest.fixture(scope="module")
+def scored(tiny_models, corpus, tmp_path_factory):
+    """A catalog of the corpus scored once in-process with the transformers backend: (path, counts)."""
+    path = tmp_path_factory.mktemp("ppl-scored") / "c.duckdb"
+    with make_catalog(path, corpus) as cat:
+        counts = run_scoring(cat, scorer(tiny_models), use_ray=False, run_id="r1")
+    return path, counts
+
+
+def test_scores_equal_plain_forward_and_bad_samples_are_quarantined(tiny_models, corpus, scored, tmp_path):
     root, _, samples = corpus
     config = scorer(tiny_models)
-    with make_catalog(tmp_path / "c.duckdb", corpus) as cat:
-        counts = run_scoring(cat, config, use_ray=False, run_id="r1")
-        assert counts == {"pending": 9, "scored": 6, "quarantined": 3}
+    path = tmp_path / "c.duckdb"
+    shutil.copy(scored[0], path)
+    assert scored[1] == {"pending": 9, "scored": 6, "quarantined": 3}
+    with Catalog(path) as cat:
         rows = {r["sample_id"]: r for r in cat.query("SELECT * FROM ppl_scores")}
         assert set(rows) == {s for s in samples if not s.startswith("bad/")}
         for sid, row in rows.items():
@@ -264,10 +274,9 @@ def test_missing_checkpoint_fails_before_any_work(tiny_models, corpus, tmp_path)
         assert cat.scalar("SELECT count(*) FROM ppl_scores") == 0
 
 
-def test_ray_actor_pool_matches_in_process_and_resumes(tiny_models, corpus, tmp_path, ray_local):
+def test_ray_actor_pool_matches_in_process_and_resumes(tiny_models, corpus, scored, tmp_path, ray_local):
     config = scorer(tiny_models)
-    with make_catalog(tmp_path / "local.duckdb", corpus) as cat:
-        run_scoring(cat, config, use_ray=False)
+    with Catalog(scored[0], read_only=True) as cat:
         local = {r["sample_id"]: r["mean_nll"] for r in cat.query("SELECT * FROM ppl_scores")}
     with make_catalog(tmp_path / "ray.duckdb", corpus) as cat:
         # a first run that stopped after two samples, then the rest through Ray
@@ -280,14 +289,13 @@ def test_ray_actor_pool_matches_in_process_and_resumes(tiny_models, corpus, tmp_
         assert remote[sid] == pytest.approx(local[sid], rel=1e-6), sid
 
 
-def test_vllm_backend_equals_transformers_in_float32(tiny_models, corpus, tmp_path):
+def test_vllm_backend_equals_transformers_in_float32(tiny_models, scored, tmp_path):
     pytest.importorskip("vllm")
-    hf = scorer(tiny_models)
     vl = scorer(tiny_models, backend="vllm", max_model_len=512, max_images_per_prompt=2)
     vl.name = "tiny-vllm"
-    with make_catalog(tmp_path / "c.duckdb", corpus) as cat:
-        run_scoring(cat, hf, use_ray=False)
-        run_scoring(cat, vl, use_ray=False)
+    shutil.copy(scored[0], tmp_path / "c.duckdb")
+    with Catalog(tmp_path / "c.duckdb") as cat:
+        assert run_scoring(cat, vl, use_ray=False)["scored"] == 6
         rows = cat.query("SELECT a.sample_id, a.mean_nll AS hf, b.mean_nll AS vl, a.n_tokens AS n_hf, "
                          "b.n_tokens AS n_vl FROM ppl_scores a JOIN ppl_scores b USING (sample_id) "
                          "WHERE a.scorer = 'tiny' AND b.scorer = 'tiny-vllm'")
