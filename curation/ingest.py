@@ -107,7 +107,8 @@ def probe_media(media: Sequence[MediaKey], *, ray_settings: RaySettings | None =
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
-    n_blocks = max(1, min(len(media), (workers or 2) * 4, -(-len(media) // batch_size)))
+    parallel = workers or int(ray.cluster_resources().get("CPU", 1))
+    n_blocks = max(1, min(4 * parallel, -(-len(media) // batch_size)))  # a few blocks per worker, full batches
     ds = ray.data.from_items([{"path": p, "kind": k} for p, k in media], override_num_blocks=n_blocks)
     ds = ds.map_batches(_probe_batch, batch_size=batch_size, num_cpus=1,
                         concurrency=min(workers, n_blocks) if workers else None)
@@ -165,12 +166,15 @@ def write_source(catalog: Catalog, manifest: SourceManifest, items: list[RawItem
                         "content_sha256": content_sha256(it.conversation, hashes)})
 
     with catalog.transaction() as con:
-        existing = dict(con.execute("SELECT sample_id, content_sha256 FROM samples WHERE source = ?",
-                                    [manifest.name]).fetchall())
+        # What a row says beyond its content: a manifest edit (task, stage hints) also rewrites the row.
+        existing = {sid: (h, task, hints) for sid, h, task, hints in con.execute(
+            "SELECT sample_id, content_sha256, task, stage_hints FROM samples WHERE source = ?",
+            [manifest.name]).fetchall()}
         known_media = {h for (h,) in con.execute(
             "SELECT media_hash FROM media WHERE media_hash IN (SELECT unnest(?::TEXT[]))", [list(media)]).fetchall()}
         new = [s for s in samples if s["sample_id"] not in existing]
-        changed = [s for s in samples if existing.get(s["sample_id"], s["content_sha256"]) != s["content_sha256"]]
+        changed = [s for s in samples if s["sample_id"] in existing and existing[s["sample_id"]] != (
+            s["content_sha256"], s["task"], s["stage_hints"])]
         report.new, report.replaced = len(new), len(changed)
         report.unchanged = len(samples) - len(new) - len(changed)
         report.new_media = len(set(media) - known_media)

@@ -192,14 +192,23 @@ def test_changed_items_replace_their_rows(cat, demo_corpus, tmp_path, ray_local)
     manifest = tmp_path / "image_captions.yaml"
     manifest.write_text(src.replace("../image_captions/captions.jsonl", str(tmp_path / "captions.jsonl"))
                         + f"media_root: {demo_corpus / 'image_captions'}\n")
+    hints_only = tmp_path / "hints" / "image_captions_parquet.yaml"  # a manifest edit, same content
+    hints_only.parent.mkdir()
+    hints_only.write_text((demo_corpus / "manifests" / "image_captions_parquet.yaml").read_text()
+                          .replace("../image_captions_parquet", str(demo_corpus / "image_captions_parquet"))
+                          .replace("- '1'", "- '1'\n- '1.5'"))
     before = {r["sample_id"]: r for r in cat.query("SELECT * FROM samples")}
-    (report,) = ingest([load_manifest(manifest)], cat, media_store=tmp_path / "store")
+    report, parquet = ingest([load_manifest(manifest), load_manifest(hints_only)], cat, media_store=tmp_path / "store")
+    assert (parquet.replaced, parquet.new) == (6, 0)
+    assert cat.query("SELECT DISTINCT stage_hints FROM samples WHERE source = 'image_captions_parquet'") == [
+        {"stage_hints": ["1", "1.5"]}]
     after = {r["sample_id"]: r for r in cat.query("SELECT * FROM samples")}
     assert (report.replaced, report.new, report.stale) == (2, 1, 1)
     assert set(after) == set(before) | {"image_captions/cap-fixed"}
     refused = {r["item"]: r["reason"] for r in cat.query("SELECT * FROM quarantine WHERE source = 'image_captions'")}
     assert "row000006" not in refused and refused["row000003"] == "not_utf8" and len(refused) == 5
     changed = {s for s in before if after[s]["content_sha256"] != before[s]["content_sha256"]}
+    assert all(after[s] == before[s] for s in before if not s.startswith("image_captions"))
     assert changed == {"image_captions/cap-0002", "image_captions/cap-0004"}
     assert json.loads(after["image_captions/cap-0002"]["conversation"])[1]["value"] == "A recaptioned picture."
     assert after["image_captions/cap-0004"]["media_hashes"] == before["image_captions/cap-0008"]["media_hashes"]
