@@ -14,19 +14,20 @@ Order of an epoch (a pure function of seed, epoch, rank, world size and workers)
    ``Random(md5(seed:epoch))``;
 2. split by node, then by DataLoader worker: each shard goes, in that order, to the
    rank (then worker) holding the fewest samples so far, so shares stay balanced;
-3. each worker reads its shards as a stock ``webdataset`` pipeline (``tarfile_to_samples``)
-   and shuffles samples with a buffer (``webdataset.shuffle``) seeded by
-   ``md5(seed:epoch:rank:worker)``, then decodes through the processor;
-4. the main process merges the workers' streams round-robin (a worker that runs out
+3. each worker reads its shards as a stock ``webdataset`` pipeline (``tarfile_to_samples``),
+   shuffles samples with a buffer (``webdataset.shuffle``) seeded by
+   ``md5(seed:epoch:rank:worker)``, decodes them through the processor and collates
+   micro-batches (the last one of a worker may be short) -- one transfer per batch;
+4. the main process merges the workers' batches round-robin (a worker that runs out
    drops out), re-ordering whatever the DataLoader delivers, so the merged order does
    not depend on process timing.
 
-Every rank yields the same number of samples per epoch (the smallest rank's share) so
-DeepSpeed ranks take the same number of steps; ranks with more drop their tail for
-that epoch (:meth:`ShardLoader.epoch_plan` says how many). Resuming from ``{epoch,
-consumed}`` recomputes how many samples each worker had delivered and skips them
-*before* decoding (raw tar bytes only), so the stream continues with exactly the
-sample an uninterrupted run would have produced next.
+Every rank yields the same number of micro-batches per epoch (the smallest rank's) so
+DeepSpeed ranks take the same number of steps; a rank with more drops its last batches
+for that epoch (:meth:`ShardLoader.epoch_plan` says how many samples). Resuming from
+``{epoch, consumed}`` recomputes how many batches each worker had delivered and skips
+their samples *before* decoding (raw tar bytes only), so the stream continues with
+exactly the batch an uninterrupted run would have produced next.
 
 The processor is anything with ``encode(conversation, media, name=...) -> dict`` (tensors
 of one sample: ``input_ids``, ``attention_mask``, ``labels`` with -100 outside the
@@ -95,34 +96,14 @@ def split_balanced(shards: Sequence[ShardEntry], n: int) -> list[list[ShardEntry
     return parts
 
 
-@dataclass(frozen=True)
-class EpochPlan:
-    """One rank's epoch: its shards per worker, and how many samples it yields (equal on every rank)."""
-
-    epoch: int
-    worker_shards: list[list[ShardEntry]]
-    length: int
-    dropped: int  # samples of this rank's shards beyond ``length`` (not seen this epoch)
-
-    @property
-    def counts(self) -> list[int]:
-        return [sum(s.n_samples for s in shards) for shards in self.worker_shards]
+def batch_sizes(count: int, micro_size: int) -> list[int]:
+    """Micro-batch sizes of one worker's stream: full batches, then the remainder."""
+    return [micro_size] * (count // micro_size) + ([count % micro_size] if count % micro_size else [])
 
 
-def plan_epoch(shards: Sequence[ShardEntry], *, seed: int, epoch: int, rank: int, world_size: int,
-               num_workers: int) -> EpochPlan:
-    order = list(shards)
-    random.Random(_seed(seed, epoch)).shuffle(order)
-    per_rank = split_balanced(order, world_size)
-    length = min(sum(s.n_samples for s in part) for part in per_rank)
-    mine = per_rank[rank]
-    return EpochPlan(epoch, split_balanced(mine, max(1, num_workers)), length,
-                     sum(s.n_samples for s in mine) - length)
-
-
-def merged_order(counts: Sequence[int]) -> Iterator[int]:
-    """Worker of each merged position: round-robin over workers, skipping those that ran out."""
-    left = list(counts)
+def merged_order(n_batches: Sequence[int]) -> Iterator[int]:
+    """Worker of each merged batch: round-robin over workers, skipping those that ran out."""
+    left = list(n_batches)
     while any(left):
         for w, n in enumerate(left):
             if n:
@@ -130,12 +111,56 @@ def merged_order(counts: Sequence[int]) -> Iterator[int]:
                 yield w
 
 
-def worker_skips(counts: Sequence[int], consumed: int) -> list[int]:
-    """How many samples each worker had delivered when the merged stream reached ``consumed``."""
-    skips = [0] * len(counts)
-    for w in itertools.islice(merged_order(counts), consumed):
-        skips[w] += 1
-    return skips
+@dataclass(frozen=True)
+class EpochPlan:
+    """One rank's epoch: its shards per worker, and its micro-batches (as many on every rank)."""
+
+    epoch: int
+    worker_shards: list[list[ShardEntry]]
+    micro_size: int
+    steps: int  # micro-batches this epoch, equal on every rank
+    dropped: int  # samples of this rank's shards in batches beyond ``steps`` (not seen this epoch)
+
+    @property
+    def counts(self) -> list[int]:
+        return [sum(s.n_samples for s in shards) for shards in self.worker_shards]
+
+    def batches(self) -> list[tuple[int, int]]:
+        """(worker, size) of each micro-batch of the epoch, in merged order."""
+        sizes = [batch_sizes(c, self.micro_size) for c in self.counts]
+        taken = [0] * len(sizes)
+        out = []
+        for w in itertools.islice(merged_order([len(b) for b in sizes]), self.steps):
+            out.append((w, sizes[w][taken[w]]))
+            taken[w] += 1
+        return out
+
+    def resume_point(self, consumed: int) -> tuple[int, list[int]]:
+        """(batches done, samples each worker had delivered) after ``consumed`` samples of the epoch."""
+        skips, done = [0] * len(self.worker_shards), 0
+        for position, (w, size) in enumerate(self.batches()):
+            if done == consumed:
+                return position, skips
+            done += size
+            skips[w] += size
+        if done == consumed:
+            return self.steps, skips
+        raise ValueError(f"{consumed} samples is not a micro-batch boundary of epoch {self.epoch}")
+
+
+def plan_epoch(shards: Sequence[ShardEntry], *, seed: int, epoch: int, rank: int, world_size: int,
+               num_workers: int, micro_size: int) -> EpochPlan:
+    order = list(shards)
+    random.Random(_seed(seed, epoch)).shuffle(order)
+    workers = [split_balanced(part, max(1, num_workers)) for part in split_balanced(order, world_size)]
+
+    def n_batches(parts: list[list[ShardEntry]]) -> int:
+        return sum(len(batch_sizes(sum(s.n_samples for s in p), micro_size)) for p in parts)
+
+    steps = min(n_batches(parts) for parts in workers)
+    mine = EpochPlan(epoch, workers[rank], micro_size, steps, 0)
+    seen = sum(size for _, size in mine.batches())
+    return EpochPlan(epoch, workers[rank], micro_size, steps, sum(mine.counts) - seen)
 
 
 # -- decoding one raw webdataset sample ----------------------------------------------------------------
@@ -186,7 +211,7 @@ def collate(samples: list[dict[str, Any]], processor: SampleProcessor, dpo: bool
 
 # -- one epoch of one rank, as a DataLoader dataset ------------------------------------------------------
 class _EpochStream(IterableDataset):
-    """Each DataLoader worker reads its own shards (a webdataset pipeline) and yields (worker, sample)."""
+    """Each DataLoader worker reads its own shards (a webdataset pipeline) and yields (worker, micro-batch)."""
 
     def __init__(self, plan: EpochPlan, skips: list[int], *, seed: int, rank: int, shuffle_buffer: int,
                  processor: SampleProcessor, dpo: bool):
@@ -204,6 +229,8 @@ class _EpochStream(IterableDataset):
         skip = self.skips[worker]
         stages.append(lambda samples: itertools.islice(samples, skip, None))  # resume: skip before decoding
         stages.append(wds.map(lambda raw: decode_sample(raw, self.processor, self.dpo)))
+        stages.append(wds.batched(self.plan.micro_size, partial=True,
+                                  collation_fn=lambda samples: collate(samples, self.processor, self.dpo)))
         return wds.DataPipeline(*stages)
 
     def __iter__(self):
@@ -211,8 +238,8 @@ class _EpochStream(IterableDataset):
         workers = range(info.id, info.id + 1) if info is not None else range(len(self.plan.worker_shards))
         for w in workers:
             if self.plan.worker_shards[w]:
-                for sample in self.worker_pipeline(w):
-                    yield w, sample
+                for batch in self.worker_pipeline(w):
+                    yield w, batch
 
 
 def _as_is(item):
@@ -240,58 +267,50 @@ class ShardLoader:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         epoch, consumed = int(state["epoch"]), int(state["consumed"])
-        length = self.epoch_plan(epoch).length
-        if not 0 <= consumed <= length:
-            raise ValueError(f"loader state {state}: epoch {epoch} has {length} samples on this rank")
+        self.epoch_plan(epoch).resume_point(consumed)  # raises unless it is a batch boundary of that epoch
         self.epoch, self.consumed = epoch, consumed
 
     def epoch_plan(self, epoch: int) -> EpochPlan:
         return plan_epoch(self.shards, seed=self.seed, epoch=epoch, rank=self.rank, world_size=self.world_size,
-                          num_workers=self.num_workers)
+                          num_workers=self.num_workers, micro_size=self.micro_size)
 
     def steps_per_epoch(self, epoch: int = 0) -> int:
         """Micro-batches per epoch, the same on every rank."""
-        return -(-self.epoch_plan(epoch).length // self.micro_size)
+        return self.epoch_plan(epoch).steps
 
     # -- iteration ---------------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[dict[str, Any]]:
         while self.max_epochs is None or self.epoch < self.max_epochs:
             plan = self.epoch_plan(self.epoch)
-            if plan.length == 0:
+            if plan.steps == 0:
                 raise RuntimeError(f"{self.root}: rank {self.rank}/{self.world_size} gets no samples "
                                    f"({len(self.shards)} shards); use fewer ranks or smaller shards")
-            if self.consumed >= plan.length:
-                self.epoch, self.consumed = self.epoch + 1, 0
-                continue
             yield from self._epoch(plan)
+            self.epoch, self.consumed = self.epoch + 1, 0
 
     def _epoch(self, plan: EpochPlan) -> Iterator[dict[str, Any]]:
-        counts = plan.counts
-        dataset = _EpochStream(plan, worker_skips(counts, self.consumed), seed=self.seed, rank=self.rank,
-                               shuffle_buffer=self.shuffle_buffer, processor=self.processor, dpo=self.dpo)
-        loader = DataLoader(dataset, batch_size=None, num_workers=self.num_workers, collate_fn=_as_is)
-        arrived = iter(loader)
-        pending: dict[int, deque] = {w: deque() for w in range(len(counts))}
-        batch: list[dict[str, Any]] = []
+        start, skips = plan.resume_point(self.consumed)
+        dataset = _EpochStream(plan, skips, seed=self.seed, rank=self.rank, shuffle_buffer=self.shuffle_buffer,
+                               processor=self.processor, dpo=self.dpo)
+        arrived = iter(DataLoader(dataset, batch_size=None, num_workers=self.num_workers, collate_fn=_as_is))
+        pending: dict[int, deque] = {w: deque() for w in range(len(plan.worker_shards))}
         try:
-            for position, worker in enumerate(itertools.islice(merged_order(counts), self.consumed, plan.length),
-                                              start=self.consumed):
+            for worker, size in plan.batches()[start:]:
                 while not pending[worker]:
                     try:
-                        w, sample = next(arrived)
+                        w, batch = next(arrived)
                     except StopIteration:
                         raise RuntimeError(f"{self.root}: worker {worker}'s shards hold fewer samples than their "
                                            "index.json says (run `mavors shards verify`)") from None
-                    pending[w].append(sample)
-                batch.append(pending[worker].popleft())
-                if len(batch) == self.micro_size or position + 1 == plan.length:
-                    out = collate(batch, self.processor, self.dpo)
-                    self.consumed += len(batch)
-                    batch = []
-                    yield out
+                    pending[w].append(batch)
+                batch = pending[worker].popleft()
+                if len(batch["sample_id"]) != size:
+                    raise RuntimeError(f"{self.root}: batch of {len(batch['sample_id'])} samples where the index "
+                                       f"implies {size} (run `mavors shards verify`)")
+                self.consumed += size
+                yield batch
         finally:
             del arrived  # shuts the epoch's workers down (also when the consumer stops early)
-        self.epoch, self.consumed = self.epoch + 1, 0
 
 
 def build_loader(root: str | Path, processor: SampleProcessor, *, micro_size: int, rank: int = 0,

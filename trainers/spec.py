@@ -16,7 +16,7 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from curation.config import ConfigError, ConfigModel, load_yaml
 
@@ -221,17 +221,18 @@ class StageSpec(ConfigModel):
     log_every: int = Field(1, ge=1)
     """Write a metrics line every N optimizer steps."""
 
-    @model_validator(mode="after")
-    def _modules_complete(self) -> "StageSpec":
-        unknown = sorted(set(self.modules) - set(MODULES))
+    @field_validator("modules")
+    @classmethod
+    def _modules_complete(cls, modules: dict[str, ModuleSpec]) -> dict[str, ModuleSpec]:
+        unknown = sorted(set(modules) - set(MODULES))
         if unknown:
-            raise ValueError(f"unknown module(s) {unknown} in modules; Mavors has {list(MODULES)}")
-        missing = [m for m in MODULES if m not in self.modules]
+            raise ValueError(f"unknown module(s) {unknown}; Mavors has {list(MODULES)}")
+        missing = [m for m in MODULES if m not in modules]
         if missing:
-            raise ValueError(f"modules is missing {missing}; say trainable true/false for each of {list(MODULES)}")
-        if not any(m.trainable for m in self.modules.values()):
+            raise ValueError(f"missing {missing}; say trainable true/false for each of {list(MODULES)}")
+        if not any(m.trainable for m in modules.values()):
             raise ValueError("no module is trainable")
-        return self
+        return modules
 
     def digest(self) -> str:
         """sha256 of the canonical JSON (what makes two runs of a stage the same run)."""
