@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "pipelines.commands.dpo",
     "pipelines.commands.shards",
     "pipelines.commands.flows",
+    "pipelines.commands.train",
 ]
 
 console = Console(stderr=True)
