@@ -22,7 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from curation.catalog import Catalog
-from curation.engines import ChatRequest, Completion, Engine, EngineConfig, GenerationResult, SamplingParams, load_engine
+from curation.engines import (
+    ChatRequest, Engine, EngineConfig, EngineError, GenerationResult, SamplingParams, load_engine,
+)
 from curation.preference.config import DpoConfig
 from curation.preference.decisions import DOMAINS, Candidate, DpoInput, Outcome, derive_seed
 from curation.preference.image_captions import decide_image_captions, refuse_empty
@@ -131,7 +133,11 @@ def _request(inp: DpoInput, tag: str, text: str | None = None, media: list[tuple
 
 def generate_each(engine: Engine, requests: list[ChatRequest],
                   params: SamplingParams) -> list[GenerationResult | str]:
-    """Generate a batch; when the batch fails, retry one by one so one bad input fails alone (a str = why)."""
+    """Generate a batch; when it fails, retry one by one so a bad input fails alone (its entry: why, a str).
+
+    When every request of a batch fails on its own too, the fault is the engine's, not
+    the inputs': that raises, nothing of the batch is recorded, and a rerun retries it.
+    """
     try:
         return list(engine.generate(requests, params))
     except Exception as batch_error:  # noqa: BLE001 - isolate the failing request below
@@ -142,6 +148,9 @@ def generate_each(engine: Engine, requests: list[ChatRequest],
             out.append(engine.generate([r], params)[0])
         except Exception as e:  # noqa: BLE001
             out.append(f"{type(e).__name__}: {e}")
+    if all(isinstance(o, str) for o in out):
+        raise EngineError(f"every request of a batch of {len(requests)} failed, e.g. {requests[0].request_id}: "
+                          f"{out[0]}")
     return out
 
 
@@ -280,6 +289,13 @@ def register_pair_set(cat: Catalog, *, set_id: str, checkpoint: Path, checkpoint
         "mixture": mixture, "mixture_sha256": mixture_sha256, "seed": config.seed, "previous_pair_set": previous,
         "run_id": run_id,
     }])
+
+
+def mixture_inputs(cat: Catalog, mixture: str) -> tuple[list[str], str | None]:
+    """The sample ids of a selected mixture's ``dpo`` stage and the mixture's selection hash."""
+    ids = [r["sample_id"] for r in cat.query(
+        "SELECT sample_id FROM mixture_members WHERE mixture = ? AND stage = 'dpo' ORDER BY sample_id", [mixture])]
+    return ids, cat.scalar("SELECT config_sha256 FROM mixtures WHERE name = ?", [mixture])
 
 
 def build_pair_set(cat: Catalog, checkpoint: str | Path, sample_ids: Iterable[str], config: DpoConfig, *,

@@ -1,7 +1,7 @@
 """DPO preference pairs: ``mavors dpo build`` (paper §4 Stage 3, App. A) and ``mavors dpo sets``.
 
     mavors dpo build --checkpoint mavors-work/models/qwen2vl --mixture manifests/mixtures/dpo.yaml
-    mavors dpo build --checkpoint CK --mixture M.yaml --config my-dpo.yaml   # DpoConfig overrides
+    mavors dpo build --checkpoint CK --mixture M.yaml --dpo-config my-dpo.yaml   # DpoConfig overrides
     mavors dpo sets                                                          # pair sets and their lineage
 
 A rerun with the same checkpoint and config skips inputs already decided; a new
@@ -24,19 +24,20 @@ dpo_app = typer.Typer(no_args_is_help=True, help="DPO preference pairs from a po
 def build_cmd(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="Policy checkpoint: a Mavors export or any local VLM."),
     mixture: Path = typer.Option(..., "--mixture", help="Mixture YAML whose `dpo` stage lists the inputs."),
-    config: Optional[Path] = typer.Option(None, "--config", help="DpoConfig YAML (embedded defaults otherwise)."),
+    dpo_config: Optional[Path] = typer.Option(None, "--dpo-config",
+                                              help="DpoConfig YAML (embedded defaults otherwise)."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Output root (default: <work_dir>/dpo)."),
 ) -> None:
     """Generate, judge and pair; record every decision; shard the pairs in TRL's format."""
     from curation.catalog import Catalog
     from curation.config import load_yaml
     from curation.mixtures import load_mixture, select_mixture
-    from curation.preference.build import build_pair_set
+    from curation.preference.build import build_pair_set, mixture_inputs
     from curation.preference.config import DpoConfig
     from curation.settings import load_settings
 
     settings = load_settings()
-    cfg = load_yaml(config, DpoConfig) if config else DpoConfig()
+    cfg = load_yaml(dpo_config, DpoConfig) if dpo_config else DpoConfig()
     mix = load_mixture(mixture)
     if "dpo" not in mix.stages:
         raise ValueError(f"{mixture}: the mixture has no `dpo` stage to take inputs from")
@@ -46,9 +47,7 @@ def build_cmd(
                                              "config": cfg.model_dump(mode="json")})
         try:
             select_mixture(cat, mix, manifest_path=mixture, run_id=run_id)
-            ids = [r["sample_id"] for r in cat.query(
-                "SELECT sample_id FROM mixture_members WHERE mixture = ? AND stage = 'dpo'", [mix.name])]
-            mix_sha = cat.scalar("SELECT config_sha256 FROM mixtures WHERE name = ?", [mix.name])
+            ids, mix_sha = mixture_inputs(cat, mix.name)
             report = build_pair_set(cat, checkpoint, ids, cfg, out_dir=root, mixture=mix.name,
                                     mixture_sha256=mix_sha, run_id=run_id)
         except BaseException as e:
