@@ -62,12 +62,17 @@ def content_sha256(conversation: list[dict], media_hashes: Sequence[str]) -> str
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
-def _probe_batch(batch: dict) -> dict:
-    """Ray Data UDF: hash + probe each (path, kind); a failure becomes a row with a reason."""
-    out: dict[str, list] = {k: [] for k in ("path", "kind", "reason", "detail", "media_hash", "bytes", "width",
-                                            "height", "duration_s", "fps", "n_frames", "codec")}
+# Columns of a probe result; typed, so a batch where every file failed (all nulls) still has the same schema.
+_PROBE_SCHEMA = [("path", "string"), ("kind", "string"), ("reason", "string"), ("detail", "string"),
+                 ("media_hash", "string"), ("bytes", "int64"), ("width", "int64"), ("height", "int64"),
+                 ("duration_s", "float64"), ("fps", "float64"), ("n_frames", "int64"), ("codec", "string")]
+
+
+def _probe_rows(batch: dict) -> list[dict]:
+    """Hash + probe each (path, kind) of a batch; a failure becomes a row with a reason."""
+    rows = []
     for path, kind in zip(batch["path"], batch["kind"]):
-        row = dict.fromkeys(out)
+        row = dict.fromkeys(name for name, _ in _PROBE_SCHEMA)
         row.update(path=str(path), kind=str(kind))
         try:
             info = hash_and_probe(str(path), str(kind))
@@ -77,9 +82,16 @@ def _probe_batch(batch: dict) -> dict:
             row.update(reason=e.reason, detail=e.detail)
         except Exception as e:  # noqa: BLE001 - an unexpected decoder failure refuses the file, not the run
             row.update(reason="probe_failed", detail=f"{type(e).__name__}: {e}")
-        for k, v in row.items():
-            out[k].append(v)
-    return out
+        rows.append(row)
+    return rows
+
+
+def _probe_batch(batch: dict):
+    """Ray Data UDF: a batch of (path, kind) in, a typed Arrow table of probe rows out."""
+    import pyarrow as pa
+
+    schema = pa.schema([(name, getattr(pa, typ)()) for name, typ in _PROBE_SCHEMA])
+    return pa.Table.from_pylist(_probe_rows(batch), schema=schema)
 
 
 def probe_media(media: Sequence[MediaKey], *, ray_settings: RaySettings | None = None, workers: int | None = None,
@@ -94,8 +106,7 @@ def probe_media(media: Sequence[MediaKey], *, ray_settings: RaySettings | None =
     if workers == 0:
         results = {}
         for key in media:
-            row = {k: v[0] for k, v in _probe_batch({"path": [key[0]], "kind": [key[1]]}).items()}
-            results[key] = row
+            results[key] = _probe_rows({"path": [key[0]], "kind": [key[1]]})[0]
             if progress:
                 progress(len(results), len(media))
         return results

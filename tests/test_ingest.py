@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from curation.catalog import Catalog
-from curation.ingest import PAUSE_ENV, PAUSE_FILE_ENV, ingest
+from curation.ingest import PAUSE_ENV, PAUSE_FILE_ENV, ingest, probe_media
 from curation.sources import load_manifest, load_manifests, unsafe_member_name
 
 
@@ -219,6 +219,18 @@ def test_ingest_without_ray_gives_the_same_catalog(demo_corpus, demo_catalog, tm
     with Catalog(tmp_path / "c.duckdb") as c:
         ingest(demo_manifests(demo_corpus), c, media_store=store, workers=0)
     assert dump_tables(tmp_path / "c.duckdb", store) == dump_tables(demo_catalog, store)
+
+
+def test_probe_media_on_ray_returns_every_file_even_from_all_failed_batches(demo_corpus, ray_local, tmp_path):
+    truth = json.loads((demo_corpus / "corpus.json").read_text())["media"]["video_qa/videos/vqa_00.mp4"]
+    media = [(str(tmp_path / f"gone{i}.jpg"), "image") for i in range(9)]
+    media.append((str(demo_corpus / "video_qa/videos/vqa_00.mp4"), "video"))
+    got = probe_media(media, workers=2, batch_size=2)
+    assert set(got) == set(media)
+    assert all(got[k]["reason"] == "missing_media" and got[k]["bytes"] is None for k in media[:9])
+    ok = got[media[9]]
+    assert ok["reason"] is None and (ok["n_frames"], ok["width"], ok["fps"]) == (
+        truth["n_frames"], truth["width"], truth["fps"])
 
 
 def test_stats_sections_agree_with_an_independent_count(demo_catalog, demo_corpus):
