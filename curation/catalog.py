@@ -184,6 +184,8 @@ class Catalog:
 
         The same (source, item, stage, reason) recorded twice stays one row, so reruns add nothing.
         """
+        # Every key column must be present for INSERT OR IGNORE ... BY NAME to see conflicts.
+        rows = [{"stage": "ingest", "detail": None, **r} for r in rows]
         return self.insert("quarantine", rows, on_conflict="ignore", con=con)
 
     def start_run(self, command: str, parameters: Mapping[str, Any] | None = None,

@@ -28,6 +28,7 @@ COMMAND_MODULES = [
     "pipelines.commands.shards",
     "pipelines.commands.flows",
     "pipelines.commands.train",
+    "pipelines.commands.report",
 ]
 
 console = Console(stderr=True)

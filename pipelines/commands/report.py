@@ -1,0 +1,34 @@
+"""``mavors report RUN_ID``: the run report as a self-contained HTML page (curation/report.py)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+console = Console()
+
+
+def report_path(work_dir: Path, run_id: str) -> Path:
+    """Where a run's report lives: ``<work_dir>/reports/<run_id>/report.html`` (flows link this path)."""
+    return work_dir / "reports" / run_id / "report.html"
+
+
+def report_cmd(run_id: str = typer.Argument(..., help="A run id from the catalog's runs table, or 'latest'."),
+               out: Optional[Path] = typer.Option(None, "--out", help="Output file (default: under the work dir).")
+               ) -> None:
+    """Write the HTML report of a run: composition, captions, PPL, dedup, shards, training, DPO, evals."""
+    from curation.catalog import Catalog
+    from curation.report import resolve_run, write_report
+    from curation.settings import load_settings
+
+    settings = load_settings()
+    with Catalog(settings.catalog) as cat:
+        run = resolve_run(cat, run_id)
+        path = write_report(cat, run["run_id"], out or report_path(settings.work_dir, run["run_id"]))
+    console.print(f"report: {path}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("report")(report_cmd)
