@@ -8,8 +8,8 @@ Three deployments:
 
 - ``nightly-curation`` (cron, 02:00): the ``curate`` flow; new sources/files are picked up because
   ingest skips what the catalog already holds and the step cache keys include the source files.
-- ``dpo-regeneration`` (cron, 05:00, and on the event ``mavors.stage.exported`` for ``stage2``
-  that the ``train`` flow emits): the ``dpo_regenerate`` flow on the newest Stage-2 export.
+- ``dpo-regeneration`` (cron, 05:00, and on the event ``mavors.stage.exported`` that the ``train``
+  flow emits for the Stage-2 spec the DPO parameters name): ``dpo_regenerate`` on the newest export.
 - ``training`` (cron, Sundays 03:00): the ``train`` flow over the configured stages.
 
 Every deployment has a concurrency limit of one: two runs of the same flow never hold the
@@ -62,6 +62,7 @@ def build_deployments(*, config: Path | None = None, work_dir: Path | None = Non
     def when(name: str) -> dict[str, Any]:
         return {"interval": interval_s} if interval_s else {"cron": SCHEDULES[name]}
 
+    dpo_stage = DpoParams.model_validate(extra.get("dpo-regeneration", {})).stage
     common = {"entrypoint_type": EntrypointType.MODULE_PATH, "concurrency_limit": 1,
               "version": code_digest()[:12], "tags": ["mavors"]}
     made = {
@@ -72,7 +73,7 @@ def build_deployments(*, config: Path | None = None, work_dir: Path | None = Non
             "dpo-regeneration", parameters=params(DpoParams, "dpo-regeneration"), **when("dpo-regeneration"),
             triggers=[DeploymentEventTrigger(
                 name="new-stage2-export", expect={STAGE_EXPORTED},
-                match={"prefect.resource.id": "mavors.stage.stage2"},
+                match={"prefect.resource.id": f"mavors.stage.{dpo_stage}"},
                 parameters=params(DpoParams, "dpo-regeneration"))],
             description="Rebuild DPO pairs from the newest Stage-2 export.", **common),
         "training": lambda: train.to_deployment(

@@ -66,6 +66,7 @@ def run_cmd(
     params_file: Optional[Path] = typer.Option(None, "--params", help="YAML with the flow's parameters."),
     work_dir: Optional[Path] = typer.Option(None, "--work-dir", help="Overrides the settings' work dir."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Run every step (ignore Prefect's step cache)."),
+    no_ray: bool = typer.Option(False, "--no-ray", help="Parallel steps in this process instead of on Ray."),
 ) -> None:
     """Run one flow (curate, train, dpo, end-to-end) in this process and print its summary."""
     from pipelines.flows import configure_prefect
@@ -73,8 +74,9 @@ def run_cmd(
     configure_prefect(_work_dir(work_dir))
     flow, model = _load_flow(name)
     params = _params(model, params_file, work_dir)
-    if no_cache:
-        params = params.model_copy(update={"use_cache": False})
+    if no_cache or no_ray:
+        params = params.model_copy(update={k: False for k, off in (("use_cache", no_cache), ("use_ray", no_ray))
+                                           if off})
     _print_summary(flow(params))
 
 

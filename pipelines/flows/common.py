@@ -58,6 +58,9 @@ class FlowParams(ConfigModel):
     """Run the parallel steps (media probing, scoring, caption synthesis, shard writing) on Ray Data: a
     local instance, or the cluster of the settings' ``ray.address`` / ``RAY_ADDRESS``. False: in the flow
     process (on the tiny demo with 2 cores this saves Ray's start-up; results are identical)."""
+    report: bool = True
+    """Write the run report (``curation.report``, ``<work_dir>/reports/<run id>.html``) at the end and link it
+    as an artifact. The end-to-end flow writes one for the whole run instead of one per part."""
     use_cache: bool = True
     """Reuse Prefect's cached results of steps whose inputs did not change. Correctness never
     depends on it: every library step skips finished work itself (catalog rows, complete shards,
@@ -228,6 +231,18 @@ def step(name: str, *, retries: int = 2, backoff_s: float = 2.0,
             persist_result=True, timeout_seconds=timeout_s,
         )
     return wrap
+
+
+@step("report", retries=1)
+def write_run_report(run: RunContext, run_id: str, upstream: Any) -> str:
+    """curation.report.write_report: the run's HTML report (tables and plots from the catalog).
+    ``run_id`` is an explicit input so that every run gets its own report (cache keys omit the run)."""
+    from curation.report import write_report
+
+    with run.catalog() as cat:
+        path = write_report(cat, run_id, run.dir("reports") / f"{run_id}.html")
+    publish_link(run, "report", path, f"run report {run.run_id}")
+    return str(path)
 
 
 # -- fault injection (crash tests) ------------------------------------------------------------------

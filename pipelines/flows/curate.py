@@ -15,7 +15,8 @@ from prefect import flow, get_run_logger
 from pydantic import Field
 
 from curation.catalog import REPO_ROOT
-from pipelines.flows.common import FlowParams, RunContext, fault_tick, publish_table, recorded_run, step
+from pipelines.flows.common import (FlowParams, RunContext, fault_tick, publish_table, recorded_run, step,
+                                    write_run_report)
 
 MANIFESTS = REPO_ROOT / "manifests"
 
@@ -178,8 +179,8 @@ def curate(params: CurateParams = CurateParams()) -> dict[str, Any]:
         decisions = dedup(run, params.dedup_policy, scored)
         dedup_summary = dedup_report(run, params.dedup_policy, decisions)
         publish_table(run, "dedup", "Dedup kept/dropped per source and task", dedup_summary["by_source_task"],
-                      note=f"Groups: {dedup_summary.get('shared_groups', 0)} shared of {dedup_summary.get('groups', 0)};"
-                           f" PPL histogram: {dedup_summary.get('histogram')}")
+                      note=f"Media groups shared by several samples: {dedup_summary.get('shared_groups', 0)} of "
+                           f"{dedup_summary.get('groups', 0)}; PPL histogram: {dedup_summary.get('histogram')}")
         publish_table(run, "dedup-reasons", "Dedup decisions by reason", dedup_summary["reasons"])
         selections, shards = [], []
         for mixture in params.mixtures:
@@ -191,6 +192,7 @@ def curate(params: CurateParams = CurateParams()) -> dict[str, Any]:
         stats = catalog_stats(run, shards)
         for section in stats:
             publish_table(run, f"stats-{section['title'][:24]}", section["title"], section["rows"])
-    return {"run_id": run.run_id, "ingest": ingested, "perplexity": scored, "dedup": decisions,
+        report = write_run_report(run, run.run_id, stats) if params.report else None
+    return {"run_id": run.run_id, "report": report, "ingest": ingested, "perplexity": scored, "dedup": decisions,
             "dedup_by_source_task": dedup_summary["by_source_task"], "mixtures": selections, "shards": shards,
             "stats": stats}

@@ -1,6 +1,6 @@
 """DPO regeneration: newest Stage-2 export -> preference pairs in three domains -> shards (paper §4 Stage 3).
 
-    mavors flow run dpo                          # newest stage2 export under <work_dir>/checkpoints
+    mavors flow run dpo                          # newest stage2 export under <work_dir>/train
     mavors flow run dpo --params dpo.yaml        # checkpoint: /path/to/export, mixture: ..., config: ...
 
 Scheduled by the ``dpo-regeneration`` deployment (cron, and on the ``mavors.stage.exported``
@@ -16,7 +16,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from curation.catalog import REPO_ROOT
-from pipelines.flows.common import FlowParams, RunContext, publish_table, recorded_run, step
+from pipelines.flows.common import FlowParams, RunContext, publish_table, recorded_run, step, write_run_report
 
 MANIFESTS = REPO_ROOT / "manifests"
 
@@ -26,9 +26,9 @@ class DpoParams(FlowParams):
 
     checkpoint: Path | None = None
     """Policy checkpoint (a Mavors export or a local VLM). None: the newest export of ``stage`` under
-    ``<work_dir>/checkpoints``."""
-    stage: str = "stage2"
-    """Stage whose newest export is the policy when ``checkpoint`` is None."""
+    ``<work_dir>/train``."""
+    stage: str = "demo-stage2"
+    """Stage (spec name) whose newest export is the policy when ``checkpoint`` is None. Cluster: ``stage2``."""
     mixture: Path = MANIFESTS / "mixtures" / "demo-dpo.yaml"
     """Mixture whose ``dpo`` stage lists the inputs (QA, image captions, video captions). Cluster: the paper's
     DPO mixture (LLaVA-Video QA, LLaVA-OneVision + DenseFusion captions, WebVid/Kinetics/OOPS videos)."""
@@ -48,7 +48,7 @@ def find_policy_export(run: RunContext, stage: str, explicit: Path | None, expor
     from trainers.export import read_stage_record
 
     if not exports:
-        raise FileNotFoundError(f"no finished {stage} export under {run.dir('checkpoints')}: train it first "
+        raise FileNotFoundError(f"no finished {stage} export under {run.dir('train')}: train it first "
                                 "(mavors flow run train) or pass checkpoint")
     newest = max(exports, key=lambda e: (read_stage_record(Path(e[0]).parent).get("ended_at") or 0, e[0]))
     return str(Path(newest[0]).parent)
@@ -74,15 +74,12 @@ def build_pairs(run: RunContext, checkpoint: str, mixture: Path, config: Path | 
                 selection: dict[str, Any]) -> dict[str, Any]:
     """curation.preference.build.build_pair_set: generate, judge, decide and shard the pairs."""
     from curation.config import load_yaml
-    from curation.preference.build import build_pair_set
+    from curation.preference.build import build_pair_set, mixture_inputs
     from curation.preference.config import DpoConfig
 
     cfg = load_yaml(config, DpoConfig) if config else DpoConfig()
     with run.catalog() as cat:
-        # The inputs are the members of the mixture's dpo stage, as `mavors dpo build` takes them.
-        ids = [r["sample_id"] for r in cat.query(
-            "SELECT sample_id FROM mixture_members WHERE mixture = ? AND stage = 'dpo'", [selection["mixture"]])]
-        mixture_sha = cat.scalar("SELECT config_sha256 FROM mixtures WHERE name = ?", [selection["mixture"]])
+        ids, mixture_sha = mixture_inputs(cat, selection["mixture"])
         report = build_pair_set(cat, checkpoint, ids, cfg, out_dir=cfg.output_dir or run.dir("dpo"),
                                 mixture=selection["mixture"], mixture_sha256=mixture_sha, run_id=run.run_id)
     shard_dir = Path(report.shards[0]).parent.parent if report.shards else None
@@ -105,11 +102,12 @@ def dpo_regenerate(params: DpoParams = DpoParams()) -> dict[str, Any]:
         publish_table(run, "pairs", f"DPO pair set {built['pair_set_id']} (policy {checkpoint})", rows,
                       note=f"{built['decided']} inputs decided now, {built['skipped']} already decided; "
                            f"{len(built['shards'])} shard(s) under {built['shard_dir']}")
-    return {"run_id": run.run_id, "checkpoint": checkpoint, "selection": selection, **built}
+        report = write_run_report(run, run.run_id, built) if params.report else None
+    return {"run_id": run.run_id, "report": report, "checkpoint": checkpoint, "selection": selection, **built}
 
 
 def _export_listing(run: RunContext, stage: str) -> list[Any]:
     """(path, mtime) of the stage's export records: part of the cache key of the export lookup, so a new
     export is found even though the step's other inputs did not change."""
-    root = run.dir("checkpoints")
+    root = run.dir("train")
     return sorted([str(p), p.stat().st_mtime_ns] for p in root.glob(f"**/{stage}/export/stage.json"))

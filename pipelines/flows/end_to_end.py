@@ -16,7 +16,7 @@ from typing import Any
 from prefect import flow
 from pydantic import Field
 
-from pipelines.flows.common import FlowParams, publish_link, publish_table, recorded_run
+from pipelines.flows.common import FlowParams, publish_table, recorded_run, write_run_report
 from pipelines.flows.curate import CurateParams, curate
 from pipelines.flows.dpo_regenerate import DpoParams, dpo_regenerate
 from pipelines.flows.train import TrainParams, train
@@ -36,7 +36,7 @@ class EndToEndParams(FlowParams):
 
     def part(self, params: FlowParams) -> Any:
         """A part's parameters with the shared ones applied."""
-        return params.model_copy(update={"config": self.config, "work_dir": self.work_dir,
+        return params.model_copy(update={"config": self.config, "work_dir": self.work_dir, "report": False,
                                          "use_ray": self.use_ray, "use_cache": self.use_cache})
 
 
@@ -56,13 +56,12 @@ def end_to_end(params: EndToEndParams = EndToEndParams()) -> dict[str, Any]:
         publish_table(run, "stages", "Training stages (loss per stage)", [
             {"stage": s["stage"], "status": s["status"], "steps": s["steps"], "final loss": s["final_loss"]}
             for s in stages])
-        report = run.settings.work_dir / "reports" / run.run_id / "report.html"
-        publish_link(run, "report", report, "run report (mavors report RUN_ID)")
+        report = write_run_report(run, run.run_id, stages) if params.report else None
     return {"run_id": run.run_id, "curate": curated, "stages": stages, "dpo": pairs,
             "locations": {"catalog": str(run.settings.catalog), "shards": str(run.settings.work_dir / "shards"),
                           "dpo pairs": pairs.get("shard_dir"),
-                          "checkpoints": str(run.settings.work_dir / "checkpoints" / params.train.run_name),
-                          "report": str(report)}}
+                          "checkpoints": str(run.settings.work_dir / "train" / params.train.run_name),
+                          "report": report}}
 
 
 def demo(work_dir: Path, seed: int = 0) -> dict[str, Any]:

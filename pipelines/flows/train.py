@@ -1,6 +1,6 @@
 """The training flow: stages in order (Stage 1 -> 1.5 -> 2, optionally DPO), each from its predecessor's export.
 
-    mavors flow run train                          # the demo stages under <work_dir>/checkpoints/demo
+    mavors flow run train                          # the demo stages under <work_dir>/train/demo
     mavors flow run train --params train.yaml      # stages: [stage1, stage1_5, stage2], hostfile: ...
 
 Each stage is one task that launches the trainer and waits: a ``python -m trainers.stage``
@@ -19,7 +19,8 @@ from prefect import flow, get_run_logger
 from pydantic import Field
 
 from curation.catalog import REPO_ROOT
-from pipelines.flows.common import FlowParams, RunContext, fault_point, publish_table, recorded_run, step
+from pipelines.flows.common import (FlowParams, RunContext, fault_point, publish_table, recorded_run, step,
+                                    write_run_report)
 
 STAGE_EXPORTED = "mavors.stage.exported"
 """Prefect event emitted after a stage's export; resource ``mavors.stage.<stage name>`` (triggers DPO)."""
@@ -33,7 +34,8 @@ class TrainParams(FlowParams):
     stages_dir: Path = REPO_ROOT / "manifests" / "stages"
     """Folder of the stage specs (``<name>.yaml``)."""
     run_name: str = "demo"
-    """Run folder under ``<work_dir>/checkpoints``: exports, DeepSpeed checkpoints, metrics, logs."""
+    """Run folder under ``<work_dir>/train`` (as ``mavors train --run``): exports, DeepSpeed checkpoints,
+    metrics, logs."""
     hostfile: Path | None = None
     """DeepSpeed hostfile (``infra/deepspeed/``); None: this machine."""
     procs_per_node: int = Field(1, ge=1)
@@ -79,21 +81,25 @@ def plan_stages(run: RunContext, stages: list[str], stage_files: list[Path], lau
 @step("train-stage", retries=1, backoff_s=10.0)
 def train_stage(run: RunContext, stage: str, spec_file: Path, data_index: list[Path], launch: dict[str, Any],
                 previous: dict[str, Any] | None) -> dict[str, Any]:
-    """trainers.chain.run_chain for one stage: launch, wait, return its export record (skipped when exported)."""
+    """trainers.chain.run_chain for one stage: launch, wait (skipped when exported); then
+    trainers.records.record_stage, with the catalog opened only once the trainer has exited."""
     from trainers.chain import run_chain
     from trainers.launch import Launch
+    from trainers.records import record_stage
 
     run_dir = _run_dir(run, launch)
     with fault_point(f"train-{stage}"):
         [record] = run_chain([stage], spec_file.parent, run_dir, run.settings.work_dir,
                              Launch(**_launch_args(launch)), run_one=_subprocess_stage(run_dir))
+    with run.catalog() as cat:
+        record_stage(cat, str(run_dir), record, run.run_id)
     _emit_exported(stage, record)
     return {k: record.get(k) for k in ("stage", "status", "steps", "samples", "final_loss", "resumed_from_step",
                                        "export", "world_size", "spec_digest", "fingerprints", "init_fingerprints")}
 
 
 def _run_dir(run: RunContext, launch: dict[str, Any]) -> Path:
-    return run.dir("checkpoints") / launch["run_name"]
+    return run.dir("train") / launch["run_name"]
 
 
 def _launch_args(launch: dict[str, Any]) -> dict[str, Any]:
@@ -115,7 +121,8 @@ def train(params: TrainParams = TrainParams()) -> dict[str, Any]:
     """Train the stages in order; each starts from its predecessor's export; finished stages are skipped."""
     with recorded_run("train", params) as run:
         records = train_stages(run, params)
-    return {"run_id": run.run_id, "stages": records}
+        report = write_run_report(run, run.run_id, records) if params.report else None
+    return {"run_id": run.run_id, "stages": records, "report": report}
 
 
 def train_stages(run: RunContext, params: TrainParams) -> list[dict[str, Any]]:

@@ -1,0 +1,93 @@
+"""Scheduled deployments served against a real Prefect server on 127.0.0.1, triggered once.
+
+    pytest tests/flows/test_deployments.py -x -q
+
+``mavors serve`` runs in a subprocess against ``prefect server start`` on a free port (schedules
+need a real server, not the test harness's). The nightly-curation deployment is triggered once;
+its flow run executes in the runner's child process and must appear in the catalog's ``runs``
+table under Prefect's flow-run id, completed.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import duckdb
+import yaml
+
+from flows_helpers import copy_workspace
+
+
+def test_deployments_are_scheduled_and_typed():
+    """Each deployment carries its cron, a concurrency limit of one and parameters its flow validates."""
+    from pipelines.deployments import SCHEDULES, build_deployments
+
+    deployments = {d.name: d for d in build_deployments()}
+    assert set(deployments) == set(SCHEDULES)
+    for name, d in deployments.items():
+        assert [s.schedule.cron for s in d.schedules] == [SCHEDULES[name]]
+        assert d.concurrency_limit == 1
+        assert d.entrypoint.startswith("pipelines.flows.")
+    trigger = deployments["dpo-regeneration"].triggers[0]
+    assert trigger.expect == {"mavors.stage.exported"}
+    quick = build_deployments(only=["training"], interval_s=60)
+    assert [s.schedule.interval.total_seconds() for s in quick[0].schedules] == [60]
+
+
+def test_served_deployment_runs_into_the_catalog(reference, tmp_path):
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from pipelines.deployments import start_local_server
+
+    ws = copy_workspace(reference[0], tmp_path / "ws")
+    (ws / "serve-params.yaml").write_text(yaml.safe_dump(
+        {"nightly-curation": {"work_dir": "mavors-work", "use_ray": False, "use_cache": False}}))
+    server, api_url = start_local_server(log_path=tmp_path / "server.log")
+    serve = None
+    try:
+        env = {**os.environ, "PREFECT_API_URL": api_url}
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "pipelines.cli", "serve", "--only", "nightly-curation",
+             "--params", "serve-params.yaml"],
+            cwd=ws, env=env, stdout=open(tmp_path / "serve.log", "wb"), stderr=subprocess.STDOUT,
+            start_new_session=True)
+        with temporary_settings(updates={PREFECT_API_URL: api_url}):
+            deployment = _wait_for_deployment(api_url, "curate/nightly-curation", serve, tmp_path)
+            assert deployment.schedules and deployment.schedules[0].schedule.cron == "0 2 * * *"
+            flow_run = run_deployment("curate/nightly-curation", timeout=900)
+        assert flow_run.state.is_completed(), (flow_run.state, (tmp_path / "serve.log").read_text()[-4000:])
+    finally:
+        for proc in (serve, server):
+            if proc is not None and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+    con = duckdb.connect(str(ws / "mavors-work" / "catalog.duckdb"), read_only=True)
+    try:
+        row = con.execute("SELECT command, status, code_version FROM runs WHERE run_id = ?",
+                          [str(flow_run.id)]).fetchone()
+    finally:
+        con.close()
+    assert row is not None and row[0] == "curate" and row[1] == "completed" and row[2]
+
+
+def _wait_for_deployment(api_url: str, name: str, serve: subprocess.Popen, tmp_path, timeout_s: float = 300):
+    """The deployment as the server has it, once ``mavors serve`` registered it."""
+    from prefect import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    deadline = time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            assert serve.poll() is None, (tmp_path / "serve.log").read_text()[-4000:]
+            try:
+                return client.read_deployment_by_name(name)
+            except ObjectNotFound:
+                time.sleep(1)
+    raise TimeoutError(f"{name} was not registered within {timeout_s} s")
