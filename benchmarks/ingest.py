@@ -23,17 +23,21 @@ from curation.settings import RaySettings
 
 
 def make_files(root: Path, n_videos: int, n_images: int, seed: int = 0) -> list[tuple[str, str]]:
-    """Videos 320x240, 3 s at 24 fps (h264), and JPEGs of the demo sizes scaled x4, with grain (realistic sizes)."""
+    """Videos 320x240, 3 s at 24 fps (h264), and JPEGs of the demo sizes scaled x4, with grain (realistic sizes).
+
+    Files already there (``--keep`` of an earlier run) are reused.
+    """
     rng = random.Random(seed)
     media = []
     for i in range(n_videos):
-        path = root / f"v{i:04d}.mp4"
-        write_video(path, random_scene(rng), 320, 240, 24, 72, "h264", noise=12.0)
+        path, scene = root / f"v{i:04d}.mp4", random_scene(rng)
+        if not path.exists():
+            write_video(path, scene, 320, 240, 24, 72, "h264", noise=12.0)
         media.append((str(path), "video"))
     for i in range(n_images):
-        path = root / f"i{i:04d}.jpg"
-        w, h = rng.choice(IMAGE_SIZES)
-        write_image(path, random_scene(rng), w * 4, h * 4, noise=12.0)
+        path, scene, (w, h) = root / f"i{i:04d}.jpg", random_scene(rng), rng.choice(IMAGE_SIZES)
+        if not path.exists():
+            write_image(path, scene, w * 4, h * 4, noise=12.0)
         media.append((str(path), "image"))
     return media
 
