@@ -34,12 +34,13 @@ JSON fields and media.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
+import queue
 import re
 import tarfile
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,31 +141,65 @@ class ShardInfo:
     sha256: str
     n_samples: int
     bytes: int
-    keys_sha256: str  # hash of the ordered sample keys: which samples, independent of bytes
 
 
-class _HashingFile(io.RawIOBase):
-    """A write-only file that hashes and counts what passes through (sha256 without a second read)."""
+class _DurableFile:
+    """Write-only file for one shard: buffers go straight to the descriptor while a helper thread hashes
+    them (sha256) and a second one flushes written data to disk every ``sync_every`` bytes, so hashing
+    and the final fsync overlap the writing instead of following it."""
 
-    def __init__(self, f: io.BufferedWriter):
-        self.f, self.h, self.n = f, hashlib.sha256(), 0
+    def __init__(self, path: Path, sync_every: int = 32 << 20):
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self.sha, self.n, self.sync_every, self._unsynced = hashlib.sha256(), 0, sync_every, 0
+        self._hash_q: queue.Queue = queue.Queue(maxsize=256)
+        self._sync_q: queue.Queue = queue.Queue()
+        self._threads = [threading.Thread(target=self._hash_loop, daemon=True),
+                         threading.Thread(target=self._sync_loop, daemon=True)]
+        for t in self._threads:
+            t.start()
 
-    def writable(self) -> bool:
-        return True
+    def _hash_loop(self) -> None:
+        while (buf := self._hash_q.get()) is not None:
+            self.sha.update(buf)  # releases the GIL for large buffers
 
-    def write(self, b: bytes) -> int:  # type: ignore[override]
-        self.h.update(b)
-        self.n += len(b)
-        return self.f.write(b)
+    def _sync_loop(self) -> None:
+        while self._sync_q.get() is not None:
+            os.fdatasync(self.fd)
 
-    def tell(self) -> int:
-        return self.n
+    def write(self, buf: bytes | memoryview) -> None:
+        view = memoryview(buf)
+        while view:
+            view = view[os.write(self.fd, view):]
+        self._hash_q.put(buf)
+        self.n += len(buf)
+        self._unsynced += len(buf)
+        if self._unsynced >= self.sync_every:
+            self._sync_q.put(True)
+            self._unsynced = 0
+
+    def close(self) -> str:
+        """Finish hashing, fsync, close; returns the sha256 hex digest."""
+        self._hash_q.put(None)
+        self._sync_q.put(None)
+        for t in self._threads:
+            t.join()
+        os.fsync(self.fd)
+        os.close(self.fd)
+        return self.sha.hexdigest()
+
+    def abort(self) -> None:
+        self._hash_q.put(None)
+        self._sync_q.put(None)
+        for t in self._threads:
+            t.join()
+        os.close(self.fd)
 
 
-def _fixed_tarinfo(name: str, size: int) -> tarfile.TarInfo:
+def _fixed_header(name: str, size: int) -> bytes:
+    """The ustar header tarfile itself would write, with owner, mode and time fixed."""
     ti = tarfile.TarInfo(name)
     ti.size, ti.mtime, ti.mode, ti.uid, ti.gid, ti.uname, ti.gname = size, 0, 0o444, 0, 0, "", ""
-    return ti
+    return ti.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
 
 
 def fsync_dir(path: Path) -> None:
@@ -179,30 +214,44 @@ def partial_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.partial")
 
 
+def _write_member(out: _DurableFile, name: str, content: str | Path | bytes, chunk: int = 4 << 20) -> None:
+    if isinstance(content, bytes):
+        out.write(_fixed_header(name, len(content)))
+        out.write(content)
+        size = len(content)
+    else:
+        with open(content, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            out.write(_fixed_header(name, size))
+            while block := f.read(chunk):
+                out.write(block)
+    if size % BLOCK:
+        out.write(bytes(BLOCK - size % BLOCK))
+
+
 def write_shard(path: str | Path, records: Sequence[ShardRecord]) -> ShardInfo:
     """Write one shard atomically (temp name, fsync, rename, fsync folder); returns its info.
 
-    Runs in Ray workers: it touches only the file system, never the catalog.
+    The bytes are exactly what ``tarfile`` (ustar) writes for these members and headers:
+    header + data padded to 512-byte blocks per member, two zero blocks, padding to a
+    10240-byte record. Runs in Ray workers: it touches only the file system, never the catalog.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = partial_path(path)
-    with open(tmp, "wb") as raw:
-        sink = _HashingFile(raw)
-        with tarfile.open(fileobj=sink, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-            for record in records:
-                for name, content in record.members():
-                    if isinstance(content, bytes):
-                        tar.addfile(_fixed_tarinfo(name, len(content)), io.BytesIO(content))
-                    else:
-                        with open(content, "rb") as f:
-                            tar.addfile(_fixed_tarinfo(name, os.fstat(f.fileno()).st_size), f)
-        raw.flush()
-        os.fsync(raw.fileno())
+    out = _DurableFile(tmp)
+    try:
+        for record in records:
+            for name, content in record.members():
+                _write_member(out, name, content)
+        out.write(bytes(tar_bytes(out.n) - out.n))  # end-of-archive blocks and record padding
+    except BaseException:
+        out.abort()
+        raise
+    sha = out.close()
     tmp.replace(path)
     fsync_dir(path.parent)
-    keys = hashlib.sha256("\n".join(r.key for r in records).encode()).hexdigest()
-    return ShardInfo(path.name, str(path), sink.h.hexdigest(), len(records), sink.n, keys)
+    return ShardInfo(path.name, str(path), sha, len(records), out.n)
 
 
 def shard_name(prefix: str, index: int) -> str:
@@ -266,8 +315,7 @@ def write_records(records: Iterable[ShardRecord], out_dir: str | Path, *, prefix
 
 
 def _info_of_existing(path: Path, records: Sequence[ShardRecord]) -> ShardInfo:
-    keys = hashlib.sha256("\n".join(r.key for r in records).encode()).hexdigest()
-    return ShardInfo(path.name, str(path), file_sha256(path), len(records), path.stat().st_size, keys)
+    return ShardInfo(path.name, str(path), file_sha256(path), len(records), path.stat().st_size)
 
 
 def record_shard(cat: Catalog, mixture: str, stage: str, info: ShardInfo, run_id: str | None, *,

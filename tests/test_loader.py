@@ -109,7 +109,7 @@ def test_resume_mid_epoch_yields_exactly_the_rest(shard_root, workers):
 
     full = ids_of(make())
     assert sorted(s for b in full for s in b) == sorted([f"src/{i:03d}" for i in range(32)] * 2)
-    for k in (4, 11):  # mid-epoch 0 (12 samples in), and the first batch of epoch 1 (the last of epoch 0 is short)
+    for k in (4, 11):  # mid-epoch 0, and around the end of epoch 0 (workers' last batches are short)
         first = make()
         head = ids_of(first, k)
         state = first.state_dict()
@@ -119,14 +119,17 @@ def test_resume_mid_epoch_yields_exactly_the_rest(shard_root, workers):
 
 
 def test_ranks_split_disjoint_and_equal(shard_root):
-    per_rank = []
+    per_rank, steps = [], []
     for rank in (0, 1):
         loader = build_loader(shard_root, ByteProcessor(), micro_size=2, rank=rank, world_size=2, seed=5,
-                              shuffle_buffer=4, max_epochs=1)
-        per_rank.append([s for b in ids_of(loader) for s in b])
+                              shuffle_buffer=4, num_workers=2, max_epochs=1)
+        batches = ids_of(loader)
+        per_rank.append([s for b in batches for s in b])
         plan = loader.epoch_plan(0)
-        assert plan.length + plan.dropped == sum(s.n_samples for shards in plan.worker_shards for s in shards)
-    assert len(per_rank[0]) == len(per_rank[1]) >= 14  # balanced split of 32 in shards of 2..7
+        steps.append(len(batches))
+        assert len(batches) == plan.steps == loader.steps_per_epoch(0)
+        assert len(per_rank[-1]) + plan.dropped == sum(plan.counts)
+    assert steps[0] == steps[1] and min(map(len, per_rank)) >= 14  # balanced split of 32 in shards of 2..7
     assert not set(per_rank[0]) & set(per_rank[1])
 
 

@@ -24,7 +24,7 @@ from PIL import Image
 
 from curation.catalog import Catalog
 from curation.mixtures import MixtureConfig, select_mixture
-from curation.shards import (ShardRecord, build_shards, pack, tar_bytes, verify_shards, write_records)
+from curation.shards import ShardRecord, build_shards, pack, tar_bytes, verify_shards, write_records, write_shard
 from curation.transcode import TranscodeConfig, keyframe_indices, transcode_video
 
 REPO = Path(__file__).resolve().parents[1]
@@ -216,7 +216,7 @@ KILL_SCRIPT = textwrap.dedent("""
     from curation.catalog import Catalog
     from test_shards import build
     calls, writes = [0], [0]
-    write_shard, original_write = S.write_shard, S._HashingFile.write
+    write_shard, original_write = S.write_shard, S._DurableFile.write
     def counting_write_shard(*a, **k):
         calls[0] += 1
         return write_shard(*a, **k)
@@ -226,7 +226,7 @@ KILL_SCRIPT = textwrap.dedent("""
             if writes[0] > 4:
                 os.kill(os.getpid(), signal.SIGKILL)
         return original_write(self, b)
-    S.write_shard, S._HashingFile.write = counting_write_shard, write
+    S.write_shard, S._DurableFile.write = counting_write_shard, write
     with Catalog({catalog!r}) as cat:
         build(cat, __import__("pathlib").Path({out!r}), parallel=False)
 """)
@@ -295,17 +295,20 @@ def test_write_records_generic_fields_and_media(tmp_path):
     assert again == infos
 
 
-def test_tar_size_formula_matches_tarfile(tmp_path):
-    """tar_bytes/ShardRecord.tar_bytes predict exactly what plain tarfile writes."""
+def test_writer_bytes_and_size_formula_match_tarfile(tmp_path):
+    """write_shard writes exactly what plain tarfile writes; tar_bytes/ShardRecord.tar_bytes predict its size."""
     rng = np.random.default_rng(0)
     recs = [ShardRecord(f"k{i}", {"i": i}, [("bin", rng.bytes(int(rng.integers(0, 3000))))]) for i in range(12)]
     with tarfile.open(tmp_path / "plain.tar", "w", format=tarfile.USTAR_FORMAT) as tar:
         for r in recs:
             for name, content in r.members():
                 ti = tarfile.TarInfo(name)
-                ti.size = len(content)
+                ti.size, ti.mode = len(content), 0o444
                 tar.addfile(ti, io.BytesIO(content))
     assert os.path.getsize(tmp_path / "plain.tar") == tar_bytes(sum(r.tar_bytes() for r in recs))
+    info = write_shard(tmp_path / "ours.tar", recs)
+    plain = (tmp_path / "plain.tar").read_bytes()
+    assert (tmp_path / "ours.tar").read_bytes() == plain and info.sha256 == hashlib.sha256(plain).hexdigest()
     assert pack([100, 100, 100, 100, 100], 2, 10 ** 6) == [range(0, 2), range(2, 4), range(4, 5)]
     # 512-byte header + 9728 data = 10240 per record; with the 1024 end blocks two records need 30720 bytes.
     assert pack([10240, 10240, 10240], 10, 30720) == [range(0, 2), range(2, 3)]
