@@ -30,15 +30,20 @@ def policy(**kw) -> DedupPolicy:
     return DedupPolicy(**base)
 
 
-def add(cat: Catalog, sample_id: str, task: str, media: list[str], ppl: float | None) -> None:
-    source, item = sample_id.split("/")
-    cat.insert("samples", [{"sample_id": sample_id, "source": source, "item": item, "task": task,
-                            "conversation": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}],
-                            "media_hashes": media, "content_sha256": "-"}])
-    if ppl is not None:
-        cat.insert("ppl_scores", [{"sample_id": sample_id, "scorer": SCORER, "template_version": "llava2chat-v1",
-                                   "text_scope": "answer", "ppl": ppl, "mean_nll": 0.5, "n_tokens": 4,
-                                   "backend": "transformers", "model_path": "-"}])
+def add(cat: Catalog, *rows: tuple[str, str, list[str], float | None]) -> None:
+    """Insert samples (sample_id, task, media hashes, PPL or None) and their scores, in one statement each."""
+    samples, scores = [], []
+    for sample_id, task, media, ppl in rows:
+        source, item = sample_id.split("/")
+        samples.append({"sample_id": sample_id, "source": source, "item": item, "task": task,
+                        "conversation": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}],
+                        "media_hashes": media, "content_sha256": "-"})
+        if ppl is not None:
+            scores.append({"sample_id": sample_id, "scorer": SCORER, "template_version": "llava2chat-v1",
+                           "text_scope": "answer", "ppl": ppl, "mean_nll": 0.5, "n_tokens": 4,
+                           "backend": "transformers", "model_path": "-"})
+    cat.insert("samples", samples)
+    cat.insert("ppl_scores", scores)
 
 
 def decisions(cat: Catalog, name: str = "t") -> dict[str, dict]:
@@ -55,7 +60,7 @@ def md5_pick(seed: int, ids: list[str]) -> str:
 
 def test_qa_keeps_the_two_lowest_ppl(catalog):
     for sid, ppl in [("a/1", 3.0), ("b/1", 1.5), ("c/1", 2.0), ("d/1", 9.0)]:
-        add(catalog, sid, "qa", ["h1"], ppl)
+        add(catalog, (sid, "qa", ["h1"], ppl))
     run_policy(catalog, policy())
     d = decisions(catalog)
     assert kept(catalog) == {"b/1", "c/1"}
@@ -68,7 +73,7 @@ def test_qa_keeps_the_two_lowest_ppl(catalog):
 def test_caption_keeps_one_random_of_the_two_lowest(catalog):
     ppls = {"a/1": 4.0, "b/1": 2.0, "c/1": 3.0, "d/1": 8.0}
     for sid, ppl in ppls.items():
-        add(catalog, sid, "caption", ["h1"], ppl)
+        add(catalog, (sid, "caption", ["h1"], ppl))
     for seed in range(6):
         run_policy(catalog, policy(seed=seed))
         expected = md5_pick(seed, ["b/1", "c/1"])  # the two lowest PPLs
@@ -81,9 +86,7 @@ def test_caption_keeps_one_random_of_the_two_lowest(catalog):
 
 def test_seed_changes_the_pick_reproducibly(catalog):
     groups = {f"g{i}": [f"x/{i}a", f"y/{i}b"] for i in range(40)}
-    for g, ids in groups.items():
-        for sid in ids:
-            add(catalog, sid, "caption", [g], 2.0 + (sid.endswith("b")))
+    add(catalog, *[(sid, "caption", [g], 2.0 + sid.endswith("b")) for g, ids in groups.items() for sid in ids])
     picks = {}
     for seed in (0, 1):
         run_policy(catalog, policy(seed=seed))
@@ -96,9 +99,9 @@ def test_seed_changes_the_pick_reproducibly(catalog):
 
 def test_ties_break_by_sample_id(catalog):
     for sid in ("c/1", "a/1", "b/1"):
-        add(catalog, sid, "qa", ["h1"], 2.0)
+        add(catalog, (sid, "qa", ["h1"], 2.0))
     for sid in ("c/2", "a/2", "b/2"):
-        add(catalog, sid, "caption", ["h1"], 2.0)
+        add(catalog, (sid, "caption", ["h1"], 2.0))
     run_policy(catalog, policy())
     d = decisions(catalog)
     assert [d[s]["rank"] for s in ("a/1", "b/1", "c/1")] == [1, 2, 3]
@@ -106,13 +109,13 @@ def test_ties_break_by_sample_id(catalog):
 
 
 def test_groups_smaller_than_k(catalog):
-    add(catalog, "a/1", "qa", ["h1"], 5.0)
-    add(catalog, "b/1", "qa", ["h1"], 1.0)       # group of 2 == k: both kept
-    add(catalog, "a/2", "qa", ["h2"], 7.0)       # alone
-    add(catalog, "a/3", "caption", ["h3"], 7.0)  # alone
-    add(catalog, "a/4", "caption", ["h4"], 3.0)
-    add(catalog, "b/4", "caption", ["h4"], 2.0)
-    add(catalog, "c/4", "caption", ["h4"], 1.0)
+    add(catalog, ("a/1", "qa", ["h1"], 5.0))
+    add(catalog, ("b/1", "qa", ["h1"], 1.0))       # group of 2 == k: both kept
+    add(catalog, ("a/2", "qa", ["h2"], 7.0))       # alone
+    add(catalog, ("a/3", "caption", ["h3"], 7.0))  # alone
+    add(catalog, ("a/4", "caption", ["h4"], 3.0))
+    add(catalog, ("b/4", "caption", ["h4"], 2.0))
+    add(catalog, ("c/4", "caption", ["h4"], 1.0))
     run_policy(catalog, policy(tasks={"qa": TaskRule(rule="keep_k_lowest", k=3),
                                       "caption": TaskRule(rule="random_one_of_k_lowest", k=5)}))
     d = decisions(catalog)
@@ -125,15 +128,14 @@ def test_pick_is_stable_under_insertion_order_and_unrelated_samples(tmp_path):
     rows = [(f"s{j}/{i}", "caption" if i % 2 else "qa", [f"h{i % 5}"], 1.0 + ((i * 7 + j * 3) % 11) / 3)
             for i in range(30) for j in range(3)]
     with Catalog(tmp_path / "a.duckdb") as a:
-        for r in rows:
-            add(a, *r)
+        add(a, *rows)
         run_policy(a, policy(seed=3))
         first = {s: (r["kept"], r["rank"], r["reason"]) for s, r in decisions(a).items()}
     with Catalog(tmp_path / "b.duckdb") as b:
         extra = [(f"z{j}/{i}", "caption" if i % 2 else "qa", [f"other{i}"], 1.5 + j) for i in range(20)
                  for j in range(3)]
-        for r in list(reversed(rows))[:40] + extra[:30] + list(reversed(rows))[40:] + extra[30:]:
-            add(b, *r)
+        for part in (list(reversed(rows))[:40], extra[:30], list(reversed(rows))[40:], extra[30:]):
+            add(b, *part)  # another insertion order, unrelated samples interleaved
         run_policy(b, policy(seed=3))
         second = {s: (r["kept"], r["rank"], r["reason"]) for s, r in decisions(b).items()}
     assert {s: v for s, v in second.items() if s in first} == first
@@ -141,11 +143,11 @@ def test_pick_is_stable_under_insertion_order_and_unrelated_samples(tmp_path):
 
 
 def test_multi_media_groups_by_ordered_tuple(catalog):
-    add(catalog, "a/1", "qa", ["h1", "h2"], 1.0)
-    add(catalog, "b/1", "qa", ["h1", "h2"], 2.0)
-    add(catalog, "c/1", "qa", ["h1", "h2"], 3.0)
-    add(catalog, "d/1", "qa", ["h2", "h1"], 4.0)  # other order: another sample
-    add(catalog, "e/1", "qa", ["h1"], 5.0)        # a subset: another group
+    add(catalog, ("a/1", "qa", ["h1", "h2"], 1.0))
+    add(catalog, ("b/1", "qa", ["h1", "h2"], 2.0))
+    add(catalog, ("c/1", "qa", ["h1", "h2"], 3.0))
+    add(catalog, ("d/1", "qa", ["h2", "h1"], 4.0))  # other order: another sample
+    add(catalog, ("e/1", "qa", ["h1"], 5.0))        # a subset: another group
     run_policy(catalog, policy())
     d = decisions(catalog)
     assert d["a/1"]["group_key"] == "h1+h2" and d["d/1"]["group_key"] == "h2+h1"
@@ -154,9 +156,9 @@ def test_multi_media_groups_by_ordered_tuple(catalog):
 
 def test_tasks_rank_separately_and_unnamed_tasks_keep_all(catalog):
     for i, sid in enumerate(("a/1", "b/1", "c/1")):
-        add(catalog, sid, "qa", ["h1"], 1.0 + i)
-        add(catalog, sid.replace("/1", "/2"), "ocr", ["h1"], 1.0 + i)
-    add(catalog, "t/1", "qa", [], None)  # text-only
+        add(catalog, (sid, "qa", ["h1"], 1.0 + i))
+        add(catalog, (sid.replace("/1", "/2"), "ocr", ["h1"], 1.0 + i))
+    add(catalog, ("t/1", "qa", [], None))  # text-only
     run_policy(catalog, policy())
     d = decisions(catalog)
     assert kept(catalog) == {"a/1", "b/1", "a/2", "b/2", "c/2", "t/1"}
@@ -166,11 +168,11 @@ def test_tasks_rank_separately_and_unnamed_tasks_keep_all(catalog):
 
 
 def test_unscored_samples(catalog):
-    add(catalog, "a/1", "qa", ["h1"], 2.0)
-    add(catalog, "b/1", "qa", ["h1"], 3.0)
-    add(catalog, "c/1", "qa", ["h1"], 4.0)
-    add(catalog, "u/1", "qa", ["h1"], None)
-    add(catalog, "u/2", "qa", ["h2"], None)  # alone: needs no score
+    add(catalog, ("a/1", "qa", ["h1"], 2.0))
+    add(catalog, ("b/1", "qa", ["h1"], 3.0))
+    add(catalog, ("c/1", "qa", ["h1"], 4.0))
+    add(catalog, ("u/1", "qa", ["h1"], None))
+    add(catalog, ("u/2", "qa", ["h2"], None))  # alone: needs no score
     run_policy(catalog, policy(unscored="keep"))
     before = decisions(catalog)
     assert kept(catalog) == {"a/1", "b/1", "u/1", "u/2"}
@@ -184,10 +186,10 @@ def test_unscored_samples(catalog):
 
 
 def test_quarantined_at_scoring_are_dropped_and_not_ranked(catalog):
-    add(catalog, "a/1", "qa", ["h1"], 1.0)
-    add(catalog, "b/1", "qa", ["h1"], 2.0)
-    add(catalog, "c/1", "qa", ["h1"], 3.0)
-    add(catalog, "q/1", "qa", ["h1"], None)
+    add(catalog, ("a/1", "qa", ["h1"], 1.0))
+    add(catalog, ("b/1", "qa", ["h1"], 2.0))
+    add(catalog, ("c/1", "qa", ["h1"], 3.0))
+    add(catalog, ("q/1", "qa", ["h1"], None))
     catalog.quarantine([{"source": "a", "item": "1", "reason": "media_decode_failed", "detail": "x", "stage": "ppl"},
                         {"source": "q", "item": "1", "reason": "media_decode_failed", "detail": "x", "stage": "ppl"}])
     run_policy(catalog, policy())
@@ -199,7 +201,7 @@ def test_quarantined_at_scoring_are_dropped_and_not_ranked(catalog):
 
 def test_policies_keep_their_own_rows(catalog):
     for i, sid in enumerate(("a/1", "b/1", "c/1")):
-        add(catalog, sid, "qa", ["h1"], 1.0 + i)
+        add(catalog, (sid, "qa", ["h1"], 1.0 + i))
     run_policy(catalog, policy(name="one"))
     run_policy(catalog, policy(name="all", tasks={}))
     run_policy(catalog, policy(name="one"))
@@ -210,9 +212,9 @@ def test_policies_keep_their_own_rows(catalog):
 
 def test_explain_and_report(catalog, tmp_path):
     for sid, ppl in [("a/1", 3.0), ("b/1", 1.0), ("c/1", 2.0)]:
-        add(catalog, sid, "qa", ["h1"], ppl)
-    add(catalog, "a/2", "caption", ["h1"], 1.0)
-    add(catalog, "b/2", "caption", ["h1"], 1.25)
+        add(catalog, (sid, "qa", ["h1"], ppl))
+    add(catalog, ("a/2", "caption", ["h1"], 1.0))
+    add(catalog, ("b/2", "caption", ["h1"], 1.25))
     run_policy(catalog, policy())
     info = explain(catalog, "a/1")
     assert [m["sample_id"] for m in info["members"]] == ["b/1", "c/1", "a/1"]
@@ -251,10 +253,10 @@ def demo_decisions(demo_catalog, demo_corpus, tmp_path_factory):
     shutil.copy(demo_catalog, path)
     with Catalog(path) as cat:
         ids = [r["sample_id"] for r in cat.query("SELECT sample_id FROM samples ORDER BY sample_id")]
-        for i, sid in enumerate(ids):
-            cat.insert("ppl_scores", [{"sample_id": sid, "scorer": SCORER, "template_version": "llava2chat-v1",
-                                       "text_scope": "answer", "ppl": 1.0 + (i * 37 % 101) / 10, "mean_nll": 0.5,
-                                       "n_tokens": 4, "backend": "transformers", "model_path": "-"}])
+        cat.insert("ppl_scores", [{"sample_id": sid, "scorer": SCORER, "template_version": "llava2chat-v1",
+                                   "text_scope": "answer", "ppl": 1.0 + (i * 37 % 101) / 10, "mean_nll": 0.5,
+                                   "n_tokens": 4, "backend": "transformers", "model_path": "-"}
+                                  for i, sid in enumerate(ids)])
         assert compute_signatures(cat)["failed"] == 0
         build_clusters(cat, 32)
         run_policy(cat, policy(name="exact"))
