@@ -24,6 +24,7 @@ from rich.console import Console
 COMMAND_MODULES = [
     "pipelines.commands.data",
     "pipelines.commands.dedup",
+    "pipelines.commands.captions",
     "pipelines.commands.dpo",
     "pipelines.commands.shards",
     "pipelines.commands.flows",
