@@ -30,9 +30,17 @@ def data_dir(spec: StageSpec, work_dir: Path) -> Path | None:
         from curation.mixtures import load_mixture
         from curation.shards import stage_dir
 
-        mixture = load_mixture(resolve(work_dir, spec.data.mixture))
+        mixture = load_mixture(manifest_path(spec.data.mixture))
         return stage_dir(work_dir / "shards", mixture.name, spec.data.mixture_stage)
     return None
+
+
+def manifest_path(path: str) -> Path:
+    """A manifest path as given (absolute, or relative to the current dir), else relative to the repository."""
+    p = Path(path)
+    if p.is_absolute() or p.exists():
+        return p
+    return Path(__file__).resolve().parents[1] / p
 
 
 def build_stream(spec: StageSpec, model, processor, rank: int, world: int, work_dir: Path):

@@ -11,12 +11,14 @@ spec (then the chain stops: the run dir belongs to other settings).
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from curation.config import ConfigError
 from trainers.export import is_exported, read_stage_record
+from trainers.batches import data_dir
 from trainers.initialization import check_init, export_dir
 from trainers.launch import Launch, deepspeed_command, run_launched, world_size
 from trainers.spec import StageSpec, check_world_size, load_stage
@@ -40,14 +42,42 @@ def stage_file(stages_dir: Path, name: str) -> Path:
     return path
 
 
-def plan_chain(names: list[str], stages_dir: Path, run_dir: Path, work_dir: Path, launch: Launch) -> list[PlannedStage]:
-    """Load and check every stage before anything trains (errors name file and field)."""
+def with_data(spec: StageSpec, data: dict | None, source: str) -> StageSpec:
+    """The spec with its ``data`` replaced (e.g. the DPO pair set a flow just built), validated again."""
+    if not data:
+        return spec
+    try:
+        return StageSpec.model_validate({**spec.model_dump(), "data": {"seed": spec.data.seed, **data}})
+    except ValueError as e:
+        raise ConfigError(f"{source}: data override {data}: {e}") from None
+
+
+def check_data(spec: StageSpec, work_dir: Path, source: str) -> None:
+    """Shard data must exist before the stage starts (``mavors shards build`` writes it)."""
+    directory = data_dir(spec, work_dir)
+    if directory is not None and not any(Path(directory).rglob("index.json")):
+        field = "data.shards" if spec.data.shards is not None else "data.mixture"
+        raise ConfigError(f"{source}: field '{field}': no shards (index.json) under {directory}; "
+                          "build them first (mavors shards build ...)")
+
+
+def plan_chain(names: list[str], stages_dir: Path, run_dir: Path, work_dir: Path, launch: Launch,
+               data_overrides: dict[str, dict] | None = None) -> list[PlannedStage]:
+    """Load and check every stage before anything trains (errors name file and field).
+
+    ``data_overrides``: stage name -> replacement ``data`` section (e.g. ``{"shards": "dpo/<set>/shards"}``).
+    """
     world = world_size(launch)
     planned, earlier = [], []
+    data_overrides = data_overrides or {}
+    unknown = sorted(set(data_overrides) - set(names))
+    if unknown:
+        raise ConfigError(f"data overrides for stages not in the chain: {unknown}")
     for name in names:
         path = stage_file(stages_dir, name)
-        spec = load_stage(path)
+        spec = with_data(load_stage(path), data_overrides.get(name), str(path))
         check_world_size(spec, world, str(path))
+        check_data(spec, work_dir, str(path))
         check_init(spec, run_dir, work_dir, str(path), tuple(earlier))
         finished = export_dir(run_dir, spec.name)
         if is_exported(finished) and read_stage_record(finished).get("spec_digest") != spec.digest():
@@ -58,19 +88,25 @@ def plan_chain(names: list[str], stages_dir: Path, run_dir: Path, work_dir: Path
     return planned
 
 
+def data_args(data_overrides: dict[str, dict], name: str) -> tuple[str, ...]:
+    """``trainers.stage`` arguments carrying a stage's data override to the launched ranks."""
+    return ("--data-json", json.dumps(data_overrides[name])) if name in data_overrides else ()
+
+
 def run_chain(names: list[str], stages_dir: Path, run_dir: Path, work_dir: Path = Path("."),
               launch: Launch = Launch(), on_stage: Callable[[str, dict], None] | None = None,
-              run_one: Callable | None = None) -> list[dict]:
+              run_one: Callable | None = None, data_overrides: dict[str, dict] | None = None) -> list[dict]:
     """Train ``names`` in order; returns each stage's record (``status`` trained or skipped).
 
     ``on_stage(status, record)`` is called after each stage (the CLI records it in the catalog).
     ``run_one(spec, run_dir, work_dir, source)`` trains one stage in this process (default ``run_stage``).
+    ``data_overrides``: see :func:`plan_chain`.
     """
     from trainers.stage import run_stage
 
     run_one = run_one or run_stage
     records = []
-    for stage in plan_chain(names, stages_dir, run_dir, work_dir, launch):
+    for stage in plan_chain(names, stages_dir, run_dir, work_dir, launch, data_overrides):
         out = export_dir(run_dir, stage.name)
         if is_exported(out):
             record = {**read_stage_record(out), "status": "skipped"}
@@ -78,7 +114,8 @@ def run_chain(names: list[str], stages_dir: Path, run_dir: Path, work_dir: Path 
             if launch.in_process:
                 run_one(stage.spec, run_dir, work_dir, str(stage.path))
             else:
-                cmd = deepspeed_command(stage.path, run_dir, work_dir, launch)
+                cmd = deepspeed_command(stage.path, run_dir, work_dir, launch,
+                                        data_args(data_overrides or {}, stage.name))
                 run_launched(cmd, Path(run_dir) / stage.name / "launcher.log")
             if not is_exported(out):
                 raise RuntimeError(f"stage {stage.name} finished without an export at {out}")

@@ -92,7 +92,7 @@ class DataSpec(ConfigModel):
     shards: str | None = None
     """Directory of WebDataset shards (relative to the work dir or absolute), as written by ``mavors shards build``."""
     mixture: str | None = None
-    """A mixture manifest (``manifests/mixtures/*.yaml``); the stage reads the shards ``mavors shards build`` wrote
+    """A mixture manifest (``manifests/mixtures/*.yaml``, relative to the current dir or the repository); the stage reads the shards ``mavors shards build`` wrote
     for ``mixture_stage`` (``<work_dir>/shards/<mixture name>/s<stage>``)."""
     mixture_stage: str | None = None
     """Which stage of the mixture (``1``, ``1.5``, ``2``, ``dpo``); required with ``mixture``."""

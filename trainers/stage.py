@@ -10,6 +10,7 @@ train module (DeepSpeed) → callbacks → fit → export.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import socket
@@ -139,11 +140,14 @@ def main() -> None:
     ap.add_argument("--work-dir", type=Path, default=Path("."))
     ap.add_argument("--local_rank", type=int, default=None, help="set by the deepspeed launcher")
     ap.add_argument("--kill-at-step", type=int, default=None, help="fault injection: SIGKILL after this step")
+    ap.add_argument("--data-json", default=None, help="replacement data section (JSON), from the chain")
     ap.add_argument("--peak-tflops", type=float, default=None, help="per-device peak, for the MFU estimate")
     args = ap.parse_args()
     if args.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
-    spec = load_stage(args.spec)
+    from trainers.chain import with_data
+
+    spec = with_data(load_stage(args.spec), json.loads(args.data_json) if args.data_json else None, str(args.spec))
     callbacks = (KillAt(args.kill_at_step),) if args.kill_at_step else ()
     run_stage(spec, args.run_dir, args.work_dir, str(args.spec), extra_callbacks=callbacks,
               peak_flops=args.peak_tflops * 1e12 if args.peak_tflops else None)

@@ -4,6 +4,7 @@
     mavors train --stages stage1,stage1_5,stage2,dpo --run cluster \\
         --hostfile infra/deepspeed/hostfile --master-addr 10.0.0.1 --node-rank 0   # on every node
     mavors train --stages stage2 --print-command --hostfile infra/deepspeed/hostfile
+    mavors train --stages demo-dpo --data demo-dpo=mavors-work/dpo/<pair set>/shards   # DPO on a fresh pair set
 
 Finished stages (with an export) are skipped; an interrupted stage resumes from its
 newest DeepSpeed checkpoint. The driver records each stage in the catalog (``train_stages``).
@@ -31,11 +32,13 @@ def train_cmd(
     node_rank: int = typer.Option(0, help="This node's index in the hostfile (no-ssh launch)."),
     ssh: bool = typer.Option(False, help="Let DeepSpeed fan out over ssh/pdsh from node 0 instead of --no_ssh."),
     print_command: bool = typer.Option(False, help="Print the deepspeed command per stage and exit."),
+    data: Optional[list[str]] = typer.Option(None, help="STAGE=SHARD_DIR: train STAGE on these shards instead of "
+                                             "its spec's data (e.g. the DPO pair set just built). Repeatable."),
 ) -> None:
     """Train stages in order (Stage 1 -> 1.5 -> 2 -> DPO), skipping finished ones."""
     from curation.catalog import Catalog
     from curation.settings import load_settings
-    from trainers.chain import plan_chain, run_chain
+    from trainers.chain import data_args, plan_chain, run_chain
     from trainers.launch import Launch, deepspeed_command
     from trainers.records import record_stage
 
@@ -44,12 +47,19 @@ def train_cmd(
     launch = Launch(hostfile=hostfile, procs_per_node=procs, master_addr=master_addr, master_port=master_port,
                     no_ssh=not ssh, node_rank=node_rank)
     run_dir = settings.dir("train") / run
+    overrides = {}
+    for item in data or []:
+        stage, sep, directory = item.partition("=")
+        if not sep or not directory:
+            raise typer.BadParameter(f"--data {item!r}: expected STAGE=SHARD_DIR")
+        overrides[stage] = {"shards": directory}
     if print_command:
-        for stage in plan_chain(names, stages_dir, run_dir, settings.work_dir, launch):
-            console.print(shlex.join(deepspeed_command(stage.path, run_dir, settings.work_dir, launch)), soft_wrap=True)
+        for stage in plan_chain(names, stages_dir, run_dir, settings.work_dir, launch, overrides):
+            cmd = deepspeed_command(stage.path, run_dir, settings.work_dir, launch, data_args(overrides, stage.name))
+            console.print(shlex.join(cmd), soft_wrap=True)
         return
     if launch.node_rank != 0:  # other nodes train; node 0's driver records
-        run_chain(names, stages_dir, run_dir, settings.work_dir, launch)
+        run_chain(names, stages_dir, run_dir, settings.work_dir, launch, data_overrides=overrides)
         return
     with Catalog(settings.catalog) as cat:
         run_id = cat.start_run("train", {"stages": names, "run": run, "hostfile": str(hostfile) if hostfile else None})
@@ -61,7 +71,7 @@ def train_cmd(
             record_stage(cat, str(run_dir), record, run_id)
 
     try:
-        run_chain(names, stages_dir, run_dir, settings.work_dir, launch, on_stage=on_stage)
+        run_chain(names, stages_dir, run_dir, settings.work_dir, launch, on_stage=on_stage, data_overrides=overrides)
     except BaseException as e:
         with Catalog(settings.catalog) as cat:
             cat.finish_run(run_id, "failed", f"{type(e).__name__}: {e}")
