@@ -31,7 +31,7 @@ STOP = ["5", "."]
 
 
 def tiny_config(**over) -> DpoConfig:
-    sampling = {"max_tokens": 24, "stop": STOP}
+    sampling = {"max_tokens": 16, "stop": STOP}
     return DpoConfig.model_validate({
         "seed": 0, "batch_inputs": 4, "engine": {"video_frames": 4, "batch_size": 8},
         "judge": {"mode": "logprob", "rating_scale": 5},
