@@ -30,6 +30,7 @@ COMMAND_MODULES = [
     "pipelines.commands.flows",
     "pipelines.commands.train",
     "pipelines.commands.report",
+    "pipelines.commands.eval",
 ]
 
 console = Console(stderr=True)

