@@ -141,34 +141,31 @@ class MavorsForConditionalGeneration(MavorsPreTrainedModel):
                                                      for h, w in chunk_grids.tolist())], device=feats.device)
         positions = chunk_positions.repeat_interleave(per_chunk)  # (T,)
         sequences = chunk_sequences.repeat_interleave(per_chunk)  # (T,)
-        seq_ids, seq_counts = torch.unique_consecutive(sequences, return_counts=True)
-        seq_counts = seq_counts.tolist()
+        seq_counts = torch.unique_consecutive(sequences, return_counts=True)[1].tolist()
         kept_counts = list(seq_counts)
         if compression_threshold is not None and feats.shape[0]:
             feats, positions, sequences, kept_counts = self._compress(
-                feats, positions, sequences, chunk_sequences, per_chunk, compression_threshold)
+                feats, positions, chunk_sequences, per_chunk, compression_threshold)
         tokens = self.projector(self.ifa(feats, positions, sequences))
         return VisualEncoding(tokens=tokens, sequence_counts=seq_counts, kept_counts=kept_counts)
 
-    def _compress(self, feats, positions, sequences, chunk_sequences, per_chunk, threshold):
-        """Apply §5.4 merging inside every multi-chunk sequence whose chunks share one grid."""
-        out_f, out_p, out_s, kept = [], [], [], []
-        chunk_counts = torch.unique_consecutive(chunk_sequences, return_counts=True)[1].tolist()
-        token_start, chunk_start = 0, 0
-        for n_chunks in chunk_counts:
-            sizes = per_chunk[chunk_start:chunk_start + n_chunks]
-            n_tok = int(sizes.sum())
-            f = feats[token_start:token_start + n_tok]
-            p = positions[token_start:token_start + n_tok]
-            s = sequences[token_start:token_start + n_tok]
-            if n_chunks > 1 and bool((sizes == sizes[0]).all()):
+    def _compress(self, feats, positions, chunk_sequences, per_chunk, threshold):
+        """§5.4 merging inside every multi-chunk sequence whose chunks share one grid (videos).
+        Returns tokens, positions, sequence ids (T', ...) and the kept count per sequence."""
+        chunks_per_seq = torch.unique_consecutive(chunk_sequences, return_counts=True)[1].tolist()
+        chunk_sizes = per_chunk.split(chunks_per_seq)
+        tokens_per_seq = [int(sizes.sum()) for sizes in chunk_sizes]
+        out_f, out_p, out_s = [], [], []
+        for seq, (f, p, sizes) in enumerate(zip(feats.split(tokens_per_seq), positions.split(tokens_per_seq),
+                                                chunk_sizes)):
+            if len(sizes) > 1 and bool((sizes == sizes[0]).all()):
                 n = int(sizes[0])
-                merged = merge_adjacent_chunk_tokens(f.view(n_chunks, n, -1), p.view(n_chunks, n)[:, 0], threshold)
-                f, p, s = merged.tokens, merged.positions, s[: merged.tokens.shape[0]]
-            out_f.append(f), out_p.append(p), out_s.append(s), kept.append(f.shape[0])
-            token_start += n_tok
-            chunk_start += n_chunks
-        return torch.cat(out_f), torch.cat(out_p), torch.cat(out_s), kept
+                merged = merge_adjacent_chunk_tokens(f.view(len(sizes), n, -1), p[::n], threshold)
+                f, p = merged.tokens, merged.positions
+            out_f.append(f)
+            out_p.append(p)
+            out_s.append(torch.full_like(p, seq))
+        return torch.cat(out_f), torch.cat(out_p), torch.cat(out_s), [f.shape[0] for f in out_f]
 
     def get_inputs_embeds(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                           pixel_values: torch.Tensor | None = None, chunk_grids: torch.Tensor | None = None,
