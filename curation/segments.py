@@ -23,8 +23,8 @@ How it is cut, and what "equal duration" means here:
   pixel format (``yuv444p`` when x264 cannot take it) at the source's average frame
   rate: decoded frames of the output are bit-identical to the source's frames,
   in permuted order, and frame count and duration are kept. Audio is dropped (the
-  captioner sees frames only). Frames are streamed segment by segment, so memory
-  stays at one frame, not the whole video.
+  captioner sees frames only). Frames are streamed segment by segment (seeking to
+  each segment's keyframe when timestamps allow), so memory stays at one frame.
 """
 from __future__ import annotations
 
@@ -106,16 +106,36 @@ def _frame_digest(frame: av.VideoFrame) -> bytes:
     return h.digest()
 
 
-def probe_frames(path: Path) -> tuple[int, Fraction, str, int, int, list[bytes]]:
-    """Decode once: (frame count, average fps, pixel format, width, height, per-frame digests)."""
+@dataclasses.dataclass(frozen=True)
+class Probe:
+    """What one full decode of a video tells: frame count, rate, format, size, per-frame pts and digests."""
+
+    n_frames: int
+    fps: Fraction
+    pix_fmt: str
+    width: int
+    height: int
+    pts: list[int | None]
+    digests: list[bytes]
+
+    @property
+    def seekable(self) -> bool:
+        """Frames can be found by timestamp: every pts known and strictly increasing in decode order."""
+        return all(p is not None for p in self.pts) and all(a < b for a, b in zip(self.pts, self.pts[1:]))
+
+
+def probe_frames(path: Path) -> Probe:
+    """Decode once (refusing undecodable videos): frame count, average fps, format, pts, digests."""
     container, stream = _open_video(path)
     digests: list[bytes] = []
+    pts: list[int | None] = []
     try:
         fps = stream.average_rate or stream.guessed_rate or stream.base_rate
         pix_fmt = stream.codec_context.pix_fmt
         width, height = stream.codec_context.width, stream.codec_context.height
         for frame in container.decode(stream):
             digests.append(_frame_digest(frame))
+            pts.append(frame.pts)
     except av.error.FFmpegError as e:
         raise SegmentRefusal("undecodable_video", f"{path}: decoding failed after "
                              f"{len(digests)} frames ({e})") from None
@@ -125,11 +145,37 @@ def probe_frames(path: Path) -> tuple[int, Fraction, str, int, int, list[bytes]]
         raise SegmentRefusal("undecodable_video", f"{path}: no frame decodes")
     if not fps:
         raise SegmentRefusal("undecodable_video", f"{path}: the stream has no frame rate")
-    return len(digests), Fraction(fps), pix_fmt, width, height, digests
+    return Probe(len(digests), Fraction(fps), pix_fmt, width, height, pts, digests)
 
 
-def _frames_in_range(path: Path, start: int, end: int) -> Iterator[av.VideoFrame]:
-    """Decoded frames ``start..end-1`` (decode order), streamed; decoding from the top keeps indices exact."""
+def _frames_in_range(path: Path, start: int, end: int, probe: Probe) -> Iterator[av.VideoFrame]:
+    """Decoded frames ``start..end-1`` (decode order), streamed.
+
+    With known, increasing timestamps it seeks to the keyframe before ``start`` and
+    picks frames by pts, so a long video is decoded about twice overall, not once per
+    segment; when the seek lands past ``start`` (or timestamps are unusable) it
+    decodes from the top and counts frames.
+    """
+    if start > 0 and probe.seekable:
+        wanted = probe.pts[start:end]
+        container, stream = _open_video(path)
+        got = 0
+        try:
+            container.seek(wanted[0], stream=stream, backward=True, any_frame=False)
+            for frame in container.decode(stream):
+                if frame.pts is None or frame.pts < wanted[0]:
+                    continue
+                if frame.pts != wanted[got]:
+                    break
+                yield frame
+                got += 1
+                if got == len(wanted):
+                    return
+        finally:
+            container.close()
+        if got:  # a partial segment came out already: counting from the top would repeat it
+            raise SegmentRefusal("undecodable_video", f"{path}: frames after pts {wanted[got - 1]} "
+                                 "differ from the first decode")
     container, stream = _open_video(path)
     try:
         for index, frame in enumerate(container.decode(stream)):
@@ -152,7 +198,8 @@ def shuffle_segments(source: str | Path, dest: str | Path, *, seed: int | str = 
     whose segments are indistinguishable. ``dest`` is written atomically.
     """
     source, dest = Path(source), Path(dest)
-    n_frames, fps, pix_fmt, width, height, digests = probe_frames(source)
+    probe = probe_frames(source)
+    n_frames, fps, pix_fmt, digests = probe.n_frames, probe.fps, probe.pix_fmt, probe.digests
     if n_frames < n_segments * min_frames_per_segment:
         raise SegmentRefusal("video_too_short", f"{source}: {n_frames} frames, need at least "
                              f"{n_segments} segments x {min_frames_per_segment} frames")
@@ -169,22 +216,26 @@ def shuffle_segments(source: str | Path, dest: str | Path, *, seed: int | str = 
     out_fmt = pix_fmt if pix_fmt in _X264_PIX_FMTS else "yuv444p"
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.partial")
-    with av.open(str(tmp), "w", format="mp4") as out:
-        stream = out.add_stream("libx264", rate=fps, options={"qp": "0", "preset": "veryfast"})
-        stream.width, stream.height, stream.pix_fmt = width, height, out_fmt
-        stream.codec_context.time_base = 1 / fps
-        pts = 0
-        for k in perm:
-            for frame in _frames_in_range(source, *bounds[k]):
-                if frame.format.name != out_fmt:
-                    frame = frame.reformat(format=out_fmt)
-                else:  # a fresh frame: drop the source's picture type and timing
-                    frame = av.VideoFrame.from_ndarray(frame.to_ndarray(), format=out_fmt)
-                frame.pts = pts
-                frame.time_base = 1 / fps
-                pts += 1
-                out.mux(stream.encode(frame))
-        out.mux(stream.encode(None))
+    try:
+        with av.open(str(tmp), "w", format="mp4") as out:
+            stream = out.add_stream("libx264", rate=fps, options={"qp": "0", "preset": "veryfast"})
+            stream.width, stream.height, stream.pix_fmt = probe.width, probe.height, out_fmt
+            stream.codec_context.time_base = 1 / fps
+            pts = 0
+            for k in perm:
+                for frame in _frames_in_range(source, *bounds[k], probe):
+                    if frame.format.name != out_fmt:
+                        frame = frame.reformat(format=out_fmt)
+                    else:  # a fresh frame: drop the source's picture type and timing
+                        frame = av.VideoFrame.from_ndarray(frame.to_ndarray(), format=out_fmt)
+                    frame.pts = pts
+                    frame.time_base = 1 / fps
+                    pts += 1
+                    out.mux(stream.encode(frame))
+            out.mux(stream.encode(None))
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     if pts != n_frames:  # a segment decoded differently the second time
         tmp.unlink(missing_ok=True)
         raise SegmentRefusal("undecodable_video", f"{source}: decoded {pts} frames on re-read, {n_frames} before")

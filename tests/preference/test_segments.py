@@ -11,11 +11,11 @@ import pytest
 from curation.segments import SegmentRefusal, segment_bounds, shuffle_permutation, shuffle_segments
 
 
-def write_video(path, n_frames, *, fps=8, codec="libx264", size=(48, 64), static=False):
+def write_video(path, n_frames, *, fps=8, codec="libx264", size=(48, 64), static=False, options=None):
     """A clip whose frame i shows a bright square at a position that depends on i (distinct frames)."""
     h, w = size
     with av.open(str(path), "w") as out:
-        stream = out.add_stream(codec, rate=fps)
+        stream = out.add_stream(codec, rate=fps, options=options or {})
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         for i in range(n_frames):
             img = np.full((h, w, 3), 30, np.uint8)
@@ -34,9 +34,12 @@ def decoded(path):
         return frames, stream.average_rate, c.duration
 
 
-@pytest.mark.parametrize("n_frames,codec", [(24, "libx264"), (30, "mpeg4")])
-def test_segments_are_the_original_segments_permuted(tmp_path, n_frames, codec):
-    src = write_video(tmp_path / f"src-{codec}.mp4", n_frames, codec=codec)
+@pytest.mark.parametrize("n_frames,codec,options", [
+    (24, "libx264", None), (30, "mpeg4", None),
+    (122, "libx264", {"g": "10", "bf": "2"}),  # many GOPs with B-frames: segments are found by seeking
+])
+def test_segments_are_the_original_segments_permuted(tmp_path, n_frames, codec, options):
+    src = write_video(tmp_path / f"src-{codec}.mp4", n_frames, codec=codec, options=options)
     result = shuffle_segments(src, tmp_path / "out" / "shuffled.mp4", seed=7)
 
     orig, fps, orig_duration = decoded(src)
@@ -47,7 +50,7 @@ def test_segments_are_the_original_segments_permuted(tmp_path, n_frames, codec):
     assert result.duration_s == pytest.approx(n_frames / float(fps))
 
     # Hand-worked cut: segment i is frames [i*N//4, (i+1)*N//4).
-    edges = [i * n_frames // 4 for i in range(5)]
+    edges = [i * n_frames // 4 for i in range(5)]  # 122 frames: 30, 31, 30, 31
     pieces = [orig[edges[i]:edges[i + 1]] for i in range(4)]
     expected = [f for k in result.permutation for f in pieces[k]]
     assert len(expected) == len(shuf)
