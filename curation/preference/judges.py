@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from curation.engines import ChatRequest, Engine, SamplingParams
 from curation.preference.config import JudgeConfig
-from curation.preference.text import contains_phrase, normalize
+from curation.evaluation.metrics import contains_answer, normalize_answer
 
 Media = list[tuple[str, str]]  # [("image"|"video", path)]
 
@@ -81,10 +81,10 @@ class NormalizedMatchJudge:
     def judge(self, items: list[JudgeItem]) -> list[Verdict]:
         out = []
         for item in items:
-            if not normalize(item.reference):
+            if not normalize_answer(item.reference):
                 out.append(Verdict(None, self.name, "reference is empty after normalization"))
             else:
-                out.append(Verdict(contains_phrase(item.answer, item.reference), self.name))
+                out.append(Verdict(bool(contains_answer(item.answer, item.reference)), self.name))
         return out
 
 
@@ -204,7 +204,7 @@ class RoutedJudge:
         self.name = f"routed({self.match.name}|{model.name if model else 'none'})"
 
     def is_short(self, reference: str) -> bool:
-        return len(normalize(reference).split()) <= self.short_reference_words
+        return len(normalize_answer(reference).split()) <= self.short_reference_words
 
     def judge(self, items: list[JudgeItem]) -> list[Verdict]:
         out: list[Verdict | None] = [None] * len(items)

@@ -27,9 +27,6 @@ from typing import Any
 
 from curation.preference.decisions import DOMAINS, Outcome
 
-TRL_COLUMNS = ("prompt", "chosen", "rejected", "images", "videos")
-
-
 def trl_prompt(question: str, media_kinds: Iterable[str]) -> list[dict[str, Any]]:
     """TRL's conversational prompt: one user turn, media placeholders first, then the question."""
     content: list[dict[str, Any]] = [{"type": kind} for kind in media_kinds]

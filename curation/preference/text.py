@@ -1,14 +1,15 @@
-"""Plain-text measures shared by the judges and caption scorers: normalization, word counts, coverage, repetition.
+"""Plain-text measures of the caption scorers and QA length rules: word counts, coverage, repetition.
 
-    python -c "from curation.preference.text import normalize; print(normalize('The  Red circle!'))"
+Answer normalization and whole-word matching are the evaluation metrics' own
+(:func:`curation.evaluation.metrics.normalize_answer` / ``contains_answer``), so a DPO
+"correct" and an eval "correct" are the same test.
+
+    python -c "from curation.preference.text import coverage; print(coverage('a red circle', 'A red circle.'))"
 """
 from __future__ import annotations
 
 import re
-import string
 
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCT = str.maketrans({c: " " for c in string.punctuation})
 _WORD = re.compile(r"[a-z0-9]+")
 # Function words that say nothing about the content of a caption.
 STOPWORDS = frozenset(
@@ -19,23 +20,9 @@ STOPWORDS = frozenset(
 )
 
 
-def normalize(text: str) -> str:
-    """SQuAD-style answer normalization: lowercase, punctuation and articles removed, whitespace collapsed."""
-    text = _ARTICLES.sub(" ", text.lower().translate(_PUNCT))
-    return " ".join(text.split())
-
-
 def words(text: str) -> list[str]:
     """Lowercase alphanumeric words."""
     return _WORD.findall(text.lower())
-
-
-def contains_phrase(answer: str, reference: str) -> bool:
-    """True when the normalized reference occurs as whole consecutive words in the normalized answer."""
-    ref, ans = normalize(reference).split(), normalize(answer).split()
-    if not ref:
-        return False
-    return any(ans[i:i + len(ref)] == ref for i in range(len(ans) - len(ref) + 1))
 
 
 def content_words(text: str) -> set[str]:

@@ -17,7 +17,8 @@ from pathlib import Path
 from curation.engines import Completion
 from curation.preference.config import VideoCaptionConfig
 from curation.preference.decisions import Candidate, DpoInput, Outcome, Pair
-from curation.preference.text import normalize, words
+from curation.evaluation.metrics import normalize_answer
+from curation.preference.text import words
 from curation.segments import ShuffledVideo, shuffle_segments
 
 
@@ -50,7 +51,7 @@ def decide_video_captions(inp: DpoInput, original: Completion, shuffled_caption:
         chosen.accept("original_order")
     if rejected.is_empty:
         rejected.refuse("empty_generation")
-    elif normalize(rejected.text) == normalize(chosen.text):
+    elif normalize_answer(rejected.text) == normalize_answer(chosen.text):
         rejected.refuse("identical_to_original")
     else:
         rejected.accept("shuffled_order")

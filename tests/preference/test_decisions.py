@@ -15,7 +15,7 @@ from curation.preference.image_captions import decide_image_captions, refuse_emp
 from curation.preference.judges import JudgeItem, ModelJudge, NormalizedMatchJudge, RateItem, RoutedJudge, Verdict
 from curation.preference.qa import decide_qa
 from curation.preference.scoring import CaptionScorer
-from curation.preference.text import coverage, normalize, repetition
+from curation.preference.text import coverage, repetition
 from curation.preference.video_captions import decide_video_captions
 from curation.segments import ShuffledVideo
 
@@ -36,7 +36,6 @@ def run_qa(positives, negatives, judge=None, inp=QA):
 
 
 def test_text_measures_by_hand():
-    assert normalize("  The RED, circle!") == "red circle"
     # reference content words {red, circle, plain, blue, background}; candidate mentions red, circle, blue
     assert coverage("a red circle near blue water", "A red circle on a plain blue background.") == pytest.approx(3 / 5)
     assert repetition("a b c a b c") == pytest.approx(1 - 3 / 4)  # 3-grams abc bca cab abc: one repeat of 4
