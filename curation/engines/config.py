@@ -55,6 +55,9 @@ class EngineConfig(ConfigModel):
     """Frames sampled uniformly from a video file before it reaches the model. Cluster: 16–64."""
     enforce_eager: bool = True
     """vLLM: skip CUDA graph capture (start-up time vs speed). Cluster: False."""
+    llm_backend: Literal["vllm", "transformers"] = "vllm"
+    """Backend ``mavors`` only: where the language model runs (vision always runs in torch). ``vllm``: fed
+    with prompt embeddings; ``transformers``: HF generate on the same embeddings (no vLLM needed)."""
     seed: int = 0
     """Engine-level seed (vLLM ``seed``, torch seed of the transformers backend)."""
 

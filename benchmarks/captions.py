@@ -1,0 +1,115 @@
+"""Benchmark: caption throughput per engine backend, and the share of time spent decoding media vs generating.
+
+    python benchmarks/captions.py                        # tiny random Qwen2-VL, demo videos + images, CPU
+    python benchmarks/captions.py --backends transformers --n 64 --max-tokens 48
+
+Same media, same tiny checkpoint, one process, the pipeline's own stages:
+``curation.captions.decode_media`` (PyAV/PIL decode + frame sampling, the CPU
+stage) then ``CaptionStage`` (one engine, batches of ``--batch-size``). The
+baseline is the transformers engine with ``batch_size=1`` (one generate per
+media). Every caption is sampled to exactly ``--max-tokens`` tokens (a random
+model never emits EOS), so backends do the same work. One warm-up batch per
+engine is excluded. The demo uses random weights: figures compare backends on
+this machine, they do not predict a 72B model on GPUs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def media_files(root: Path, n: int) -> list[tuple[str, str]]:
+    """``n`` (kind, path) pairs alternating demo videos and images (corrupt demo files left out)."""
+    from curation.demo_data import generate
+
+    corpus = generate(root / "demo", seed=0)
+    videos = sorted(p for p in (corpus / "kinetics_like" / "videos").glob("*.mp4"))
+    videos += sorted(p for p in (corpus / "video_qa" / "videos").glob("vqa_*.mp4"))
+    images = sorted(p for p in (corpus / "image_captions" / "images").glob("cap_*"))
+    pairs = [("video", str(v)) for v in videos] + [("image", str(i)) for i in images]
+    pairs.sort(key=lambda kp: kp[1])
+    return [pairs[i % len(pairs)] for i in range(n)]
+
+
+def roster_json(model: Path, backend: str, batch_size: int, max_tokens: int, frames: int) -> str:
+    from curation.captions import RosterConfig
+
+    engine = {"backend": backend, "model_path": str(model), "modalities": ["text", "image", "video"],
+              "batch_size": batch_size, "max_model_len": 1024, "video_frames": frames}
+    return RosterConfig.model_validate({
+        "captioners": [{"name": "bench", "engine": engine,
+                        "sampling": {"temperature": 1.0, "max_tokens": max_tokens, "seed": 0}}],
+        "merger": {"name": "unused", "engine": {**engine, "modalities": ["text"]}},
+    }).model_dump_json()
+
+
+def measure(model: Path, backend: str, batch_size: int, media: list[tuple[str, str]], max_tokens: int,
+            frames: int) -> dict:
+    from curation.captions import CaptionStage, decode_media
+
+    stage = CaptionStage(roster_json(model, backend, batch_size, max_tokens, frames), name="bench")
+    rows = {"kind": [k for k, _ in media], "storage_path": [p for _, p in media],
+            "media_hash": [f"m{i}" for i in range(len(media))], "needs": [json.dumps(["bench"])] * len(media)}
+    take = lambda start, stop: {k: v[start:stop] for k, v in rows.items()}  # noqa: E731
+    stage(decode_media(take(0, batch_size), frames))  # warm-up
+    decode_s = generate_s = 0.0
+    n_tokens = 0
+    t0 = time.perf_counter()
+    for start in range(0, len(media), batch_size):
+        batch = decode_media(take(start, start + batch_size), frames)
+        decode_s += sum(batch["decode_s"])
+        out = stage(batch)
+        generate_s += sum(out["seconds::bench"])
+        n_tokens += sum(json.loads(r)["n_tokens"] for r in out["raw::bench"])
+    wall = time.perf_counter() - t0
+    stage.engine.close()
+    return {"backend": backend, "batch": batch_size, "captions": len(media), "tokens": n_tokens,
+            "decode_s": decode_s, "generate_s": generate_s, "wall_s": wall}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", type=Path, help="Qwen2-VL-style checkpoint (default: a tiny random one)")
+    ap.add_argument("--backends", default="transformers,vllm")
+    ap.add_argument("--n", type=int, default=32, help="media files to caption")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--frames", type=int, default=4, help="frames sampled per video")
+    args = ap.parse_args(argv)
+    sys.path.insert(0, str(REPO))
+    import os
+
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        if args.model is None:
+            from model.tiny import make_tiny
+
+            args.model = make_tiny(root / "models")["qwen2vl"]
+        media = media_files(root, args.n)
+        runs = [("transformers", 1)] + [(b, args.batch_size) for b in args.backends.split(",")]
+        results = [measure(args.model, b, bs, media, args.max_tokens, args.frames) for b, bs in runs]
+
+    base = results[0]["captions"] / results[0]["wall_s"]
+    print(f"\n{args.n} media ({sum(k == 'video' for k, _ in media)} videos, {args.frames} frames each), "
+          f"{args.max_tokens} tokens per caption, {args.model}")
+    print(f"{'backend':<14}{'batch':>6}{'captions/s':>12}{'tokens/s':>10}{'decode s':>10}{'generate s':>12}"
+          f"{'decode share':>14}{'vs baseline':>13}")
+    for r in results:
+        rate = r["captions"] / r["wall_s"]
+        share = r["decode_s"] / (r["decode_s"] + r["generate_s"])
+        print(f"{r['backend']:<14}{r['batch']:>6}{rate:>12.2f}{r['tokens'] / r['wall_s']:>10.0f}"
+              f"{r['decode_s']:>10.2f}{r['generate_s']:>12.2f}{share:>14.1%}{rate / base:>12.2f}x")
+    print("baseline: transformers, batch 1 (one generate per media). captions/s counts decode + generate.")
+
+
+if __name__ == "__main__":
+    main()
