@@ -394,11 +394,13 @@ class CaptionReport:
     samples_written: int = 0
     quarantined: int = 0
     stages: dict[str, StageStats] = field(default_factory=lambda: defaultdict(StageStats))
+    wall_s: dict[str, float] = field(default_factory=dict)  # wall time of the raw and merge passes
 
     def as_dict(self) -> dict[str, Any]:
         return {"raw_new": self.raw_new, "raw_rejected": self.raw_rejected, "merged_new": self.merged_new,
                 "merged_rejected": self.merged_rejected, "samples_written": self.samples_written,
-                "quarantined": self.quarantined, "stages": {k: v.as_dict() for k, v in self.stages.items()}}
+                "quarantined": self.quarantined, "stages": {k: v.as_dict() for k, v in self.stages.items()},
+                "wall_s": self.wall_s}
 
 
 # -- the run -------------------------------------------------------------------------------------
@@ -419,8 +421,11 @@ def run_captions(cat: Catalog, roster: RosterConfig, sources: list[str] | None =
         raise ValueError("no source to caption: give --source or list sources in the roster")
     report = CaptionReport()
     media = media_to_caption(cat, sources)
+    t0 = time.perf_counter()
     _raw_pass(cat, roster, media, report, use_ray, run_id, factory, ray_settings)
+    t1 = time.perf_counter()
     _merge_pass(cat, roster, media, report, use_ray, run_id, factory, ray_settings)
+    report.wall_s = {"raw": round(t1 - t0, 3), "merge": round(time.perf_counter() - t1, 3)}
     return report
 
 
@@ -476,9 +481,14 @@ def _write_raw(cat: Catalog, roster: RosterConfig, batch: list[dict[str, Any]], 
                 "prompt_tokens": raw["prompt_tokens"], "status": "rejected" if reason else "ok",
                 "reject_reason": reason, "run_id": run_id})
             report.raw_rejected += bool(reason)
+    failed = {(r["source"], r["item"]) for r in refused}
+    recovered = [(b["source"], b["item"]) for b in batch if (b["source"], b["item"]) not in failed]
     with cat.transaction() as con:
         cat.insert("captions", rows, on_conflict="ignore", con=con)
         cat.quarantine(refused, con=con)
+        # an engine error of an earlier run that this run got past is no longer a refusal
+        con.executemany("DELETE FROM quarantine WHERE source = ? AND item = ? AND stage = ? AND reason = 'engine_error'",
+                        [[source, item, STAGE] for source, item in recovered])
     report.raw_new += len(rows)
     report.quarantined += len(refused)
 

@@ -244,6 +244,7 @@ def test_engine_failure_on_one_item_is_recorded_and_others_captioned(demo_catalo
     assert {i for c in calls(log2) for i in c["ids"]} == {bad}
     with Catalog(path) as cat:
         assert cat.scalar("SELECT count(*) FROM merged_captions WHERE media_hash = ?", [bad]) == 1
+        assert cat.scalar("SELECT count(*) FROM quarantine WHERE stage = 'captions'") == 0  # recovered
 
 
 def test_missing_model_fails_before_any_work(demo_catalog, tiny_models, tmp_path):
