@@ -1,0 +1,102 @@
+"""The four demo stages chained on the tiny Mavors over WebDataset shards (SFT + DPO pairs), in process.
+
+Each stage must start from exactly its predecessor's exported weights (compared tensor by
+tensor with the export's safetensors), Stage 1 from the SigLIP/Qwen2 components; frozen
+modules leave a stage bit-identical; a rerun skips every finished stage; the catalog records them.
+"""
+from __future__ import annotations
+
+import functools
+import io
+import json
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from conftest import STAGES_DIR
+from curation.shards import ShardRecord, write_records
+from trainers.chain import run_chain
+from trainers.initialization import load_start
+from trainers.stage import run_stage
+
+NAMES = ["demo-stage1", "demo-stage1_5", "demo-stage2", "demo-dpo"]
+WORDS = "red green blue circle square moves left right".split()
+
+
+def _png(i: int) -> bytes:
+    rng = np.random.default_rng(i)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _shards(root):
+    sft = [ShardRecord(f"s{i:03d}", {
+        "sample_id": f"demo/{i}", "media": [{"file": "png", "kind": "image"}],
+        "conversation": [{"from": "human", "value": "<image>\nDescribe the picture."},
+                         {"from": "gpt", "value": f"A {WORDS[i % 8]} {WORDS[(i + 3) % 8]} shape."}]},
+        [("png", _png(i))]) for i in range(8)]
+    write_records(sft, root / "sft", prefix="sft", max_samples=4, max_bytes=1 << 22)
+    pairs = [ShardRecord(f"p{i:03d}", {
+        "prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe it."}]}],
+        "chosen": [{"role": "assistant", "content": [{"type": "text", "text": f"A {WORDS[i % 8]} circle moves left."}]}],
+        "rejected": [{"role": "assistant", "content": [{"type": "text", "text": "Blue."}]}],
+        "images": ["image0.png"], "videos": [], "meta": {"pair_id": f"pairs/{i}"}},
+        [("image0.png", _png(100 + i))]) for i in range(4)]
+    write_records(pairs, root / "pairs", prefix="pairs", max_samples=4, max_bytes=1 << 22)
+    return {**{n: {"shards": str(root / "sft")} for n in NAMES[:3]}, "demo-dpo": {"shards": str(root / "pairs")}}
+
+
+def test_demo_chain_end_to_end(tiny_work, tmp_path, catalog):
+    from model import MavorsForConditionalGeneration, MavorsProcessor
+    from trainers.records import record_stage
+
+    overrides = _shards(tmp_path)
+    start_weights: dict[str, dict[str, torch.Tensor]] = {}
+
+    def capturing_loader(spec, run_dir, work_dir, source):
+        model, processor = load_start(spec, run_dir, work_dir, source)
+        start_weights[spec.name] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return model, processor
+
+    run_dir = tmp_path / "run"
+    chain = functools.partial(run_chain, NAMES, STAGES_DIR, run_dir, tiny_work, data_overrides=overrides,
+                              run_one=functools.partial(run_stage, loader=capturing_loader))
+    records = chain(on_stage=lambda status, record: record_stage(catalog, str(run_dir), record))
+    assert [r["status"] for r in records] == ["trained"] * 4
+
+    # Stage 1 starts from the components: the LLM is the tiny Qwen2 exactly
+    qwen = load_file(tiny_work / "models" / "qwen2" / "model.safetensors")
+    assert torch.equal(start_weights["demo-stage1"]["llm.model.embed_tokens.weight"], qwen["model.embed_tokens.weight"])
+    exports = {name: load_file(run_dir / name / "export" / "model.safetensors") for name in NAMES}
+    for prev, cur in zip(NAMES, NAMES[1:]):
+        assert exports[prev].keys() <= start_weights[cur].keys()
+        for key, tensor in exports[prev].items():
+            assert torch.equal(start_weights[cur][key], tensor), f"{cur} did not start from {prev}'s {key}"
+    # what each stage froze is bit-identical in its export; what it trained moved
+    trainable = {"demo-stage1": {"ifa", "projector"}, "demo-stage1_5": {"ive", "ifa", "projector"},
+                 "demo-stage2": {"ive", "ifa", "projector", "llm"}, "demo-dpo": {"ive", "ifa", "projector", "llm"}}
+    for name in NAMES:
+        for module in ("ive", "ifa", "projector", "llm"):
+            keys = [k for k in exports[name] if k.startswith(module + ".")]
+            same = all(torch.equal(exports[name][k], start_weights[name][k]) for k in keys)
+            assert same != (module in trainable[name]), f"{name}: {module}"
+
+    # DPO scored its reference once, beside the pairs
+    assert len(list((tmp_path / "pairs").glob("reference_logps.*.jsonl"))) == 1
+    metrics = [json.loads(x) for x in (run_dir / "demo-dpo" / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 3 and {"reward_margin", "reward_accuracy"} <= metrics[0].keys()
+
+    # the export is a loadable Hugging Face checkpoint with its processor
+    model = MavorsForConditionalGeneration.from_pretrained(run_dir / "demo-dpo" / "export")
+    processor = MavorsProcessor.from_pretrained(run_dir / "demo-dpo" / "export")
+    batch = processor([[{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello."}]])
+    assert torch.isfinite(model(**batch).loss)
+
+    # rerun: every stage is skipped, nothing loads or trains
+    start_weights.clear()
+    assert [r["status"] for r in chain()] == ["skipped"] * 4 and not start_weights
+    rows = catalog.query("SELECT stage, steps, world_size FROM train_stages ORDER BY started_at")
+    assert [(r["stage"], r["steps"], r["world_size"]) for r in rows] == [(n, 3, 1) for n in NAMES]
