@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -59,6 +60,8 @@ def run_child(path: Path, threads: int, memory_limit: str, mode: str) -> None:
         cat.con.execute(f"SET threads = {threads}")
         cat.con.execute(f"SET memory_limit = '{memory_limit}'")
         t0 = time.perf_counter()
+        start = resource.getrusage(resource.RUSAGE_SELF)
+        cpu0 = start.ru_utime + start.ru_stime
         if mode == "policy":
             policy = DedupPolicy(name="bench", scorer="bench", seed=0, tasks={
                 "qa": TaskRule(rule="keep_k_lowest", k=2),
@@ -69,8 +72,9 @@ def run_child(path: Path, threads: int, memory_limit: str, mode: str) -> None:
                            "min(p.ppl) FROM samples s JOIN ppl_scores p USING (sample_id) GROUP BY g, s.task)")
             counts = {"groups": n}
         seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"seconds": seconds, "peak_rss": peak, "counts": counts}))
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    print(json.dumps({"seconds": seconds, "cpu_seconds": usage.ru_utime + usage.ru_stime - cpu0,
+                      "peak_rss": usage.ru_maxrss * 1024, "counts": counts}))
 
 
 def measure(path: Path, threads: int, memory_limit: str, mode: str) -> dict:
@@ -99,13 +103,15 @@ def main() -> None:
         pol = measure(db, args.threads, args.memory_limit, "policy")
     gib = 1024 ** 3
     print(f"rows={args.rows:,} groups={args.groups:,} threads={args.threads} memory_limit={args.memory_limit} "
-          f"(synthetic catalog built in {build_s:.1f} s)")
-    print(f"{'step':<34}{'seconds':>9}{'peak RSS GiB':>14}")
-    print(f"{'GROUP BY floor (baseline)':<34}{floor['seconds']:>9.1f}{floor['peak_rss'] / gib:>14.2f}")
-    print(f"{'dedup policy -> dedup_decisions':<34}{pol['seconds']:>9.1f}{pol['peak_rss'] / gib:>14.2f}")
+          f"(synthetic catalog built in {build_s:.1f} s; load average {os.getloadavg()[0]:.1f} on "
+          f"{os.cpu_count()} CPUs -- on a shared machine wall time > CPU time / threads)")
+    print(f"{'step':<34}{'wall s':>9}{'CPU s':>9}{'peak RSS GiB':>14}")
+    for name, r in (("GROUP BY floor (baseline)", floor), ("dedup policy -> dedup_decisions", pol)):
+        print(f"{name:<34}{r['seconds']:>9.1f}{r['cpu_seconds']:>9.1f}{r['peak_rss'] / gib:>14.2f}")
+    verdict = ("met" if pol["seconds"] < 30 and pol["peak_rss"] < 4 * gib else "NOT met") \
+        if args.rows >= 10_000_000 else f"not applicable at {args.rows:,} rows"
     print(f"policy / floor time: {pol['seconds'] / floor['seconds']:.1f}x   "
-          f"target: < 30 s and < 4 GiB at 10M rows -> "
-          f"{'met' if pol['seconds'] < 30 and pol['peak_rss'] < 4 * gib else 'NOT met'}")
+          f"target (< 30 s wall and < 4 GiB at 10M rows): {verdict}")
     print("decisions:", json.dumps(pol["counts"]))
 
 
