@@ -303,3 +303,36 @@ def test_vllm_backend_equals_transformers_in_float32(tiny_models, scored, tmp_pa
     for r in rows:
         assert r["n_hf"] == r["n_vl"], r
         assert r["vl"] == pytest.approx(r["hf"], rel=1e-4, abs=1e-5), r
+
+
+def test_interrupted_run_keeps_finished_batches_and_resumes(tiny_models, corpus, tmp_path, monkeypatch):
+    import curation.engines
+
+    calls = {"n": 0, "die_at": 2}
+
+    class DyingEngine:
+        """Scores everything as two tokens of log-prob -1, -2; dies on its second call (a killed worker)."""
+
+        def score(self, requests, score_roles=("assistant",)):
+            calls["n"] += 1
+            if calls["n"] == calls["die_at"]:
+                raise KeyboardInterrupt
+            return [PromptScore(r.request_id, [0, 1, 2], [math.nan, -1.0, -2.0], [False, True, True])
+                    for r in requests]
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(curation.engines, "load_engine", lambda config: DyingEngine())
+    config = scorer(tiny_models)  # rows_per_commit 4 = engine batch 4: one score call per committed unit
+    with make_catalog(tmp_path / "c.duckdb", corpus) as cat:
+        with pytest.raises(KeyboardInterrupt):
+            run_scoring(cat, config, use_ray=False)
+        assert cat.scalar("SELECT count(*) FROM ppl_scores") == 4  # the first unit, whole; none of the second
+        calls["die_at"] = -1
+        counts = run_scoring(cat, config, use_ray=False)
+        assert counts["scored"] == 3 and counts["pending"] == 3  # 7 scorable minus the 4 done; refusals remembered
+        assert cat.scalar("SELECT count(*) FROM ppl_scores") == cat.scalar(
+            "SELECT count(DISTINCT sample_id) FROM ppl_scores") == 7
+        assert cat.scalar("SELECT count(*) FROM quarantine") == 2
+        assert cat.scalar("SELECT min(mean_nll) FROM ppl_scores") == pytest.approx(1.5)
