@@ -36,6 +36,7 @@ from pydantic import Field
 from curation.catalog import Catalog
 from curation.config import ConfigModel, load_yaml
 from curation.engines import ChatRequest, EngineConfig, PromptScore
+from curation.settings import RaySettings
 
 # Bump when the LLaVA -> chat conversion changes: scores keyed by an older version are not reused.
 TEMPLATE_VERSION = "llava2chat-v1"
@@ -288,7 +289,7 @@ def _score_in_engine_batches(engine, requests: list[ChatRequest], config: Scorer
 
 def run_scoring(cat: Catalog, config: ScorerConfig, *, use_ray: bool = True, limit: int | None = None,
                 sample_ids: list[str] | None = None, run_id: str | None = None,
-                ray_settings=None) -> dict[str, int]:
+                ray_settings: RaySettings | None = None) -> dict[str, int]:
     """Score every pending sample and write the results batch by batch; returns counts.
 
     The checkpoint is checked before anything else (a missing scorer fails before any work starts).
@@ -316,7 +317,8 @@ def run_scoring(cat: Catalog, config: ScorerConfig, *, use_ray: bool = True, lim
     return counts
 
 
-def _run_batches(work: list[dict], config: ScorerConfig, use_ray: bool, ray_settings) -> Iterator[list[dict]]:
+def _run_batches(work: list[dict], config: ScorerConfig, use_ray: bool,
+                 ray_settings: RaySettings | None) -> Iterator[list[dict]]:
     """Yield lists of result rows, one per finished unit of ``rows_per_commit`` samples."""
     n = config.rows_per_commit
     if not use_ray:
