@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import math
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -32,8 +31,6 @@ from pydantic import Field, field_validator, model_validator
 from curation.catalog import Catalog
 from curation.config import ConfigModel, load_yaml
 from curation.transcode import TranscodeConfig
-
-log = logging.getLogger(__name__)
 
 Stage = Literal["1", "1.5", "2", "dpo"]
 STAGES: tuple[str, ...] = ("1", "1.5", "2", "dpo")
@@ -174,7 +171,7 @@ class EntryAvailability:
 
 @dataclass
 class Selection:
-    """What :func:`select_mixture` did."""
+    """What :func:`select_mixture` did; ``warnings`` are for the caller to show (CLI, flow log)."""
 
     mixture: str
     dedup_policy: str | None
@@ -256,8 +253,6 @@ def select_mixture(cat: Catalog, mixture: MixtureConfig, *, strict: bool = False
     without it that is an error.
     """
     policy, warnings = resolve_dedup_policy(cat, mixture.dedup_policy)
-    for w in warnings:
-        log.warning("mixture %s: %s", mixture.name, w)
     sha = mixture.selection_sha256(policy)
     existing = cat.query("SELECT config_sha256 FROM mixtures WHERE name = ?", [mixture.name])
     if existing and existing[0]["config_sha256"] == sha:
@@ -315,10 +310,8 @@ def select_mixture(cat: Catalog, mixture: MixtureConfig, *, strict: bool = False
             "manifest_path": str(manifest_path) if manifest_path else None, "seed": mixture.seed,
             "dedup_policy": policy, "run_id": run_id,
         }], con=con)
-    for e in entries:
-        if e.status != "ok":
-            log.warning("mixture %s stage %s: source %s is %s (requested %s, available %d)",
-                        mixture.name, e.stage, e.source, e.status, e.requested, e.available)
+    warnings += [f"stage {e.stage}: source {e.source} is {e.status} (requested {e.requested}, available "
+                 f"{e.available})" for e in entries if e.status != "ok"]
     return Selection(mixture.name, policy, entries, warnings)
 
 

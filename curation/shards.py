@@ -78,6 +78,15 @@ class ShardRecord:
         if not re.fullmatch(r"[A-Za-z0-9_-]{1,80}", self.key):
             raise ValueError(f"shard key {self.key!r}: use 1-80 characters of [A-Za-z0-9_-] (see sample_key)")
 
+    @classmethod
+    def from_sample(cls, sample: Mapping[str, Any]) -> ShardRecord:
+        """From a webdataset-style dict: ``__key__``, ``json`` (bytes, str or dict) and media members (bytes);
+        other ``__dunder__`` entries (``__url__``, ``__local_path__``) are reader metadata and dropped."""
+        meta = sample["json"]
+        meta = json.loads(meta) if isinstance(meta, (bytes, str)) else dict(meta)
+        files = [(k, v) for k, v in sample.items() if k != "json" and not k.startswith("__")]
+        return cls(sample["__key__"], meta, files)
+
     def json_bytes(self) -> bytes:
         return canonical_json(self.meta)
 

@@ -89,9 +89,10 @@ def _fill(cat, *, decisions: bool = True, heldout: bool = False):
             "group_size": 1, "rule": "keep_k_lowest", "kept": r["sample_id"] not in dropped,
             "reason": "above_k" if r["sample_id"] in dropped else "unique", "seed": 0, "grouping": "exact",
             "scorer": "s", "template_version": "t", "text_scope": "answer"} for r in rows])
-    if heldout:
-        cat.con.execute("CREATE TABLE heldout (sample_id TEXT, media_hash TEXT)")
-        cat.con.execute("INSERT INTO heldout VALUES ('A/007', NULL), (NULL, 'n4')")
+    if heldout:  # the eval area's table (schema 0007): A/007 itself, and another set's sample sharing B/004's media
+        cat.insert("heldout", [{"family": "image_qa", "sample_id": "A/007", "media_hash": "m7", "split": "h", "seed": 0},
+                               {"family": "image_caption", "sample_id": "X/000", "media_hash": "n4", "split": "h",
+                                "seed": 0}])
     return rows, dropped
 
 

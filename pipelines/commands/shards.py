@@ -22,11 +22,11 @@ def _select(cat, path: Path, strict: bool, replace: bool, run_id: str | None):
     mixture = load_mixture(path)
     selection = select_mixture(cat, mixture, strict=strict, replace=replace, manifest_path=path, run_id=run_id)
     for w in selection.warnings:
-        console.print(f"[yellow]warning:[/yellow] {w}")
+        console.print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)
     console.print(f"mixture {mixture.name}: {selection.n_selected} samples"
                   f"{' (already selected, reused)' if selection.reused else ''}; "
                   f"dedup policy: {selection.dedup_policy or 'none'}")
-    console.print(selection.table(), highlight=False)
+    console.print(selection.table(), highlight=False, soft_wrap=True)
     return mixture, selection
 
 
@@ -74,7 +74,7 @@ def build_cmd(mixture: Path = typer.Argument(..., help="Mixture YAML (manifests/
         q = ", ".join(f"{k}: {v}" for k, v in b.quarantined.items()) or "none"
         console.print(f"stage {b.stage}: {len(b.shards)} shards, {b.n_samples} samples -> {b.out_dir} "
                       f"(written {len(b.written)}, already complete {len(b.skipped)}, removed {len(b.removed)}; "
-                      f"quarantined: {q})", highlight=False)
+                      f"quarantined: {q})", highlight=False, soft_wrap=True)
 
 
 @shards_app.command("verify")
