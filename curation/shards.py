@@ -186,21 +186,21 @@ class _DurableFile:
             self._sync_q.put(True)
             self._unsynced = 0
 
-    def close(self) -> str:
-        """Finish hashing, fsync, close; returns the sha256 hex digest."""
+    def _stop_helpers(self) -> None:
         self._hash_q.put(None)
         self._sync_q.put(None)
         for t in self._threads:
             t.join()
+
+    def close(self) -> str:
+        """Finish hashing, fsync, close; returns the sha256 hex digest."""
+        self._stop_helpers()
         os.fsync(self.fd)
         os.close(self.fd)
         return self.sha.hexdigest()
 
     def abort(self) -> None:
-        self._hash_q.put(None)
-        self._sync_q.put(None)
-        for t in self._threads:
-            t.join()
+        self._stop_helpers()
         os.close(self.fd)
 
 
@@ -408,10 +408,11 @@ def build_shards(cat: Catalog, mixture: MixtureConfig, out_root: str | Path, *, 
     out_root = Path(out_root)
     cfg = mixture.transcode
     profile = cfg.profile_id()
-    _prepare_stage_media(cat, mixture.name, out_root / ".media" / profile, cfg, profile,
-                         parallel=parallel, ray_settings=ray_settings, run_id=run_id, batch=media_batch)
+    selected = [s for s in STAGES if s in mixture.stages and (stages is None or s in stages)]
+    _prepare_media(cat, mixture.name, selected, out_root / ".media" / profile, cfg, profile,
+                   parallel=parallel, ray_settings=ray_settings, run_id=run_id, batch=media_batch)
     builds = []
-    for stage in [s for s in STAGES if s in mixture.stages and (stages is None or s in stages)]:
+    for stage in selected:
         out_dir = stage_dir(out_root, mixture.name, stage)
         prefix = f"{mixture.name}-{stage_slug(stage)}"
         plan = _plan_stage(cat, mixture, stage, profile, out_dir, prefix)
@@ -420,16 +421,16 @@ def build_shards(cat: Catalog, mixture: MixtureConfig, out_root: str | Path, *, 
     return builds
 
 
-def _prepare_stage_media(cat: Catalog, mixture: str, cache_dir: Path, cfg: TranscodeConfig, profile: str, *,
-                         parallel: bool, ray_settings: RaySettings | None, run_id: str | None, batch: int) -> None:
-    """Transcode/check each media of the mixture's samples once; record results, quarantine failures."""
+def _prepare_media(cat: Catalog, mixture: str, stages: list[str], cache_dir: Path, cfg: TranscodeConfig, profile: str,
+                   *, parallel: bool, ray_settings: RaySettings | None, run_id: str | None, batch: int) -> None:
+    """Transcode/check each media of the stages' samples once; record results, quarantine failures."""
     todo = cat.query(
         """SELECT DISTINCT md.media_hash, md.kind, md.storage_path
            FROM mixture_members mm JOIN samples s USING (sample_id),
                 unnest(s.media_hashes) AS u(h) JOIN media md ON md.media_hash = u.h
-           WHERE mm.mixture = ?
+           WHERE mm.mixture = ? AND list_contains(?, mm.stage)
              AND NOT EXISTS (SELECT 1 FROM shard_media sm WHERE sm.media_hash = md.media_hash AND sm.profile = ?)
-           ORDER BY md.media_hash""", [mixture, profile])
+           ORDER BY md.media_hash""", [mixture, stages, profile])
     if not todo:
         return
     cache_dir.mkdir(parents=True, exist_ok=True)
