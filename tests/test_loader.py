@@ -149,14 +149,16 @@ def test_loader_with_the_mavors_processor(shard_root):
 
 
 def test_dpo_records_and_pairs_once(tmp_path):
-    """Preference records as the DPO area writes them (TRL prompt/chosen/rejected + media) through write_records."""
+    """Preference records as the DPO area writes them (curation/preference/records.py: TRL prompt/chosen/rejected,
+    media named by tar member) through write_records."""
     recs = []
     for i in range(5):
         recs.append(ShardRecord(f"pair{i}", {
             "prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": f"Describe {i}"}]}],
             "chosen": [{"role": "assistant", "content": [{"type": "text", "text": f"A long answer {i}."}]}],
             "rejected": [{"role": "assistant", "content": [{"type": "text", "text": "No."}]}],
-            "images": ["image0.png"], "videos": [], "meta": {"pair_id": f"set/s{i}/0"}}, [("image0.png", _png(i))]))
+            "images": [f"pair{i}.image0.png"], "videos": [], "meta": {"pair_id": f"set/s{i}/0"}},
+            [("image0.png", _png(i))]))
     write_records(recs, tmp_path / "pairs", prefix="pairs", max_samples=2, max_bytes=1 << 20)
     loader = build_loader(tmp_path / "pairs", ByteProcessor(), micro_size=2, dpo=True, shuffle_buffer=1,
                           max_epochs=1)

@@ -175,9 +175,13 @@ def _trl_conversation(prompt: list[dict], answer: list[dict]) -> list[dict]:
     return turns
 
 
-def _trl_media(record: dict, raw: dict[str, bytes]) -> list[bytes]:
-    """The record's media bytes in the order their placeholders appear in the prompt."""
-    queues = {"image": deque(record.get("images", [])), "video": deque(record.get("videos", []))}
+def _trl_media(record: dict, raw: dict[str, Any]) -> list[bytes]:
+    """The record's media bytes in the order their placeholders appear in the prompt.
+
+    ``images``/``videos`` name tar members (``<key>.image0.jpg``, as the DPO area writes them)
+    or their suffixes (``image0.jpg``); webdataset keys a sample's members by suffix."""
+    prefix = raw["__key__"] + "."
+    queues = {kind: deque(m.removeprefix(prefix) for m in record.get(f"{kind}s", [])) for kind in ("image", "video")}
     media = []
     for message in record["prompt"]:
         for p in message["content"] if isinstance(message["content"], list) else []:
