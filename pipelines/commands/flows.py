@@ -89,13 +89,14 @@ def params_cmd(name: str = typer.Argument(..., help=f"One of: {', '.join(FLOWS)}
     console.print(yaml.safe_dump(model().model_dump(mode="json"), sort_keys=False), highlight=False)
 
 
-def demo_cmd(
-    work_dir: Path = typer.Option(Path("mavors-work"), "--work-dir", help="Where everything is written."),
-    seed: int = typer.Option(0, help="Seed of the demo corpus and the tiny models."),
-) -> None:
-    """The whole platform on generated demo media and tiny random models, in a few minutes on 2 cores."""
+def demo_cmd(seed: int = typer.Option(0, help="Seed of the demo corpus and the tiny models.")) -> None:
+    """The whole platform on generated demo media and tiny random models under ./mavors-work, in minutes on 2 cores.
+
+    Always ./mavors-work: the shipped demo engine configs name the tiny models as mavors-work/models/...
+    """
     from pipelines.flows import configure_prefect
 
+    work_dir = Path("mavors-work")
     configure_prefect(work_dir)
     from pipelines.flows.end_to_end import demo
 
@@ -109,8 +110,11 @@ def deploy_cmd(
     work_dir: Optional[Path] = typer.Option(None, "--work-dir", help="Work dir the deployed flows use."),
     only: Optional[list[str]] = typer.Option(None, "--only", help="Deployment name (repeatable)."),
     interval: Optional[float] = typer.Option(None, "--interval", help="Seconds; replaces the cron schedules."),
+    work_pool: Optional[str] = typer.Option(None, "--work-pool",
+                                            help="Work pool whose workers run the flows (infra/prefect/); "
+                                                 "without one, `mavors serve` must run them."),
 ) -> None:
-    """Register the scheduled deployments on the Prefect server at PREFECT_API_URL (workers run them)."""
+    """Register the scheduled deployments on the Prefect server at PREFECT_API_URL."""
     if not os.environ.get("PREFECT_API_URL"):
         raise RuntimeError("PREFECT_API_URL is not set: start a server (`prefect server start --host 127.0.0.1`) "
                            "and export PREFECT_API_URL=http://127.0.0.1:4200/api, or use `mavors serve`")
@@ -122,7 +126,7 @@ def deploy_cmd(
     config = os.environ.get("MAVORS_CONFIG")
     for d in build_deployments(config=Path(config) if config else None, work_dir=work_dir, only=only,
                                interval_s=interval):
-        deployment_id = d.apply()
+        deployment_id = d.apply(work_pool_name=work_pool)
         console.print(f"registered {d.flow_name}/{d.name} ({deployment_id})")
 
 

@@ -22,7 +22,9 @@ import hashlib
 import json
 import os
 import signal
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -38,7 +40,7 @@ from curation.config import ConfigModel
 from curation.settings import Settings, load_settings
 
 FAULT_ENV = "MAVORS_FAULT_AT"
-"""``<step>``, ``<step>:<seconds>`` or ``<step>#<n>``: SIGKILL this process (group) during that step (crash tests)."""
+"""``<step>``, ``<step>:<seconds>`` or ``<step>#<commits>``: SIGKILL this process (group) during that step."""
 
 # Exception types worth retrying: the cause is outside the inputs (a lost worker, a busy lock,
 # a flaky filesystem or network). Everything else (bad config, bad data) fails at once.
@@ -222,7 +224,8 @@ def step(name: str, *, retries: int = 2, backoff_s: float = 2.0,
     def wrap(fn: Callable[..., Any]) -> Any:
         @functools.wraps(fn)
         def body(*args: Any, **kwargs: Any) -> Any:
-            with fault_point(name):
+            run = args[0] if args else kwargs.get("run")
+            with fault_point(name, run.settings.catalog if isinstance(run, RunContext) else None):
                 return fn(*args, **kwargs)
 
         return task(
@@ -249,54 +252,57 @@ def write_run_report(run: RunContext, run_id: str, upstream: Any) -> str:
 def _kill_now(step_name: str) -> None:
     """SIGKILL this process, and its process group when it leads one (trainer subprocesses die with it,
     as they would when a machine goes down)."""
-    get_run_logger().warning("fault injection: SIGKILL during step %s", step_name)
-    for handler in __import__("logging").getLogger().handlers:
-        with contextlib.suppress(Exception):
-            handler.flush()
+    message = f"fault injection: SIGKILL during step {step_name}"
+    with contextlib.suppress(Exception):  # a watcher thread has no Prefect run context
+        get_run_logger().warning(message)
+    print(message, file=sys.stderr, flush=True)  # the log handlers may not flush before the kill
     if os.getpgid(0) == os.getpid():
         os.killpg(os.getpid(), signal.SIGKILL)
     os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _fault_spec() -> tuple[str, str, str]:
-    """(step, seconds, units) of ``MAVORS_FAULT_AT``; empty strings where not given."""
+    """(step, seconds, commits) of ``MAVORS_FAULT_AT``; empty strings where not given."""
     spec = os.environ.get(FAULT_ENV, "")
-    target, _, units = spec.partition("#")
+    target, _, commits = spec.partition("#")
     target, _, delay = target.partition(":")
-    return target, delay, units
+    return target, delay, commits
 
 
-_fault_ticks: dict[str, int] = {}
+def _watch_commits(catalog: Path, n: int, step_name: str) -> None:
+    """SIGKILL once the catalog file or its write-ahead log changed ``n`` times (n commits of the step's
+    units of work, observed from outside the library: no hook in library code)."""
+    files = [catalog, catalog.with_name(catalog.name + ".wal")]
 
+    def state() -> tuple:
+        return tuple((f.stat().st_size, f.stat().st_mtime_ns) if f.exists() else None for f in files)
 
-def fault_tick(step_name: str) -> None:
-    """A unit of the step's work was committed (a shard recorded, a batch written). With
-    ``MAVORS_FAULT_AT=<step>#<n>``, SIGKILL after the n-th unit: a crash in the middle of the step."""
-    target, _, units = _fault_spec()
-    if target != step_name or not units:
-        return
-    _fault_ticks[step_name] = _fault_ticks.get(step_name, 0) + 1
-    if _fault_ticks[step_name] >= int(units):
-        _kill_now(step_name)
+    last, seen = state(), 0
+    while True:
+        time.sleep(0.01)
+        now = state()
+        if now != last:
+            last, seen = now, seen + 1
+            if seen >= n:
+                _kill_now(step_name)
 
 
 @contextlib.contextmanager
-def fault_point(step_name: str) -> Iterator[None]:
-    """Honour ``MAVORS_FAULT_AT`` for this step.
+def fault_point(step_name: str, catalog: Path | None = None) -> Iterator[None]:
+    """Honour ``MAVORS_FAULT_AT`` for this step (crash tests).
 
-    ``<step>:<seconds>``: SIGKILL that long after the step starts (mid-step). ``<step>#<n>``: after the
-    n-th committed unit (:func:`fault_tick`). In every form, if the step's library call returns
-    first: SIGKILL then, before Prefect records the step as completed (work committed, flow not told).
+    ``<step>:<seconds>``: SIGKILL that long after the step started. ``<step>#<n>``: SIGKILL after the
+    step's n-th catalog commit (mid-step, some units of work committed). In every form, if the step's
+    library call returns first: SIGKILL then, before Prefect records the step as completed.
     """
-    target, delay, _ = _fault_spec()
+    target, delay, commits = _fault_spec()
     if target != step_name:
         yield
         return
-    timer = None
     if delay:
-        timer = threading.Timer(float(delay), _kill_now, args=(step_name,))
-        timer.daemon = True
-        timer.start()
+        threading.Thread(target=lambda: (time.sleep(float(delay)), _kill_now(step_name)), daemon=True).start()
+    if commits and catalog is not None:
+        threading.Thread(target=_watch_commits, args=(catalog, int(commits), step_name), daemon=True).start()
     yield
     _kill_now(step_name)
 

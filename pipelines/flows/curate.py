@@ -15,7 +15,7 @@ from prefect import flow, get_run_logger
 from pydantic import Field
 
 from curation.catalog import REPO_ROOT
-from pipelines.flows.common import (FlowParams, RunContext, fault_tick, publish_table, recorded_run, step,
+from pipelines.flows.common import (FlowParams, RunContext, publish_table, recorded_run, step,
                                     write_run_report)
 
 MANIFESTS = REPO_ROOT / "manifests"
@@ -142,7 +142,7 @@ def build_shards(run: RunContext, mixture: Path, upstream: Any) -> list[dict[str
     config = load_mixture(mixture)
     with run.catalog() as cat:
         builds = build(cat, config, run.dir("shards"), parallel=run.use_ray, ray_settings=run.settings.ray,
-                       run_id=run.run_id, on_shard=lambda info: fault_tick("shards"))
+                       run_id=run.run_id)
     return [{"mixture": config.name, "stage": b.stage, "shards": len(b.shards), "samples": b.n_samples,
              "written": len(b.written), "skipped": len(b.skipped), "removed": len(b.removed),
              "quarantined": sum(b.quarantined.values()), "dir": str(b.out_dir)} for b in builds]

@@ -81,7 +81,16 @@ def demo(work_dir: Path, seed: int = 0) -> dict[str, Any]:
         make_tiny(work_dir / "models", seed=seed)
     timings.append({"step": "make-tiny", "seconds": round(time.monotonic() - started, 1)})
     summary = end_to_end(EndToEndParams(work_dir=work_dir))
-    summary["tables"] = {"Wall time per step": timings + step_timings(summary["run_id"])}
+    curated = summary["curate"]
+    summary["tables"] = {
+        "Ingest per source": curated["ingest"],
+        "Shards per stage": [{k: r[k] for k in ("mixture", "stage", "shards", "samples")} for r in curated["shards"]],
+        "Training stages": [{"stage": s["stage"], "steps": s["steps"], "final loss": s["final_loss"],
+                             "export": s["export"]} for s in summary["stages"]],
+        "DPO pairs": [{"domain": d, "reason": r, "inputs": n} for d, reasons in sorted(summary["dpo"]["counts"].items())
+                      for r, n in sorted(reasons.items())],
+        "Wall time per step": timings + step_timings(summary["run_id"]),
+    }
     return summary
 
 

@@ -59,6 +59,8 @@ def demo_workspace(tmp_path_factory, demo_corpus, tiny_models) -> Path:
 @pytest.fixture(scope="session")
 def reference(prefect_api, demo_workspace, tmp_path_factory):
     """The uninterrupted end-to-end run: (workspace, flow summary, catalog snapshot, file checksums)."""
+    from flows_helpers import catalog_snapshot, copy_workspace, file_checksums
+
     from pipelines.flows.end_to_end import EndToEndParams, end_to_end
 
     ws = copy_workspace(demo_workspace, tmp_path_factory.mktemp("reference") / "ws")

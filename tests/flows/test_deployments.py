@@ -16,6 +16,7 @@ import sys
 import time
 
 import duckdb
+import pytest
 import yaml
 
 from flows_helpers import copy_workspace
@@ -37,6 +38,8 @@ def test_deployments_are_scheduled_and_typed():
     assert [s.schedule.interval.total_seconds() for s in quick[0].schedules] == [60]
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_served_deployment_runs_into_the_catalog(reference, tmp_path):
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
