@@ -42,11 +42,16 @@ QUARANTINE_REASONS = {"undecodable_video", "missing_media"}
 
 
 # -- checkpoint and pair-set identity ---------------------------------------------------------------
+# The trainer's run record beside an export (wall-clock times, resume step): not part of the policy.
+RUN_RECORDS = {"stage.json"}
+
+
 def checkpoint_sha256(path: str | Path) -> str:
-    """Content hash of a checkpoint directory: every file's relative name and bytes, in sorted order."""
+    """Content hash of a checkpoint directory: every file's relative name and bytes, in sorted order,
+    except run records, so the same weights trained twice (or resumed after a crash) are one policy."""
     root = Path(path)
     h = hashlib.sha256()
-    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+    for f in sorted(p for p in root.rglob("*") if p.is_file() and p.name not in RUN_RECORDS):
         h.update(f.relative_to(root).as_posix().encode() + b"\0")
         with f.open("rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
