@@ -406,7 +406,7 @@ def build_shards(cat: Catalog, mixture: MixtureConfig, out_root: str | Path, *, 
     if not cat.scalar("SELECT count(*) FROM mixtures WHERE name = ?", [mixture.name]):
         raise ValueError(f"mixture {mixture.name!r} is not selected in {cat.path}; select it first")
     out_root = Path(out_root)
-    cfg = mixture.transcode
+    cfg = mixture.transcode.resolved()  # fps/GOP from the model config, once, in the driver
     profile = cfg.profile_id()
     selected = [s for s in STAGES if s in mixture.stages and (stages is None or s in stages)]
     _prepare_media(cat, mixture.name, selected, out_root / ".media" / profile, cfg, profile,
@@ -416,21 +416,23 @@ def build_shards(cat: Catalog, mixture: MixtureConfig, out_root: str | Path, *, 
         out_dir = stage_dir(out_root, mixture.name, stage)
         prefix = f"{mixture.name}-{stage_slug(stage)}"
         plan = _plan_stage(cat, mixture, stage, profile, out_dir, prefix)
-        builds.append(_write_stage(cat, mixture, stage, out_dir, plan, parallel=parallel,
+        builds.append(_write_stage(cat, mixture, stage, out_dir, plan, cfg, parallel=parallel,
                                    ray_settings=ray_settings, run_id=run_id, on_shard=on_shard))
     return builds
 
 
 def _prepare_media(cat: Catalog, mixture: str, stages: list[str], cache_dir: Path, cfg: TranscodeConfig, profile: str,
                    *, parallel: bool, ray_settings: RaySettings | None, run_id: str | None, batch: int) -> None:
-    """Transcode/check each media of the stages' samples once; record results, quarantine failures."""
-    todo = cat.query(
-        """SELECT DISTINCT md.media_hash, md.kind, md.storage_path
+    """Transcode/check each media of the stages' samples once (again if its cached file is gone);
+    record results, quarantine failures."""
+    rows = cat.query(
+        """SELECT DISTINCT md.media_hash, md.kind, md.storage_path, sm.path AS prepared
            FROM mixture_members mm JOIN samples s USING (sample_id),
                 unnest(s.media_hashes) AS u(h) JOIN media md ON md.media_hash = u.h
+                LEFT JOIN shard_media sm ON sm.media_hash = md.media_hash AND sm.profile = ?
            WHERE mm.mixture = ? AND list_contains(?, mm.stage)
-             AND NOT EXISTS (SELECT 1 FROM shard_media sm WHERE sm.media_hash = md.media_hash AND sm.profile = ?)
-           ORDER BY md.media_hash""", [mixture, stages, profile])
+           ORDER BY md.media_hash""", [profile, mixture, stages])
+    todo = [r for r in rows if r["prepared"] is None or not os.path.exists(r["prepared"])]
     if not todo:
         return
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -518,8 +520,8 @@ def _plan_stage(cat: Catalog, mixture: MixtureConfig, stage: str, profile: str, 
     return plan
 
 
-def _write_stage(cat: Catalog, mixture: MixtureConfig, stage: str, out_dir: Path, plan: list[_PlannedShard], *,
-                 parallel: bool, ray_settings: RaySettings | None, run_id: str | None,
+def _write_stage(cat: Catalog, mixture: MixtureConfig, stage: str, out_dir: Path, plan: list[_PlannedShard],
+                 cfg: TranscodeConfig, *, parallel: bool, ray_settings: RaySettings | None, run_id: str | None,
                  on_shard: Callable[[ShardInfo], None] | None) -> StageBuild:
     out_dir.mkdir(parents=True, exist_ok=True)
     removed = [p.name for p in clean_partials(out_dir)]
@@ -550,7 +552,7 @@ def _write_stage(cat: Catalog, mixture: MixtureConfig, stage: str, out_dir: Path
     run_tasks(write_shard, jobs, parallel=parallel, ray_settings=ray_settings, on_result=record)
     shards = [infos[p.path.name] for p in plan]
     write_index(out_dir, shards, mixture=mixture.name, stage=stage, seed=mixture.seed,
-                transcode_profile=mixture.transcode.profile_id(), fps=mixture.transcode.fps)
+                transcode_profile=cfg.profile_id(), fps=cfg.fps, gop=cfg.gop)
     quarantined = {r["reason"]: r["n"] for r in cat.query(
         """SELECT q.reason, count(DISTINCT mm.sample_id) AS n FROM mixture_members mm JOIN samples s USING (sample_id)
            JOIN quarantine q ON q.source = s.source AND q.item = s.item
