@@ -63,6 +63,9 @@ def evaluate_export(cat: Catalog, checkpoint: str | Path, stage: str, run_id: st
     if not tasks:
         raise RuntimeError(f"{cat.path}: no held-out samples; run `mavors eval split` before sampling mixtures")
     lm = MavorsLmms(pretrained=str(checkpoint), mark_truncated=True)
+    all_docs = [d for f in FAMILIES for d in docs[f]]
+    # before lmms-eval runs: its clean-up deletes the model's nn.Module attributes when it is done
+    loss, _ = heldout_loss(lm.model, lm.processor, all_docs)
     out = simple_evaluate(model=lm, tasks=tasks, task_manager=_task_manager(str(task_dir)), limit=limit)
     rows = []
     for task in tasks:
@@ -73,8 +76,6 @@ def evaluate_export(cat: Catalog, checkpoint: str | Path, stage: str, run_id: st
                 continue
             rows.append({"run_id": run_id, "stage": stage, "checkpoint": str(checkpoint), "task": task,
                          "metric": metric, "value": float(value), "samples": n})
-    all_docs = [d for f in FAMILIES for d in docs[f]]
-    loss, n_tokens = heldout_loss(lm.model, lm.processor, all_docs)
     rows.append({"run_id": run_id, "stage": stage, "checkpoint": str(checkpoint), "task": "heldout",
                  "metric": "loss", "value": loss, "samples": len(all_docs)})
     with cat.transaction() as con:
