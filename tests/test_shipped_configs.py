@@ -1,0 +1,50 @@
+"""Every YAML the project ships loads against its config model (litgpt's test_config_hub idea).
+
+A new folder under manifests/ must be added to LOADERS, so no shipped file goes unchecked.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _loaders():
+    from curation.captions import load_roster
+    from curation.config import load_yaml
+    from curation.dedup import load_policy
+    from curation.engines.config import load_engine_config
+    from curation.mixtures import load_mixture
+    from curation.perplexity import load_scorer_config
+    from curation.preference.config import DpoConfig
+    from curation.settings import Settings
+    from curation.sources import load_manifest
+    from trainers.spec import load_stage
+
+    return {
+        "manifests/sources": load_manifest,
+        "manifests/engines": load_engine_config,
+        "manifests/captioners": load_roster,
+        "manifests/dedup": load_policy,
+        "manifests/dedup/scorers": load_scorer_config,
+        "manifests/mixtures": load_mixture,
+        "manifests/stages": load_stage,
+        "manifests/dpo": lambda p: load_yaml(p, DpoConfig),
+        "infra/settings": lambda p: load_yaml(p, Settings),
+    }
+
+
+# lmms-eval task templates use lmms-eval's own YAML tags; tests/eval renders and runs them.
+NOT_OURS = {"manifests/eval/tasks"}
+SHIPPED = sorted(p for p in [*ROOT.glob("manifests/**/*.yaml"), *ROOT.glob("infra/settings/*.yaml")]
+                 if str(p.parent.relative_to(ROOT)) not in NOT_OURS)
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(ROOT)))
+def test_shipped_yaml_loads(path):
+    folder = str(path.parent.relative_to(ROOT))
+    loaders = _loaders()
+    assert folder in loaders, f"{path}: no config model registered for {folder}/ in tests/test_shipped_configs.py"
+    loaders[folder](path)
