@@ -183,6 +183,11 @@ class Selection:
     def n_selected(self) -> int:
         return sum(e.selected for e in self.entries)
 
+    def shortfalls(self) -> list[str]:
+        """One line per entry that is absent from the catalog or short of its count."""
+        return [f"stage {e.stage}: source {e.source} is {e.status} (requested {e.requested}, available "
+                f"{e.available})" for e in self.entries if e.status != "ok"]
+
     def table(self) -> str:
         """The requested-vs-available table, one line per entry."""
         head = f"{'stage':<6} {'source':<28} {'tasks':<14} {'requested':>12} {'available':>10} {'selected':>9}  status"
@@ -310,8 +315,6 @@ def select_mixture(cat: Catalog, mixture: MixtureConfig, *, strict: bool = False
             "manifest_path": str(manifest_path) if manifest_path else None, "seed": mixture.seed,
             "dedup_policy": policy, "run_id": run_id,
         }], con=con)
-    warnings += [f"stage {e.stage}: source {e.source} is {e.status} (requested {e.requested}, available "
-                 f"{e.available})" for e in entries if e.status != "ok"]
     return Selection(mixture.name, policy, entries, warnings)
 
 

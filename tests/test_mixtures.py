@@ -122,6 +122,7 @@ def test_selection_matches_independent_draw(catalog):
     assert table == {("2", "A"): (len(eligible_a), 5, "ok"), ("2", "B"): (8, 4, "ok"), ("2", "C"): (0, 0, "absent"),
                      ("dpo", "A"): (len(eligible_a), len(eligible_a), "ok")}
     assert "absent" in sel.table() and sel.dedup_policy == "paper"
+    assert sel.shortfalls() == ["stage 2: source C is absent (requested 3, available 0)"]
     # Every member traces back to the dedup decision that admitted it.
     refs = catalog.query("SELECT DISTINCT dedup_policy, dedup_reason FROM mixture_members")
     assert refs == [{"dedup_policy": "paper", "dedup_reason": "unique"}]

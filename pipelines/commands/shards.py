@@ -27,6 +27,9 @@ def _select(cat, path: Path, strict: bool, replace: bool, run_id: str | None):
                   f"{' (already selected, reused)' if selection.reused else ''}; "
                   f"dedup policy: {selection.dedup_policy or 'none'}")
     console.print(selection.table(), highlight=False, soft_wrap=True)
+    if selection.shortfalls():
+        console.print(f"[yellow]warning:[/yellow] {len(selection.shortfalls())} of {len(selection.entries)} entries "
+                      "are absent or short (see status); --strict makes that an error", highlight=False)
     return mixture, selection
 
 
