@@ -49,3 +49,22 @@ def test_ray_cluster_yaml_passes_rays_validator():
     assert config["head_node_type"] == "head"
     assert {"head", "gpu", "cpu"} <= set(config["available_node_types"])
     assert config["available_node_types"]["head"]["resources"] == {"CPU": 0}
+
+
+def test_prefect_yaml_deployments_point_at_real_flows_with_valid_parameters():
+    from prefect.client.schemas.schedules import CronSchedule
+    from prefect.flows import load_flow_from_entrypoint
+
+    spec = yaml.safe_load((ROOT / "infra" / "prefect" / "prefect.yaml").read_text())
+    names = {d["name"] for d in spec["deployments"]}
+    from pipelines.deployments import DEPLOYMENTS, SCHEDULES
+
+    assert names == set(DEPLOYMENTS)  # the same deployments `mavors deploy` registers
+    for dep in spec["deployments"]:
+        path, _, func = dep["entrypoint"].partition(":")
+        flow = load_flow_from_entrypoint(str(ROOT / path) + ":" + func)
+        flow.validate_parameters(dep["parameters"])  # raises on a parameter the flow does not take
+        for schedule in dep["schedules"]:
+            CronSchedule(**schedule)  # Prefect's own validation of cron and timezone
+        assert dep["schedules"][0]["cron"] == SCHEDULES[dep["name"]]
+        assert dep["work_pool"]["name"] == "gpu-pool"

@@ -11,8 +11,8 @@ console = Console()
 
 
 def report_path(work_dir: Path, run_id: str) -> Path:
-    """Where a run's report lives: ``<work_dir>/reports/<run_id>/report.html`` (flows link this path)."""
-    return work_dir / "reports" / run_id / "report.html"
+    """Where a run's report lives: ``<work_dir>/reports/<run_id>.html`` (the flows write it there too)."""
+    return work_dir / "reports" / f"{run_id}.html"
 
 
 def report_cmd(run_id: str = typer.Argument(..., help="A run id from the catalog's runs table, or 'latest'."),
