@@ -77,8 +77,8 @@ def plan_chain(names: list[str], stages_dir: Path, run_dir: Path, work_dir: Path
         path = stage_file(stages_dir, name)
         spec = with_data(load_stage(path), data_overrides.get(name), str(path))
         check_world_size(spec, world, str(path))
-        check_data(spec, work_dir, str(path))
         check_init(spec, run_dir, work_dir, str(path), tuple(earlier))
+        check_data(spec, work_dir, str(path))
         finished = export_dir(run_dir, spec.name)
         if is_exported(finished) and read_stage_record(finished).get("spec_digest") != spec.digest():
             raise ConfigError(f"{path}: stage {spec.name!r} in {run_dir} was exported from a different spec; "

@@ -40,21 +40,13 @@ def flops_per_token(model: torch.nn.Module, spec, seq_len: int) -> float:
     return total
 
 
-def reduce_mean(values: list[float]) -> list[float]:
-    """Mean of each value over ranks (identity in a single process)."""
+def all_reduce(values: list[float], mean: bool) -> list[float]:
+    """Sum (or mean) of each value over ranks; identity in a single process."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return values
     t = torch.tensor(values, dtype=torch.float64)
     dist.all_reduce(t)
-    return (t / dist.get_world_size()).tolist()
-
-
-def reduce_sum(values: list[float]) -> list[float]:
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return values
-    t = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(t)
-    return t.tolist()
+    return (t / dist.get_world_size() if mean else t).tolist()
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -86,9 +78,9 @@ class MetricsLogger:
     def on_step(self, step: int, stats: dict) -> None:
         now = time.perf_counter()
         elapsed, self.last = now - self.last, now
-        loss, *extra = reduce_mean([stats["loss"]] + [stats[k] for k in ("reward_margin", "reward_accuracy")
-                                                       if k in stats])
-        samples, tokens = reduce_sum([stats["samples"], stats["tokens"]])
+        loss, *extra = all_reduce([stats["loss"]] + [stats[k] for k in ("reward_margin", "reward_accuracy")
+                                                      if k in stats], mean=True)
+        samples, tokens = all_reduce([stats["samples"], stats["tokens"]], mean=False)
         if self.rank != 0 or step % self.module.spec.log_every:
             return
         record = {"step": step, "loss": loss, "lr": stats["lr"], "grad_norm": stats["grad_norm"],

@@ -5,19 +5,12 @@ relaunched run resumes from the step-k checkpoint and the loss sequence is ident
 """
 from __future__ import annotations
 
-import socket
-
 import pytest
 import yaml
 
 from trainers.launch import Launch, deepspeed_command, run_launched, world_size
 from trainers.metrics import read_metrics
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from trainers.stage import free_port
 
 
 def test_two_process_kill_and_resume(tiny_work, tmp_path):
@@ -36,7 +29,7 @@ def test_two_process_kill_and_resume(tiny_work, tmp_path):
     hostfile.write_text("localhost slots=2\n")
 
     def launch(run: str, *stage_args: str) -> None:
-        plan = Launch(hostfile=hostfile, master_port=_port())
+        plan = Launch(hostfile=hostfile, master_port=free_port())
         assert world_size(plan) == 2
         cmd = deepspeed_command(spec_path, tmp_path / run, tiny_work, plan, stage_args)
         run_launched(cmd, tmp_path / f"{run}.log")

@@ -86,3 +86,15 @@ def test_world_size_must_divide_batch(tmp_path):
 def test_unknown_stage_name_lists_known(tmp_path):
     with pytest.raises(ConfigError, match="known stages: .*stage1"):
         plan_chain(["stage7"], STAGES_DIR, tmp_path / "run", tmp_path, Launch())
+
+
+def test_missing_shards_fail_before_training(tmp_path):
+    """demo-stage1 reads the demo-stage1 mixture's shards; none were built in this work dir."""
+    (tmp_path / "models").mkdir()
+    for name in ("siglip", "qwen2"):
+        (tmp_path / "models" / name).mkdir()
+        (tmp_path / "models" / name / "config.json").write_text("{}")
+    with pytest.raises(ConfigError) as err:
+        plan_chain(["demo-stage1"], STAGES_DIR, tmp_path / "run", tmp_path, Launch())
+    msg = str(err.value)
+    assert "demo-stage1.yaml" in msg and "'data.mixture'" in msg and "shards build" in msg
