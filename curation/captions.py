@@ -93,7 +93,8 @@ class GateConfig(ConfigModel):
 
 class CaptionerConfig(ConfigModel):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    """Identity of the model in the ``captions`` key. Rename it when the weights change."""
+    """Identity of the model in the ``captions`` key. Rename it when the weights or the media preparation
+    (``engine.video_frames``) change: neither is part of the key, so old captions would be reused."""
     engine: EngineConfig
     """Backend and checkpoint (``engine.modalities`` must include the media kinds below)."""
     media: list[Kind] = ["image", "video"]

@@ -110,15 +110,13 @@ class MavorsEngine:
     def _generate_vllm(self, requests, samples, params) -> list[GenerationResult]:
         import vllm
 
+        from curation.engines.vllm_engine import completions, vllm_sampling
+
         _, inputs = self._embed(samples, "right")
         prompts = [{"prompt_embeds": row["prompt_embeds"].float().cpu()} for row in inputs.unpadded()]
-        sampling = vllm.SamplingParams(n=params.n, temperature=params.temperature, top_p=params.top_p,
-                                       max_tokens=params.max_tokens, seed=params.seed, stop=list(params.stop) or None)
-        outs = self.llm.generate(prompts, sampling, use_tqdm=False)
-        return [GenerationResult(r.request_id, [
-            decode_completion(self.tokenizer, list(c.token_ids),
-                              c.finish_reason == "stop" and not isinstance(c.stop_reason, str), params.stop)
-            for c in out.outputs], len(p["prompt_embeds"])) for r, out, p in zip(requests, outs, prompts)]
+        outs = self.llm.generate(prompts, vllm_sampling(vllm, params), use_tqdm=False)
+        return [GenerationResult(r.request_id, completions(self.tokenizer, out, params), len(p["prompt_embeds"]))
+                for r, out, p in zip(requests, outs, prompts)]
 
     def _generate_hf(self, requests, samples, params) -> list[GenerationResult]:
         batch, inputs = self._embed(samples, "left")
@@ -157,11 +155,13 @@ class MavorsEngine:
             if self.llm is not None:
                 import vllm
 
+                from curation.engines.vllm_engine import prompt_logprobs
+
                 out = self.llm.generate([{"prompt_embeds": row["prompt_embeds"].float().cpu(), "prompt_token_ids": ids,
                                           "prompt_is_token_ids": row["is_token"].tolist()}],
                                         vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0),
                                         use_tqdm=False)[0]
-                logprobs = [math.nan] + [e[t].logprob for t, e in zip(ids[1:], out.prompt_logprobs[1:])]
+                logprobs = prompt_logprobs(ids, out)
             else:
                 logits = self.model.llm(inputs_embeds=inputs.inputs_embeds).logits[0].float()  # (L, V)
                 picked = torch.log_softmax(logits[:-1], -1).gather(-1, torch.tensor(ids[1:])[:, None])[:, 0]

@@ -19,7 +19,30 @@ from typing import Any
 
 from curation.engines.chat import RenderedChat, decode_completion, load_image, load_video, render, scored_mask
 from curation.engines.config import EngineConfig
-from curation.engines.types import ChatRequest, GenerationResult, PromptScore, SamplingParams
+from curation.engines.types import ChatRequest, Completion, GenerationResult, PromptScore, SamplingParams
+
+
+def vllm_sampling(vllm: Any, params: SamplingParams) -> Any:
+    """Our sampling parameters as ``vllm.SamplingParams`` (``n`` samples from one request)."""
+    return vllm.SamplingParams(n=params.n, temperature=params.temperature, top_p=params.top_p,
+                               max_tokens=params.max_tokens, seed=params.seed, stop=list(params.stop) or None)
+
+
+def completions(tokenizer: Any, output: Any, params: SamplingParams) -> list[Completion]:
+    """The completions of one ``RequestOutput``, decoded as the transformers backend decodes.
+
+    vLLM's incremental detokenizer holds back a trailing partial UTF-8 character, so the text is
+    decoded here from the ids. ``stop_reason``: None for EOS, a token id for stop tokens, the string
+    for stop strings.
+    """
+    return [decode_completion(tokenizer, list(c.token_ids),
+                              c.finish_reason == "stop" and not isinstance(c.stop_reason, str), params.stop)
+            for c in output.outputs]
+
+
+def prompt_logprobs(ids: list[int], output: Any) -> list[float]:
+    """``log p(ids[i] | ids[:i])`` from a ``prompt_logprobs=0`` output; NaN for the first token."""
+    return [math.nan] + [entry[tid].logprob for tid, entry in zip(ids[1:], output.prompt_logprobs[1:])]
 
 
 class VllmEngine:
@@ -77,20 +100,9 @@ class VllmEngine:
 
     def generate(self, requests: list[ChatRequest], params: SamplingParams) -> list[GenerationResult]:
         chats = [self._render(r, add_generation_prompt=True) for r in requests]
-        sampling = self._vllm.SamplingParams(
-            n=params.n, temperature=params.temperature, top_p=params.top_p, max_tokens=params.max_tokens,
-            seed=params.seed, stop=list(params.stop) or None,
-        )
-        results = []
-        for request, out in zip(requests, self._run(chats, sampling)):
-            # Decoded here with the checkpoint's tokenizer, as the transformers backend does (vLLM's
-            # incremental detokenizer holds back a trailing partial UTF-8 character). stop_reason is
-            # None for EOS, a token id for stop tokens, the string for stop strings.
-            completions = [decode_completion(self.tokenizer, list(c.token_ids),
-                                             c.finish_reason == "stop" and not isinstance(c.stop_reason, str),
-                                             params.stop) for c in out.outputs]
-            results.append(GenerationResult(request.request_id, completions, len(out.prompt_token_ids)))
-        return results
+        outputs = self._run(chats, vllm_sampling(self._vllm, params))
+        return [GenerationResult(r.request_id, completions(self.tokenizer, out, params), len(out.prompt_token_ids))
+                for r, out in zip(requests, outputs)]
 
     def score(self, requests: list[ChatRequest], score_roles: tuple[str, ...] = ("assistant",)) -> list[PromptScore]:
         chats = [self._render(r, add_generation_prompt=False) for r in requests]
@@ -99,8 +111,7 @@ class VllmEngine:
         results = []
         for request, chat, out in zip(requests, chats, self._run(chats, sampling)):
             ids = list(out.prompt_token_ids)
-            logprobs = [math.nan] + [entry[tid].logprob for tid, entry in zip(ids[1:], out.prompt_logprobs[1:])]
-            results.append(PromptScore(request.request_id, ids, logprobs,
+            results.append(PromptScore(request.request_id, ids, prompt_logprobs(ids, out),
                                        scored_mask(self.tokenizer, chat, score_roles, ids)))
         return results
 
