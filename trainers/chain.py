@@ -18,7 +18,7 @@ from typing import Callable
 
 from curation.config import ConfigError
 from trainers.export import is_exported, read_stage_record
-from trainers.batches import data_dir
+from trainers.batches import data_dir, manifest_path
 from trainers.initialization import check_init, export_dir
 from trainers.launch import Launch, deepspeed_command, run_launched, world_size
 from trainers.spec import StageSpec, check_world_size, load_stage
@@ -35,7 +35,9 @@ class PlannedStage:
 
 
 def stage_file(stages_dir: Path, name: str) -> Path:
-    path = Path(stages_dir) / f"{name}.yaml"
+    """``<stages_dir>/<name>.yaml`` (a relative dir is looked up in the current dir, then the repository)."""
+    stages_dir = manifest_path(str(stages_dir))
+    path = stages_dir / f"{name}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in Path(stages_dir).glob("*.yaml"))
         raise ConfigError(f"{path}: no such stage spec; known stages: {', '.join(known)}")

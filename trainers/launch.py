@@ -64,7 +64,7 @@ def deepspeed_command(spec_path: Path, run_dir: Path, work_dir: Path, launch: La
     """The ``deepspeed`` command line that starts ``trainers.stage`` for one spec on this node."""
     cmd = [str(Path(sys.executable).with_name("deepspeed"))]
     if launch.hostfile is not None:
-        cmd += ["--hostfile", str(launch.hostfile)]
+        cmd += ["--hostfile", str(Path(launch.hostfile).resolve())]
         if launch.no_ssh:
             cmd += ["--no_ssh", "--node_rank", str(launch.node_rank)]
     else:

@@ -22,7 +22,7 @@ def test_hostfile_template_and_command(tmp_path):
     cmd = deepspeed_command(STAGES_DIR / "stage2.yaml", tmp_path / "run", tmp_path, launch)
     assert Path(cmd[0]).name == "deepspeed"
     args = parse_args(cmd[1:])
-    assert args.hostfile == str(INFRA / "hostfile.example") and args.no_ssh and args.node_rank == 1
+    assert args.hostfile == str((INFRA / "hostfile.example").resolve()) and args.no_ssh and args.node_rank == 1
     assert args.master_addr == "10.0.0.1" and args.master_port == 29511 and args.module
     assert args.user_script == "trainers.stage"
     assert args.user_args[:2] == ["--spec", str((STAGES_DIR / "stage2.yaml").resolve())]
