@@ -157,7 +157,7 @@ class _DurableFile:
     them (sha256) and a second one flushes written data to disk every ``sync_every`` bytes, so hashing
     and the final fsync overlap the writing instead of following it."""
 
-    def __init__(self, path: Path, sync_every: int = 32 << 20):
+    def __init__(self, path: Path, sync_every: int | None = 32 << 20):
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         self.sha, self.n, self.sync_every, self._unsynced = hashlib.sha256(), 0, sync_every, 0
         self._hash_q: queue.Queue = queue.Queue(maxsize=256)
@@ -182,7 +182,7 @@ class _DurableFile:
         self._hash_q.put(buf)
         self.n += len(buf)
         self._unsynced += len(buf)
-        if self._unsynced >= self.sync_every:
+        if self.sync_every is not None and self._unsynced >= self.sync_every:
             self._sync_q.put(True)
             self._unsynced = 0
 
@@ -193,9 +193,10 @@ class _DurableFile:
             t.join()
 
     def close(self) -> str:
-        """Finish hashing, fsync, close; returns the sha256 hex digest."""
+        """Finish hashing, fsync (unless syncing is off), close; returns the sha256 hex digest."""
         self._stop_helpers()
-        os.fsync(self.fd)
+        if self.sync_every is not None:
+            os.fsync(self.fd)
         os.close(self.fd)
         return self.sha.hexdigest()
 
@@ -238,17 +239,18 @@ def _write_member(out: _DurableFile, name: str, content: str | Path | bytes, chu
         out.write(bytes(BLOCK - size % BLOCK))
 
 
-def write_shard(path: str | Path, records: Sequence[ShardRecord]) -> ShardInfo:
+def write_shard(path: str | Path, records: Sequence[ShardRecord], *, durable: bool = True) -> ShardInfo:
     """Write one shard atomically (temp name, fsync, rename, fsync folder); returns its info.
 
     The bytes are exactly what ``tarfile`` (ustar) writes for these members and headers:
     header + data padded to 512-byte blocks per member, two zero blocks, padding to a
     10240-byte record. Runs in Ray workers: it touches only the file system, never the catalog.
+    ``durable=False`` skips the fsyncs (scratch output, or measuring the disk's share of the cost).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = partial_path(path)
-    out = _DurableFile(tmp)
+    out = _DurableFile(tmp, sync_every=32 << 20 if durable else None)
     try:
         for record in records:
             for name, content in record.members():
@@ -259,7 +261,8 @@ def write_shard(path: str | Path, records: Sequence[ShardRecord]) -> ShardInfo:
         raise
     sha = out.close()
     tmp.replace(path)
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
     return ShardInfo(path.name, str(path), sha, len(records), out.n)
 
 
