@@ -82,6 +82,7 @@ def list_shards(root: str | Path) -> list[ShardEntry]:
 
 
 def _seed(*parts: object) -> int:
+    """A 60-bit seed from its parts (md5: stable across processes and Python versions, unlike hash())."""
     return int(hashlib.md5(":".join(map(str, parts)).encode()).hexdigest()[:15], 16)
 
 
@@ -150,6 +151,8 @@ class EpochPlan:
 
 def plan_epoch(shards: Sequence[ShardEntry], *, seed: int, epoch: int, rank: int, world_size: int,
                num_workers: int, micro_size: int) -> EpochPlan:
+    """This rank's share of an epoch: shards shuffled by (seed, epoch), dealt to ranks then workers by sample
+    count; ``steps`` is the smallest rank's micro-batch count, so every rank steps the same number of times."""
     order = list(shards)
     random.Random(_seed(seed, epoch)).shuffle(order)
     workers = [split_balanced(part, max(1, num_workers)) for part in split_balanced(order, world_size)]
