@@ -58,18 +58,17 @@ for _name in COMMAND_MODULES:
 def main() -> None:
     """Entry point: run the app; turn errors into one readable line unless --debug."""
     try:
-        app(standalone_mode=False)
-    except SystemExit as e:
+        # without standalone mode click returns typer.Exit's code instead of exiting with it
+        code = app(standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
+    except SystemExit:
         raise
-    except typer.Exit as e:
-        sys.exit(e.exit_code)
     except (KeyboardInterrupt, typer.Abort):
         console.print("[red]aborted[/red]")
         sys.exit(130)
     except Exception as e:  # noqa: BLE001 - the CLI boundary: one line, not a traceback
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
+        # usage errors (click's ClickException; typer vendors its own copy of click, so match by shape)
+        if callable(getattr(e, "show", None)) and isinstance(getattr(e, "exit_code", None), int):
             e.show()
             sys.exit(e.exit_code)
         if os.environ.get("MAVORS_DEBUG") == "1":
