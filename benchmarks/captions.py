@@ -37,11 +37,11 @@ def media_files(root: Path, n: int) -> list[tuple[str, str]]:
     return [pairs[i % len(pairs)] for i in range(n)]
 
 
-def roster_json(model: Path, backend: str, batch_size: int, max_tokens: int, frames: int) -> str:
+def roster_json(model: Path, backend: str, batch_size: int, max_tokens: int, frames: int, threads: int) -> str:
     from curation.captions import RosterConfig
 
     engine = {"backend": backend, "model_path": str(model), "modalities": ["text", "image", "video"],
-              "batch_size": batch_size, "max_model_len": 1024, "video_frames": frames}
+              "batch_size": batch_size, "max_model_len": 1024, "video_frames": frames, "torch_threads": threads}
     return RosterConfig.model_validate({
         "captioners": [{"name": "bench", "engine": engine,
                         "sampling": {"temperature": 1.0, "max_tokens": max_tokens, "seed": 0}}],
@@ -50,10 +50,10 @@ def roster_json(model: Path, backend: str, batch_size: int, max_tokens: int, fra
 
 
 def measure(model: Path, backend: str, batch_size: int, media: list[tuple[str, str]], max_tokens: int,
-            frames: int) -> dict:
+            frames: int, threads: int) -> dict:
     from curation.captions import CaptionStage, decode_media
 
-    stage = CaptionStage(roster_json(model, backend, batch_size, max_tokens, frames), name="bench")
+    stage = CaptionStage(roster_json(model, backend, batch_size, max_tokens, frames, threads), name="bench")
     rows = {"kind": [k for k, _ in media], "storage_path": [p for _, p in media],
             "media_hash": [f"m{i}" for i in range(len(media))], "needs": [json.dumps(["bench"])] * len(media)}
     take = lambda start, stop: {k: v[start:stop] for k, v in rows.items()}  # noqa: E731
@@ -81,6 +81,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--frames", type=int, default=4, help="frames sampled per video")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (1: no OpenMP spin-waits on a shared, oversubscribed CPU)")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(REPO))
     import os
@@ -96,11 +98,11 @@ def main(argv: list[str] | None = None) -> None:
             args.model = make_tiny(root / "models")["qwen2vl"]
         media = media_files(root, args.n)
         runs = [("transformers", 1)] + [(b, args.batch_size) for b in args.backends.split(",")]
-        results = [measure(args.model, b, bs, media, args.max_tokens, args.frames) for b, bs in runs]
+        results = [measure(args.model, b, bs, media, args.max_tokens, args.frames, args.threads) for b, bs in runs]
 
     base = results[0]["captions"] / results[0]["wall_s"]
     print(f"\n{args.n} media ({sum(k == 'video' for k, _ in media)} videos, {args.frames} frames each), "
-          f"{args.max_tokens} tokens per caption, {args.model}")
+          f"{args.max_tokens} tokens per caption, {args.threads} torch thread(s), {args.model}")
     print(f"{'backend':<14}{'batch':>6}{'captions/s':>12}{'tokens/s':>10}{'decode s':>10}{'generate s':>12}"
           f"{'decode share':>14}{'vs baseline':>13}")
     for r in results:

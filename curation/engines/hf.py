@@ -34,6 +34,8 @@ class TransformersEngine:
         import transformers
 
         self.config = config
+        if config.torch_threads:
+            torch.set_num_threads(config.torch_threads)
         path = str(config.model_path)
         kwargs = dict(dtype=DTYPES[config.dtype], trust_remote_code=config.trust_remote_code)
         self.multimodal = any(m in config.modalities for m in ("image", "video"))

@@ -42,6 +42,8 @@ class MavorsEngine:
         from model.processing import MavorsProcessor
 
         self.config = config
+        if config.torch_threads:
+            torch.set_num_threads(config.torch_threads)
         path = Path(config.model_path)
         self.processor = MavorsProcessor.from_pretrained(path)
         self.tokenizer = self.processor.tokenizer

@@ -72,7 +72,8 @@ def sharp_models(tiny_models, tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def hf_text(sharp_models):
-    return load_engine(EngineConfig(backend="transformers", model_path=sharp_models["qwen2"], batch_size=3))
+    return load_engine(EngineConfig(backend="transformers", model_path=sharp_models["qwen2"], batch_size=3,
+                                    torch_threads=1))
 
 
 @pytest.fixture(scope="session")
