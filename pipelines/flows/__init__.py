@@ -13,6 +13,7 @@ Prefect is first imported (Prefect reads its settings from the environment then)
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 
@@ -26,11 +27,18 @@ def configure_prefect(work_dir: Path | str | None = None) -> None:
     20 s to start on 2 busy cores.
     """
     if work_dir is not None and not os.environ.get("PREFECT_HOME") and not os.environ.get("PREFECT_API_URL"):
-        os.environ["PREFECT_HOME"] = str((Path(work_dir) / "prefect").resolve())
+        home = (Path(work_dir) / "prefect").resolve()
+        home.mkdir(parents=True, exist_ok=True)  # Prefect creates only the last level itself
+        os.environ["PREFECT_HOME"] = str(home)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     # The library logs through the standard ``logging`` module; Prefect attaches these to the run's logs.
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "curation,model,trainers")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if shutil.which("nvidia-smi") is None:
+        # vLLM's CPU build: in-process engine and a 1 GiB KV cache. Its defaults (a worker process sized
+        # at 90% of the machine's memory) fail beside the rest of the pipeline on a small machine.
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -8,6 +8,7 @@ work the catalog records as finished, so a rerun after a crash resumes where it 
 """
 from __future__ import annotations
 
+import glob
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ class CurateParams(FlowParams):
         found: list[Path] = []
         for pattern in self.sources:
             pattern = pattern.replace("{work_dir}", str(work_dir))
-            matches = sorted(Path(p) for p in __import__("glob").glob(pattern))
+            matches = sorted(Path(p) for p in glob.glob(pattern))
             if not matches:
                 raise FileNotFoundError(f"sources: {pattern!r} matches no manifest")
             found += matches

@@ -32,8 +32,10 @@ class DpoParams(FlowParams):
     mixture: Path = MANIFESTS / "mixtures" / "demo-dpo.yaml"
     """Mixture whose ``dpo`` stage lists the inputs (QA, image captions, video captions). Cluster: the paper's
     DPO mixture (LLaVA-Video QA, LLaVA-OneVision + DenseFusion captions, WebVid/Kinetics/OOPS videos)."""
-    config: Path | None = None
-    """:class:`curation.preference.config.DpoConfig` YAML; None: its embedded defaults."""
+    config: Path | None = MANIFESTS / "dpo" / "demo.yaml"
+    """:class:`curation.preference.config.DpoConfig` YAML (sampling, judge, margins per domain). The demo's
+    suits a tiny random policy (stop strings, log-prob judge). Cluster: None, the config's own defaults
+    (EOS-terminated generations, a judge model)."""
 
 
 # -- steps ----------------------------------------------------------------------------------------------

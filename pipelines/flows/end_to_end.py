@@ -64,7 +64,7 @@ def end_to_end(params: EndToEndParams = EndToEndParams()) -> dict[str, Any]:
                           "report": report}}
 
 
-def demo(work_dir: Path, seed: int = 0) -> dict[str, Any]:
+def demo(work_dir: Path, seed: int = 0, use_ray: bool = False) -> dict[str, Any]:
     """``mavors demo``: demo corpus (``mavors demo-data``) + tiny models (``mavors models make-tiny``) +
     :func:`end_to_end` with its embedded defaults; returns its summary with per-step wall times."""
     from curation.demo_data import generate
@@ -80,7 +80,7 @@ def demo(work_dir: Path, seed: int = 0) -> dict[str, Any]:
     if not (work_dir / "models" / "mavors").exists():
         make_tiny(work_dir / "models", seed=seed)
     timings.append({"step": "make-tiny", "seconds": round(time.monotonic() - started, 1)})
-    summary = end_to_end(EndToEndParams(work_dir=work_dir))
+    summary = end_to_end(EndToEndParams(work_dir=work_dir, use_ray=use_ray))
     curated = summary["curate"]
     summary["tables"] = {
         "Ingest per source": curated["ingest"],

@@ -48,7 +48,7 @@ def test_end_to_end_outputs(reference):
         stages_with_shards = {r[3] for r in recorded}
         assert {"1", "1.5", "2"} <= stages_with_shards
         for path, sha, n, _ in recorded:
-            tar_path = Path(path) if Path(path).is_absolute() else work / "shards" / path
+            tar_path = Path(path) if Path(path).is_absolute() else ws / path  # relative to the flow's cwd
             assert hashlib.sha256(tar_path.read_bytes()).hexdigest() == sha, tar_path
             samples = _tar_samples(tar_path)
             assert len(samples) == n
