@@ -46,7 +46,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from curation.catalog import Catalog
-from curation.config import ConfigModel, load_yaml, read_yaml, validate
+from curation.config import ConfigModel, read_yaml, validate
 from curation.engines import ChatRequest, EngineConfig, GenerationResult, SamplingParams, load_engine
 from curation.engines.chat import load_image, load_video
 
