@@ -1,7 +1,7 @@
 """DPO regeneration: newest Stage-2 export -> preference pairs in three domains -> shards (paper §4 Stage 3).
 
     mavors flow run dpo                          # newest stage2 export under <work_dir>/train
-    mavors flow run dpo --params dpo.yaml        # checkpoint: /path/to/export, mixture: ..., config: ...
+    mavors flow run dpo --params dpo.yaml        # checkpoint: /path/to/export, mixture: ..., pair_config: ...
 
 Scheduled by the ``dpo-regeneration`` deployment (cron, and on the ``mavors.stage.exported``
 event for ``stage2`` that the train flow emits). A pair set is named by the checkpoint's
@@ -32,7 +32,7 @@ class DpoParams(FlowParams):
     mixture: Path = MANIFESTS / "mixtures" / "demo-dpo.yaml"
     """Mixture whose ``dpo`` stage lists the inputs (QA, image captions, video captions). Cluster: the paper's
     DPO mixture (LLaVA-Video QA, LLaVA-OneVision + DenseFusion captions, WebVid/Kinetics/OOPS videos)."""
-    config: Path | None = MANIFESTS / "dpo" / "demo.yaml"
+    pair_config: Path | None = MANIFESTS / "dpo" / "demo.yaml"
     """:class:`curation.preference.config.DpoConfig` YAML (sampling, judge, margins per domain). The demo's
     suits a tiny random policy (stop strings, log-prob judge). Cluster: None, the config's own defaults
     (EOS-terminated generations, a judge model)."""
@@ -98,7 +98,7 @@ def dpo_regenerate(params: DpoParams = DpoParams()) -> dict[str, Any]:
         checkpoint = find_policy_export(run, params.stage, params.checkpoint, _export_listing(run, params.stage))
         get_run_logger().info("policy checkpoint: %s", checkpoint)
         selection = select_dpo_inputs(run, params.mixture)
-        built = build_pairs(run, checkpoint, params.mixture, params.config, selection)
+        built = build_pairs(run, checkpoint, params.mixture, params.pair_config, selection)
         rows = [{"domain": d, "reason": r, "inputs": n} for d, reasons in sorted(built["counts"].items())
                 for r, n in sorted(reasons.items())]
         publish_table(run, "pairs", f"DPO pair set {built['pair_set_id']} (policy {checkpoint})", rows,

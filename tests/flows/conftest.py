@@ -58,12 +58,14 @@ def demo_workspace(tmp_path_factory, demo_corpus, tiny_models) -> Path:
 
 @pytest.fixture(scope="session")
 def reference(prefect_api, demo_workspace, tmp_path_factory):
-    """The uninterrupted end-to-end run: (workspace, flow summary, catalog snapshot, file checksums)."""
-    from flows_helpers import catalog_snapshot, copy_workspace, file_checksums
+    """The uninterrupted end-to-end run: (workspace, flow summary, catalog snapshot, file checksums).
+
+    It runs at :func:`run_path` and is then moved aside, so the crash test can run at the same path."""
+    from flows_helpers import catalog_snapshot, copy_workspace, file_checksums, run_path
 
     from pipelines.flows.end_to_end import EndToEndParams, end_to_end
 
-    ws = copy_workspace(demo_workspace, tmp_path_factory.mktemp("reference") / "ws")
+    ws = copy_workspace(demo_workspace, run_path(tmp_path_factory))
     cwd = os.getcwd()
     os.chdir(ws)
     try:
@@ -71,7 +73,9 @@ def reference(prefect_api, demo_workspace, tmp_path_factory):
     finally:
         os.chdir(cwd)
     work = ws / "mavors-work"
-    return ws, summary, catalog_snapshot(work / "catalog.duckdb", ws), file_checksums(work)
+    rows, files = catalog_snapshot(work / "catalog.duckdb", ws), file_checksums(work)
+    kept = ws.rename(ws.with_name("e2e-reference"))
+    return kept, summary, rows, files
 
 
 @pytest.fixture(scope="session")

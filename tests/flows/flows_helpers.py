@@ -21,6 +21,13 @@ def copy_workspace(template: Path, dest: Path) -> Path:
     return dest
 
 
+def run_path(tmp_path_factory) -> Path:
+    """The one absolute path where end-to-end runs happen: exports embed their base models' absolute paths
+    (``_name_or_path`` in config.json), and the DPO pair set is named by the export's content, so two runs
+    compare byte for byte only when they ran at the same place."""
+    return tmp_path_factory.getbasetemp() / "e2e-run"
+
+
 def catalog_snapshot(path: Path, workspace: Path) -> dict[str, list[tuple]]:
     """Every data table's rows, sorted, without timestamps and run ids, workspace path made relative.
 

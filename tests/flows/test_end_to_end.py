@@ -21,7 +21,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from flows_helpers import catalog_snapshot, copy_workspace, file_checksums
+from flows_helpers import catalog_snapshot, copy_workspace, file_checksums, run_path
 
 STAGES = ["demo-stage1", "demo-stage1_5", "demo-stage2", "demo-dpo"]
 
@@ -60,7 +60,7 @@ def test_end_to_end_outputs(reference):
         # DPO pairs in the three domains, in the pair set's shards (read with tarfile).
         domains = dict(con.execute("SELECT domain, count(*) FROM dpo_pairs GROUP BY domain").fetchall())
         assert set(domains) == {"qa", "image_caption", "video_caption"}, domains
-        pair_shards = sorted(Path(summary["dpo"]["shard_dir"]).rglob("*.tar"))
+        pair_shards = sorted((work / "dpo").rglob("*.tar"))
         assert sum(len(_tar_samples(p)) for p in pair_shards) == sum(domains.values())
 
         # One completed runs row per flow run (end_to_end, curate, train x2, dpo_regenerate).
@@ -105,10 +105,10 @@ def test_end_to_end_outputs(reference):
 
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
-def test_crash_and_rerun_match_the_uninterrupted_run(reference, demo_workspace, tmp_path, run_flow):
+def test_crash_and_rerun_match_the_uninterrupted_run(reference, demo_workspace, tmp_path_factory, run_flow):
     """SIGKILL during caption synthesis, during sharding, during training; rerun; same rows, shards, weights."""
     _, _, ref_rows, ref_files = reference
-    ws = copy_workspace(demo_workspace, tmp_path / "ws")
+    ws = copy_workspace(demo_workspace, run_path(tmp_path_factory))  # where the reference ran
     # Caption synthesis after its 2nd catalog commit, sharding after its 2nd, Stage 1.5 20 s into training
     # (its trainer subprocess dies with the flow: same process group).
     for fault in ("captions#2", "shards#2", "train-demo-stage1_5:20"):
