@@ -75,11 +75,11 @@ def demo(work_dir: Path, seed: int = 0, use_ray: bool = False) -> dict[str, Any]
     corpus = work_dir / "demo"
     if not (corpus / "corpus.json").exists():
         generate(corpus, seed=seed)
-    timings.append({"step": "demo-data", "seconds": round(time.monotonic() - started, 1)})
+    timings.append({"step": "demo-data", "seconds": round(time.monotonic() - started, 1), "state": "Completed"})
     started = time.monotonic()
     if not (work_dir / "models" / "mavors").exists():
         make_tiny(work_dir / "models", seed=seed)
-    timings.append({"step": "make-tiny", "seconds": round(time.monotonic() - started, 1)})
+    timings.append({"step": "make-tiny", "seconds": round(time.monotonic() - started, 1), "state": "Completed"})
     summary = end_to_end(EndToEndParams(work_dir=work_dir, use_ray=use_ray))
     curated = summary["curate"]
     summary["tables"] = {
@@ -109,6 +109,6 @@ def step_timings(flow_run_id: str) -> list[dict[str, Any]]:
     rows = []
     for tr in sorted(runs, key=lambda r: r.start_time or r.expected_start_time):
         seconds = (tr.end_time - tr.start_time).total_seconds() if tr.start_time and tr.end_time else None
-        rows.append({"step": tr.name, "state": tr.state_name,
-                     "seconds": round(seconds, 1) if seconds is not None else None})
+        rows.append({"step": tr.name, "seconds": round(seconds, 1) if seconds is not None else None,
+                     "state": tr.state_name})
     return rows
