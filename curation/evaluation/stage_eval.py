@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -51,6 +52,9 @@ def evaluate_export(cat: Catalog, checkpoint: str | Path, stage: str, run_id: st
 
     A rerun for the same (run, stage) replaces that stage's rows.
     """
+    # the held-out sets are local JSONL files: never let `datasets` look for them on a hub
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from lmms_eval.evaluator import simple_evaluate
 
     from curation.evaluation.lmms_model import MavorsLmms

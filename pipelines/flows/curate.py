@@ -39,6 +39,12 @@ class CurateParams(FlowParams):
     """Mixture manifests to select and shard, one per training stage (each lists its stages).
     Cluster: ``paper-table6.yaml``."""
 
+    heldout_per_family: int | None = Field(4, ge=1)
+    """Samples reserved per task family (image/video QA and captions) for evaluation, before any mixture
+    is sampled; mixtures never draw them or their media. None skips the reservation. Cluster: ~500."""
+    heldout_seed: int = 0
+    """Seed of the held-out draw (the split is reserved once per catalog)."""
+
     def source_paths(self) -> list[Path]:
         """The manifests named by :attr:`sources`, globs expanded, sorted; an empty glob is an error."""
         work_dir = self.settings().work_dir
@@ -123,6 +129,26 @@ def dedup_report(run: RunContext, policy: Path, upstream: Any) -> dict[str, Any]
         return report(cat, run.dir("reports") / "dedup" / name, policy=name)
 
 
+@step("reserve-heldout")
+def reserve_heldout(run: RunContext, per_family: int, seed: int, upstream: Any) -> dict[str, Any]:
+    """curation.evaluation.heldout: reserve the held-out sets (before mixtures) and export their task files."""
+    from curation.evaluation.heldout import export_heldout, reserve_heldout as reserve
+
+    with run.catalog() as cat:
+        split = reserve(cat, per_family=per_family, seed=seed)
+        task_dir = export_heldout(cat, run.dir("eval"))
+    return {"split": split.name, "created": split.created, "counts": split.counts, "tasks": str(task_dir)}
+
+
+@step("check-leakage", retries=0)
+def check_leakage(run: RunContext, shard_dirs: list[str]) -> int:
+    """curation.evaluation.leakage.check_no_leakage: no held-out id or media in any training shard."""
+    from curation.evaluation.leakage import check_no_leakage
+
+    with run.catalog() as cat:
+        return check_no_leakage(cat, shard_dirs)
+
+
 @step("select-mixture")
 def select_mixture(run: RunContext, mixture: Path, upstream: Any) -> list[dict[str, Any]]:
     """curation.mixtures.select_mixture: the draw, recorded in mixture_members (reused when unchanged)."""
@@ -183,13 +209,22 @@ def curate(params: CurateParams = CurateParams()) -> dict[str, Any]:
                       note=f"Media groups shared by several samples: {dedup_summary.get('shared_groups', 0)} of "
                            f"{dedup_summary.get('groups', 0)}; PPL histogram: {dedup_summary.get('histogram')}")
         publish_table(run, "dedup-reasons", "Dedup decisions by reason", dedup_summary["reasons"])
+        before_mixtures: Any = decisions
+        if params.heldout_per_family is not None:
+            heldout = reserve_heldout(run, params.heldout_per_family, params.heldout_seed, decisions)
+            publish_table(run, "heldout", f"Held-out evaluation sets ({heldout['split']})",
+                          [{"family": f, "samples": n} for f, n in sorted(heldout["counts"].items())])
+            before_mixtures = {"dedup": decisions, "heldout": heldout}  # mixtures are drawn after the reservation
         selections, shards = [], []
         for mixture in params.mixtures:
-            selection = select_mixture(run, mixture, decisions)
+            selection = select_mixture(run, mixture, before_mixtures)
             selections += selection
             shards += build_shards(run, mixture, selection)
         publish_table(run, "mixtures", "Mixtures: requested vs available", selections)
         publish_table(run, "shards", "Shards written", shards)
+        if params.heldout_per_family is not None:
+            checked = check_leakage(run, sorted({s["dir"] for s in shards}))
+            logger.info("leakage check: no held-out sample or media in %d shards", checked)
         stats = catalog_stats(run, shards)
         for section in stats:
             publish_table(run, f"stats-{section['title'][:24]}", section["title"], section["rows"])
