@@ -234,6 +234,7 @@ def dpo_pairs(cat: Catalog) -> ReportSection:
 
 
 def evaluations(cat: Catalog) -> ReportSection:
+    """Table-5-style: one row per (task, metric), one column per stage in training order."""
     sec = ReportSection("Evaluation per stage")
     if not _has_rows(cat, "evals"):
         sec.note = "no evaluation results"
@@ -241,20 +242,30 @@ def evaluations(cat: Catalog) -> ReportSection:
     rows = cat.con.execute("""
         SELECT stage, task, metric, avg(value), sum(samples) FROM evals
         GROUP BY stage, task, metric ORDER BY task, metric, stage""").fetchall()
-    sec.tables.append((["stage", "task", "metric", "value", "samples"], [list(r) for r in rows]))
-    stage_order = [r[0] for r in cat.con.execute(
+    stages = [r[0] for r in cat.con.execute(
         "SELECT stage FROM evals GROUP BY stage ORDER BY min(created_at), stage").fetchall()]
-    series: dict[str, dict[str, float]] = defaultdict(dict)
-    for stage, task, metric, value, _ in rows:
-        series[f"{task}/{metric}"][stage] = value
+    table: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
+    samples: dict[tuple[str, str], int] = {}
+    for stage, task, metric, value, n in rows:
+        table[(task, metric)][stage] = value
+        samples[(task, metric)] = n
+    sec.tables.append((["task", "metric", *stages, "samples"], [
+        [task, metric, *(None if s not in v else round(v[s], 4) for s in stages), samples[(task, metric)]]
+        for (task, metric), v in sorted(table.items())]))
+    rates = {k: v for k, v in table.items() if k[1] not in ("loss", "answer_words", "caption_words")}
+    losses = {k: v for k, v in table.items() if k[1] == "loss"}
 
-    def draw(ax):
-        for name, values in sorted(series.items()):
-            ax.plot(stage_order, [values.get(s) for s in stage_order], marker="o", label=name)
+    def draw(ax, series, ylabel):
+        for (task, metric), values in sorted(series.items()):
+            ax.plot(stages, [values.get(s) for s in stages], marker="o", label=f"{task}/{metric}")
         ax.set_xlabel("stage")
+        ax.set_ylabel(ylabel)
         ax.legend(fontsize=6, ncol=2)
 
-    sec.figures.append(_figure(draw, 7.0, 3.6))
+    if losses:
+        sec.figures.append(_figure(lambda ax: draw(ax, losses, "held-out loss"), 5.5, 2.8))
+    if rates:
+        sec.figures.append(_figure(lambda ax: draw(ax, rates, "rate"), 7.0, 3.6))
     return sec
 
 
@@ -298,7 +309,8 @@ def render_html(run: dict[str, Any], sections: list[ReportSection]) -> str:
         "<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}"
         "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:2px 8px;"
         "font-size:13px;text-align:right}th{background:#f3f3f3}h2{border-bottom:2px solid #333;margin-top:1.5em}"
-        "img{max-width:100%;margin:.3em}.note{color:#777;font-style:italic}</style></head><body>",
+        "img{max-width:100%;margin:.3em}.note{color:#777;font-style:italic}td code{white-space:pre-wrap;"
+        "text-align:left;display:block}</style></head><body>",
         f"<h1>Mavors run <code>{esc(str(run['run_id']))}</code></h1>",
         "<table>",
     ]
