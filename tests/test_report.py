@@ -115,7 +115,7 @@ def test_every_section_has_data_and_the_counts_of_its_rows(filled, tmp_path):
     # evaluation: Table-5 layout, stages as columns in training order
     assert cells["Evaluation per stage"][:8] == ["task", "metric", "stage1", "stage2", "samples",
                                                 "image_qa", "accuracy", "0.25"]
-    assert cells["Evaluation per stage"][8:10] == ["0.5", "16"]
+    assert cells["Evaluation per stage"][8:10] == ["0.5", "8"]
     # training: one loss and one LR plot per stage; the LR plot has both module groups
     assert len(page.sections["Training: loss and learning rate per module group"]["images"]) == 2
     for title, sec in page.sections.items():
