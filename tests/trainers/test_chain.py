@@ -12,6 +12,7 @@ import json
 
 import numpy as np
 import torch
+import yaml
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -99,4 +100,5 @@ def test_demo_chain_end_to_end(tiny_work, tmp_path, catalog):
     start_weights.clear()
     assert [r["status"] for r in chain()] == ["skipped"] * 4 and not start_weights
     rows = catalog.query("SELECT stage, steps, world_size FROM train_stages ORDER BY started_at")
-    assert [(r["stage"], r["steps"], r["world_size"]) for r in rows] == [(n, 3, 1) for n in NAMES]
+    budgets = {n: yaml.safe_load((STAGES_DIR / f"{n}.yaml").read_text())["budget"]["steps"] for n in NAMES}
+    assert [(r["stage"], r["steps"], r["world_size"]) for r in rows] == [(n, budgets[n], 1) for n in NAMES]
