@@ -33,6 +33,9 @@ class TrainParams(FlowParams):
     """Stage spec names in ``stages_dir``, in training order. Cluster: ``[stage1, stage1_5, stage2, dpo]``."""
     stages_dir: Path = REPO_ROOT / "manifests" / "stages"
     """Folder of the stage specs (``<name>.yaml``)."""
+    data: dict[str, Path] = {}
+    """Stage name -> shard folder that replaces the spec's ``data`` (as ``mavors train --data``), e.g. the DPO
+    pair set ``dpo_regenerate`` just built for ``demo-dpo``. Default: none, every stage trains on its spec's data."""
     run_name: str = "demo"
     """Run folder under ``<work_dir>/train`` (as ``mavors train --run``): exports, DeepSpeed checkpoints,
     metrics, logs."""
@@ -54,33 +57,37 @@ class TrainParams(FlowParams):
                       master_port=self.master_port, node_rank=self.node_rank)
 
 
-def _subprocess_stage(log_dir: Path):
-    """``run_one`` for the trainer's chain: the stage in a child process (``python -m trainers.stage``)."""
+def _subprocess_stage(log_dir: Path, data: dict[str, dict]):
+    """``run_one`` for the trainer's chain: the stage in a child process (``python -m trainers.stage``),
+    given its data override (``data``: stage name -> replacement ``data`` section) like the launcher's ranks."""
     import sys
 
+    from trainers.chain import data_args
     from trainers.launch import run_launched
 
     def run_one(spec: Any, run_dir: Path, work_dir: Path, source: str) -> None:
         cmd = [sys.executable, "-m", "trainers.stage", "--spec", str(Path(source).resolve()),
-               "--run-dir", str(Path(run_dir).resolve()), "--work-dir", str(Path(work_dir).resolve())]
+               "--run-dir", str(Path(run_dir).resolve()), "--work-dir", str(Path(work_dir).resolve()),
+               *data_args(data, spec.name)]
         run_launched(cmd, log_dir / spec.name / "trainer.log")
     return run_one
 
 
 # -- steps ------------------------------------------------------------------------------------------------
 @step("plan-stages", retries=0)
-def plan_stages(run: RunContext, stages: list[str], stage_files: list[Path], launch: dict[str, Any]) -> list[str]:
+def plan_stages(run: RunContext, stages: list[str], stage_files: list[Path], launch: dict[str, Any],
+                data: dict[str, dict]) -> list[str]:
     """trainers.chain.plan_chain: every spec loaded and checked before anything trains."""
     from trainers.chain import plan_chain
     from trainers.launch import Launch
 
     return [s.name for s in plan_chain(stages, stage_files[0].parent, _run_dir(run, launch),
-                                       run.settings.work_dir, Launch(**_launch_args(launch)))]
+                                       run.settings.work_dir, Launch(**_launch_args(launch)), data)]
 
 
 @step("train-stage", retries=1, backoff_s=10.0)
 def train_stage(run: RunContext, stage: str, spec_file: Path, data_index: list[Path], launch: dict[str, Any],
-                previous: dict[str, Any] | None) -> dict[str, Any]:
+                previous: dict[str, Any] | None, data: dict[str, dict]) -> dict[str, Any]:
     """trainers.chain.run_chain for one stage: launch, wait (skipped when exported); then
     trainers.records.record_stage, with the catalog opened only once the trainer has exited."""
     from trainers.chain import run_chain
@@ -90,7 +97,8 @@ def train_stage(run: RunContext, stage: str, spec_file: Path, data_index: list[P
     run_dir = _run_dir(run, launch)
     with fault_point(f"train-{stage}"):
         [record] = run_chain([stage], spec_file.parent, run_dir, run.settings.work_dir,
-                             Launch(**_launch_args(launch)), run_one=_subprocess_stage(run_dir))
+                             Launch(**_launch_args(launch)), run_one=_subprocess_stage(run_dir, data),
+                             data_overrides=data)
     with run.catalog() as cat:
         record_stage(cat, str(run_dir), record, run.run_id)
     _emit_exported(stage, record)
@@ -128,18 +136,20 @@ def train(params: TrainParams = TrainParams()) -> dict[str, Any]:
 def train_stages(run: RunContext, params: TrainParams) -> list[dict[str, Any]]:
     """The stage tasks of ``params`` in order (also used by the end-to-end flow inside its own run)."""
     from trainers.batches import data_dir
+    from trainers.chain import with_data
     from trainers.spec import load_stage
 
     launch = {"run_name": params.run_name, "hostfile": params.hostfile, "procs_per_node": params.procs_per_node,
               "master_addr": params.master_addr, "master_port": params.master_port, "node_rank": params.node_rank}
     files = [params.stages_dir / f"{name}.yaml" for name in params.stages]
-    plan_stages(run, params.stages, files, launch)
+    data = {name: {"shards": str(path)} for name, path in params.data.items()}
+    plan_stages(run, params.stages, files, launch, data)
     records, previous = [], None
     for name, spec_file in zip(params.stages, files):
-        shards = data_dir(load_stage(spec_file), run.settings.work_dir)
+        shards = data_dir(with_data(load_stage(spec_file), data.get(name), str(spec_file)), run.settings.work_dir)
         index = sorted(shards.rglob("index.json")) if shards is not None else []
         previous = train_stage.with_options(task_run_name=f"train-{name}")(
-            run, name, spec_file, index, launch, previous)
+            run, name, spec_file, index, launch, previous, {name: data[name]} if name in data else {})
         get_run_logger().info("stage %s: %s, %s steps, final loss %s", name, previous["status"],
                               previous["steps"], previous["final_loss"])
         records.append(previous)
