@@ -32,7 +32,8 @@ class EndToEndParams(FlowParams):
     dpo: DpoParams = Field(default_factory=DpoParams)
     """DPO pair building; its checkpoint is the last supervised stage's export unless given."""
     dpo_stages: list[str] = Field(default_factory=lambda: ["demo-dpo"])
-    """Stage specs trained on the pairs after they are built (the paper's Stage 3). Cluster: ``[dpo]``."""
+    """Stage specs trained on the pairs after they are built (the paper's Stage 3), each with its ``data``
+    replaced by the pair set's shards. Cluster: ``[dpo]``."""
 
     def part(self, params: FlowParams) -> Any:
         """A part's parameters with the shared ones applied."""
@@ -51,7 +52,12 @@ def end_to_end(params: EndToEndParams = EndToEndParams()) -> dict[str, Any]:
         if dpo.checkpoint is None:
             dpo = dpo.model_copy(update={"checkpoint": Path(stage2["export"])})
         pairs = dpo_regenerate(dpo)
-        preference = train(params.part(params.train).model_copy(update={"stages": params.dpo_stages}))
+        if not pairs.get("shard_dir"):
+            raise RuntimeError(f"DPO pair set {pairs['pair_set_id']} has no pairs ({pairs['counts']}): "
+                               f"nothing to train {params.dpo_stages} on")
+        on_pairs = {name: Path(pairs["shard_dir"]).resolve() for name in params.dpo_stages}
+        preference = train(params.part(params.train).model_copy(update={"stages": params.dpo_stages,
+                                                                         "data": on_pairs}))
         stages = supervised["stages"] + preference["stages"]
         publish_table(run, "stages", "Training stages (loss per stage)", [
             {"stage": s["stage"], "status": s["status"], "steps": s["steps"], "final loss": s["final_loss"]}

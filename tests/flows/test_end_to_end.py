@@ -105,9 +105,36 @@ def test_end_to_end_outputs(reference):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="the demo's Stage-2 export (3 steps from random weights) generates degenerate "
-                   "text: every input is refused (no_valid_positive, below_margin, shuffled_identical_to_original); "
-                   "pairs need a policy that says something (the DPO area's own test uses the tiny Qwen2-VL)")
+def test_dpo_stage_trains_on_the_built_pair_set(reference):
+    """The DPO stage's data is the pair set dpo_regenerate built (not the spec's synthetic pairs): its record
+    names the set's shard folder, and the reference log-probs it computed before training lie beside the
+    pairs, one row per pair in the shards (read with tarfile)."""
+    ws = reference[0]
+    con = duckdb.connect(str(ws / "mavors-work" / "catalog.duckdb"), read_only=True)
+    try:
+        [(set_id, shard_dir)] = con.execute("SELECT pair_set_id, shard_dir FROM dpo_pair_sets").fetchall()
+        n_pairs = con.execute("SELECT count(*) FROM dpo_pairs WHERE pair_set_id = ?", [set_id]).fetchone()[0]
+    finally:
+        con.close()
+    assert n_pairs > 0, f"pair set {set_id} has no pairs"
+    record = json.loads((ws / "mavors-work" / "train" / "demo" / "demo-dpo" / "export" / "stage.json").read_text())
+    assert record["spec"]["data"]["synthetic"] is None
+    # The trainer got the absolute path where the flow ran; the catalog records it relative to the flow's cwd.
+    trained_on = Path(record["spec"]["data"]["shards"])
+    assert trained_on.parts[-len(Path(shard_dir).parts):] == Path(shard_dir).parts, (trained_on, shard_dir)
+    shard_dir = ws / shard_dir
+    keys = {key for tar in sorted(shard_dir.rglob("*.tar")) for key in _tar_samples(tar)}
+    assert len(keys) == n_pairs
+    [ref_file] = sorted(shard_dir.glob("reference_logps.*.jsonl"))
+    rows = [json.loads(line) for line in ref_file.read_text().splitlines()]
+    assert len(rows) == n_pairs and len({r["sample_id"] for r in rows}) == n_pairs
+    assert all(r["chosen"] < 0 and r["rejected"] < 0 for r in rows)  # summed log-probs of real answers
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="QA and image-caption pairs are made, but the demo's Stage-2 export (60 steps) "
+                   "ignores the frames: original and shuffled video captions, sampled with the same seed, are "
+                   "identical (shuffled_identical_to_original)")
 def test_dpo_pairs_in_three_domains(reference):
     con = duckdb.connect(str(reference[0] / "mavors-work" / "catalog.duckdb"), read_only=True)
     try:
