@@ -49,6 +49,9 @@ class TrainParams(FlowParams):
     """Rendezvous port for multi-process launches."""
     node_rank: int = 0
     """This node's index in the hostfile (each node runs the flow's launch with its rank)."""
+    evaluate: bool = True
+    """After each stage, evaluate its export on the catalog's held-out sets (lmms-eval tasks + held-out loss)
+    into the ``evals`` table; skipped with a warning when the catalog has no held-out set."""
 
     def launch(self) -> Any:
         from trainers.launch import Launch
@@ -106,6 +109,21 @@ def train_stage(run: RunContext, stage: str, spec_file: Path, data_index: list[P
                                        "export", "world_size", "spec_digest", "fingerprints", "init_fingerprints")}
 
 
+@step("evaluate-stage", retries=1)
+def evaluate_stage(run: RunContext, stage: str, export: str, fingerprints: Any) -> list[dict[str, Any]]:
+    """curation.evaluation.stage_eval.evaluate_export: held-out tasks and loss of the stage's export
+    (``fingerprints`` of its weights key the cache, so a retrained stage is evaluated again)."""
+    from curation.evaluation.stage_eval import evaluate_export
+
+    with run.catalog() as cat:
+        if not cat.scalar("SELECT count(*) FROM heldout"):
+            get_run_logger().warning("no held-out set in %s (mavors eval split): stage %s not evaluated",
+                                     run.settings.catalog, stage)
+            return []
+        rows = evaluate_export(cat, export, stage, run.run_id, run.dir("eval"))
+    return [{k: r[k] for k in ("stage", "task", "metric", "value", "samples")} for r in rows]
+
+
 def _run_dir(run: RunContext, launch: dict[str, Any]) -> Path:
     return run.dir("train") / launch["run_name"]
 
@@ -144,7 +162,7 @@ def train_stages(run: RunContext, params: TrainParams) -> list[dict[str, Any]]:
     files = [params.stages_dir / f"{name}.yaml" for name in params.stages]
     data = {name: {"shards": str(path)} for name, path in params.data.items()}
     plan_stages(run, params.stages, files, launch, data)
-    records, previous = [], None
+    records, previous, evals = [], None, []
     for name, spec_file in zip(params.stages, files):
         shards = data_dir(with_data(load_stage(spec_file), data.get(name), str(spec_file)), run.settings.work_dir)
         index = sorted(shards.rglob("index.json")) if shards is not None else []
@@ -153,6 +171,11 @@ def train_stages(run: RunContext, params: TrainParams) -> list[dict[str, Any]]:
         get_run_logger().info("stage %s: %s, %s steps, final loss %s", name, previous["status"],
                               previous["steps"], previous["final_loss"])
         records.append(previous)
+        if params.evaluate:
+            evals += evaluate_stage.with_options(task_run_name=f"evaluate-{name}")(
+                run, name, previous["export"], previous["fingerprints"])
+    if evals:
+        publish_table(run, "evals", "Held-out evaluation per stage", evals)
     publish_table(run, "stages", "Training stages", [
         {"stage": r["stage"], "status": r["status"], "steps": r["steps"], "samples": r["samples"],
          "final loss": r["final_loss"], "resumed from step": r["resumed_from_step"], "export": r["export"]}
