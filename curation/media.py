@@ -62,8 +62,11 @@ def sha256_file(path: str | os.PathLike) -> tuple[str, int]:
 
 def probe_image(path: str | os.PathLike) -> dict:
     """width, height, n_frames=1, codec (format) of an image that fully decodes."""
-    from PIL import Image
+    from PIL import Image, ImageFile
 
+    # Some libraries flip Pillow's process-wide LOAD_TRUNCATED_IMAGES on at import (lmms-eval does), which
+    # makes a truncated file decode "fine" with grey padding; the probe's verdict must not depend on that.
+    load_truncated, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
     try:
         with warnings.catch_warnings():
             # Pillow's own limit (a process-wide global we leave alone) warns, then refuses at 2x: both refuse here.
@@ -85,6 +88,8 @@ def probe_image(path: str | os.PathLike) -> dict:
         text = str(e)
         reason = "truncated_image" if "truncated" in text.lower() or "broken data stream" in text else "undecodable_image"
         raise MediaError(reason, text) from None
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = load_truncated
     return {"width": width, "height": height, "n_frames": 1, "codec": fmt, "duration_s": None, "fps": None}
 
 

@@ -86,3 +86,20 @@ def test_truncated_faststart_video_is_refused(tmp_path):
     with pytest.raises(MediaError) as e:
         hash_and_probe(tmp_path / "cut.mp4", "video")
     assert e.value.reason == "undecodable_video"
+
+
+def test_truncated_image_is_refused_even_when_another_library_allows_truncated_loads(demo_corpus):
+    """lmms-eval sets Pillow's process-wide LOAD_TRUNCATED_IMAGES at import; the probe must not care."""
+    from PIL import ImageFile
+
+    from curation.media import MediaError, probe_image
+
+    before = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = True
+    try:
+        with pytest.raises(MediaError) as err:
+            probe_image(demo_corpus / "image_captions" / "images" / "bad_truncated.jpg")
+        assert err.value.reason == "truncated_image"
+        assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # the global is left as it was found
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = before
