@@ -50,7 +50,8 @@ def evaluate_export(cat: Catalog, checkpoint: str | Path, stage: str, run_id: st
                     limit: int | None = None) -> list[dict]:
     """Run the held-out tasks and the held-out loss on ``checkpoint``; write and return ``evals`` rows.
 
-    A rerun for the same (run, stage) replaces that stage's rows.
+    An export has one set of results: evaluating the same stage export again (a rerun after a crash, a
+    later run) replaces its rows, so no stage is counted twice.
     """
     # the held-out sets are local JSONL files: never let `datasets` look for them on a hub
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -83,6 +84,6 @@ def evaluate_export(cat: Catalog, checkpoint: str | Path, stage: str, run_id: st
     rows.append({"run_id": run_id, "stage": stage, "checkpoint": str(checkpoint), "task": "heldout",
                  "metric": "loss", "value": loss, "samples": len(all_docs)})
     with cat.transaction() as con:
-        con.execute("DELETE FROM evals WHERE run_id = ? AND stage = ?", [run_id, stage])
+        con.execute("DELETE FROM evals WHERE stage = ? AND checkpoint = ?", [stage, str(checkpoint)])
         cat.insert("evals", rows, con=con)
     return rows
