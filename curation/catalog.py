@@ -16,7 +16,9 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import os
 import re
+import socket
 import subprocess
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -190,20 +192,50 @@ class Catalog:
 
     def start_run(self, command: str, parameters: Mapping[str, Any] | None = None,
                   run_id: str | None = None) -> str:
-        """Record a run as ``running``; returns its id. A given run_id that exists is restarted."""
+        """Record a run as ``running`` (with this host and process id); returns its id. A given run_id that
+        exists is restarted. Runs left ``running`` by a dead process of this host become ``interrupted``."""
         run_id = run_id or f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+        self.mark_interrupted_runs(noticed_by=run_id)
         self.insert("runs", [{
             "run_id": run_id, "command": command, "parameters": dict(parameters or {}),
             "code_version": code_version(), "started_at": dt.datetime.now(dt.UTC).replace(tzinfo=None),
-            "ended_at": None, "status": "running", "detail": None,
+            "ended_at": None, "status": "running", "detail": None, "host": socket.gethostname(), "pid": os.getpid(),
         }], on_conflict="replace")
         return run_id
+
+    def mark_interrupted_runs(self, noticed_by: str | None = None) -> list[str]:
+        """Mark ``interrupted`` the ``running`` runs of this host whose process no longer exists (killed or
+        crashed before it could record an end); returns their ids. Runs of other hosts are left as they are:
+        their processes cannot be checked from here."""
+        host = socket.gethostname()
+        gone = [(r["run_id"], r["pid"]) for r in self.query(
+            "SELECT run_id, pid FROM runs WHERE status = 'running' AND host = ? AND pid IS NOT NULL", [host])
+            if not _process_alive(r["pid"])]
+        now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        for run_id, pid in gone:
+            self.con.execute(
+                "UPDATE runs SET status = 'interrupted', ended_at = ?, detail = ? WHERE run_id = ?",
+                [now, f"process {pid} on {host} ended without finishing the run (killed or crashed)"
+                      + (f"; noticed when run {noticed_by} started" if noticed_by else ""), run_id])
+        return [run_id for run_id, _ in gone]
 
     def finish_run(self, run_id: str, status: str = "completed", detail: str | None = None) -> None:
         self.con.execute(
             "UPDATE runs SET status = ?, detail = ?, ended_at = ? WHERE run_id = ?",
             [status, detail, dt.datetime.now(dt.UTC).replace(tzinfo=None), run_id],
         )
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this host (a reused id counts as alive: never a false
+    ``interrupted``)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
 
 
 def _cell(value: Any, is_json: bool) -> Any:

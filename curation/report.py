@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import html
 import io
 import json
@@ -77,12 +78,25 @@ def _bars(ax, labels: list[str], series: dict[str, list[float]], ylabel: str) ->
 
 
 # -- sections ------------------------------------------------------------------------------------
+def section(title: str, table: str | None = None, empty: str = ""
+            ) -> Callable[[Callable[[Catalog, ReportSection], None]], Callable[[Catalog], ReportSection]]:
+    """Make ``fill(cat, sec)`` a section builder ``(cat) -> ReportSection``; while ``table`` has no rows the
+    section only says ``empty`` (a report of a fresh catalog still renders every heading)."""
+    def wrap(fill: Callable[[Catalog, ReportSection], None]) -> Callable[[Catalog], ReportSection]:
+        @functools.wraps(fill)
+        def build(cat: Catalog) -> ReportSection:
+            sec = ReportSection(title)
+            if table is not None and not _has_rows(cat, table):
+                sec.note = empty
+            else:
+                fill(cat, sec)
+            return sec
+        return build
+    return wrap
 
-def composition(cat: Catalog) -> ReportSection:
-    sec = ReportSection("Source composition")
-    if not _has_rows(cat, "samples"):
-        sec.note = "no samples ingested"
-        return sec
+
+@section("Source composition", "samples", "no samples ingested")
+def composition(cat: Catalog, sec: ReportSection) -> None:
     rows = cat.con.execute(
         "SELECT source, task, count(*) FROM samples GROUP BY source, task ORDER BY source, task").fetchall()
     sec.tables.append((["source", "task", "samples"], [list(r) for r in rows]))
@@ -91,14 +105,10 @@ def composition(cat: Catalog) -> ReportSection:
     counts = {(s, t): n for s, t, n in rows}
     sec.figures.append(_figure(lambda ax: _bars(
         ax, sources, {t: [counts.get((s, t), 0) for s in sources] for t in tasks}, "samples")))
-    return sec
 
 
-def caption_lengths(cat: Catalog) -> ReportSection:
-    sec = ReportSection("Caption lengths per captioner")
-    if not _has_rows(cat, "captions"):
-        sec.note = "no synthetic captions in the catalog"
-        return sec
+@section("Caption lengths per captioner", "captions", "no synthetic captions in the catalog")
+def caption_lengths(cat: Catalog, sec: ReportSection) -> None:
     lengths: dict[str, list[int]] = defaultdict(list)
     for name, text in cat.con.execute("SELECT captioner, text FROM captions WHERE status = 'ok'").fetchall():
         lengths[name].append(len(text.split()))
@@ -116,14 +126,10 @@ def caption_lengths(cat: Catalog) -> ReportSection:
         sec.figures.append(_figure(lambda ax: (ax.boxplot([lengths[n] for n in names], tick_labels=names),
                                                ax.set_ylabel("words"),
                                                ax.tick_params(axis="x", labelrotation=20))))
-    return sec
 
 
-def ppl_histograms(cat: Catalog) -> ReportSection:
-    sec = ReportSection("Perplexity per task")
-    if not _has_rows(cat, "ppl_scores"):
-        sec.note = "no perplexity scores"
-        return sec
+@section("Perplexity per task", "ppl_scores", "no perplexity scores")
+def ppl_histograms(cat: Catalog, sec: ReportSection) -> None:
     rows = cat.con.execute("""
         SELECT s.task, p.ppl FROM ppl_scores p JOIN samples s USING (sample_id) ORDER BY s.task""").fetchall()
     by_task: dict[str, list[float]] = defaultdict(list)
@@ -142,14 +148,10 @@ def ppl_histograms(cat: Catalog) -> ReportSection:
         ax.legend(fontsize=8)
 
     sec.figures.append(_figure(draw))
-    return sec
 
 
-def dedup(cat: Catalog) -> ReportSection:
-    sec = ReportSection("Deduplication: kept and dropped per source")
-    if not _has_rows(cat, "dedup_decisions"):
-        sec.note = "no dedup decisions"
-        return sec
+@section("Deduplication: kept and dropped per source", "dedup_decisions", "no dedup decisions")
+def dedup(cat: Catalog, sec: ReportSection) -> None:
     rows = cat.con.execute("""
         SELECT source, count(*) FILTER (WHERE kept), count(*) FILTER (WHERE NOT kept)
         FROM dedup_decisions GROUP BY source ORDER BY source""").fetchall()
@@ -160,14 +162,10 @@ def dedup(cat: Catalog) -> ReportSection:
     labels = [r[0] for r in rows]
     sec.figures.append(_figure(lambda ax: _bars(
         ax, labels, {"kept": [r[1] for r in rows], "dropped": [r[2] for r in rows]}, "samples")))
-    return sec
 
 
-def shards(cat: Catalog) -> ReportSection:
-    sec = ReportSection("Shards")
-    if not _has_rows(cat, "shards"):
-        sec.note = "no shards written"
-        return sec
+@section("Shards", "shards", "no shards written")
+def shards(cat: Catalog, sec: ReportSection) -> None:
     rows = cat.con.execute("""
         SELECT mixture, stage, count(*), sum(n_samples), sum(bytes), min(bytes), max(bytes)
         FROM shards GROUP BY mixture, stage ORDER BY mixture, stage""").fetchall()
@@ -176,14 +174,10 @@ def shards(cat: Catalog) -> ReportSection:
     sizes = [r[0] / 1e6 for r in cat.con.execute("SELECT bytes FROM shards").fetchall()]
     sec.figures.append(_figure(lambda ax: (ax.hist(sizes, bins=20), ax.set_xlabel("shard size (MB)"),
                                            ax.set_ylabel("shards"))))
-    return sec
 
 
-def training(cat: Catalog) -> ReportSection:
-    sec = ReportSection("Training: loss and learning rate per module group")
-    if not _has_rows(cat, "train_stages"):
-        sec.note = "no training stages recorded"
-        return sec
+@section("Training: loss and learning rate per module group", "train_stages", "no training stages recorded")
+def training(cat: Catalog, sec: ReportSection) -> None:
     from trainers.metrics import read_metrics
 
     stages = cat.query("""
@@ -213,14 +207,10 @@ def training(cat: Catalog) -> ReportSection:
 
         sec.figures.append(_figure(draw_loss, 5.5, 2.8))
         sec.figures.append(_figure(draw_lr, 5.5, 2.8))
-    return sec
 
 
-def dpo_pairs(cat: Catalog) -> ReportSection:
-    sec = ReportSection("DPO preference pairs")
-    if not _has_rows(cat, "dpo_inputs"):
-        sec.note = "no preference pairs built"
-        return sec
+@section("DPO preference pairs", "dpo_inputs", "no preference pairs built")
+def dpo_pairs(cat: Catalog, sec: ReportSection) -> None:
     rows = cat.con.execute("""
         SELECT pair_set_id, domain, reason, count(*), sum(n_pairs)
         FROM dpo_inputs GROUP BY pair_set_id, domain, reason ORDER BY pair_set_id, domain, reason""").fetchall()
@@ -230,15 +220,11 @@ def dpo_pairs(cat: Catalog) -> ReportSection:
         per_domain[domain] += pairs or 0
     labels = sorted(per_domain)
     sec.figures.append(_figure(lambda ax: _bars(ax, labels, {"pairs": [per_domain[d] for d in labels]}, "pairs")))
-    return sec
 
 
-def evaluations(cat: Catalog) -> ReportSection:
+@section("Evaluation per stage", "evals", "no evaluation results")
+def evaluations(cat: Catalog, sec: ReportSection) -> None:
     """Table-5-style: one row per (task, metric), one column per stage in training order."""
-    sec = ReportSection("Evaluation per stage")
-    if not _has_rows(cat, "evals"):
-        sec.note = "no evaluation results"
-        return sec
     rows = cat.con.execute("""
         SELECT stage, task, metric, avg(value), sum(samples) FROM evals
         GROUP BY stage, task, metric ORDER BY task, metric, stage""").fetchall()
@@ -266,17 +252,15 @@ def evaluations(cat: Catalog) -> ReportSection:
         sec.figures.append(_figure(lambda ax: draw(ax, losses, "held-out loss"), 5.5, 2.8))
     if rates:
         sec.figures.append(_figure(lambda ax: draw(ax, rates, "rate"), 7.0, 3.6))
-    return sec
 
 
-def quarantine(cat: Catalog) -> ReportSection:
-    sec = ReportSection("Quarantine reasons")
+@section("Quarantine reasons")
+def quarantine(cat: Catalog, sec: ReportSection) -> None:
     rows = cat.con.execute(
         "SELECT stage, reason, count(*) FROM quarantine GROUP BY stage, reason ORDER BY stage, reason").fetchall()
     sec.tables.append((["stage", "reason", "items"], [list(r) for r in rows]))
     if not rows:
         sec.note = "nothing quarantined"
-    return sec
 
 
 SECTIONS: list[Callable[[Catalog], ReportSection]] = [

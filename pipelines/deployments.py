@@ -30,7 +30,8 @@ from typing import Any
 DEPLOYMENTS = ("nightly-curation", "dpo-regeneration", "training")
 SCHEDULES = {"nightly-curation": "0 2 * * *", "dpo-regeneration": "0 5 * * *", "training": "0 3 * * 0"}
 STAGE_EXPORTED = "mavors.stage.exported"
-"""Event the train flow emits when a stage writes its export; resource id ``mavors.stage.<name>``."""
+"""Event the train flow emits when a stage writes its export (resource id ``mavors.stage.<name>``, the export
+path as ``mavors.export``); the dpo-regeneration trigger listens for its Stage-2 spec."""
 
 
 def build_deployments(*, config: Path | None = None, work_dir: Path | None = None,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -74,3 +75,14 @@ def demo_catalog(demo_corpus, ray_local, tmp_path_factory) -> Path:
     with Catalog(path) as cat:
         ingest(load_manifests(sorted((demo_corpus / "manifests").glob("*.yaml"))), cat)
     return path
+
+
+@pytest.fixture
+def demo_cat(demo_catalog, tmp_path):
+    """A writable copy of the ingested demo catalog, open for the test."""
+    from curation.catalog import Catalog
+
+    path = tmp_path / "catalog.duckdb"
+    shutil.copy(demo_catalog, path)
+    with Catalog(path) as cat:
+        yield cat

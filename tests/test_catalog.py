@@ -5,6 +5,10 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
 
 import duckdb
 import pytest
@@ -105,6 +109,25 @@ def test_run_records(catalog):
     got = catalog.query("SELECT * FROM runs")[0]
     assert got["status"] == "completed" and got["ended_at"] >= got["started_at"]
     assert json.loads(got["parameters"]) == {"sources": ["a"]}
+
+
+def test_a_run_whose_process_died_is_marked_interrupted_by_the_next_run(tmp_path):
+    path = tmp_path / "catalog.duckdb"
+    # a run started by a process that then dies without finishing it (the os._exit of a SIGKILL)
+    code = ("import os, sys; from curation.catalog import Catalog; c = Catalog(sys.argv[1]); "
+            "print(c.start_run('curate', {})); c.con.close(); os._exit(0)")
+    dead = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True)
+    dead_id = dead.stdout.split()[-1]
+    with Catalog(path) as cat:
+        cat.insert("runs", [{"run_id": "elsewhere", "command": "train", "status": "running", "host": "gpu-node-7",
+                             "pid": 1}])
+        mine = cat.start_run("curate", {})
+        got = {r["run_id"]: r for r in cat.query("SELECT run_id, status, detail, ended_at, host, pid FROM runs")}
+    assert got[dead_id]["status"] == "interrupted" and got[dead_id]["ended_at"] is not None
+    assert f"noticed when run {mine} started" in got[dead_id]["detail"]
+    assert got["elsewhere"]["status"] == "running"  # another host's process cannot be checked from here
+    assert got[mine]["status"] == "running" and got[mine]["pid"] == os.getpid()
+    assert got[mine]["host"] == socket.gethostname()
 
 
 def test_second_process_cannot_open_a_held_catalog(tmp_path):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -74,14 +73,6 @@ def expected_items(corpus: Path) -> set[str]:
                     pass  # planted bad lines: expected in quarantine under their row number
     return ids
 
-
-@pytest.fixture
-def cat(demo_catalog, tmp_path):
-    """A writable copy of the ingested demo catalog."""
-    path = tmp_path / "catalog.duckdb"
-    shutil.copy(demo_catalog, path)
-    with Catalog(path) as c:
-        yield c
 
 
 def test_every_bad_item_is_quarantined_with_its_reason_and_every_good_one_ingested(demo_catalog, demo_corpus):
@@ -155,18 +146,18 @@ def test_samples_carry_conversation_task_and_stage_hints(demo_catalog, demo_corp
     assert cap[0]["value"] == "<video>\nWhat action does this video show?" and rows["kinetics_like/kin-0000"]["task"] == "caption"
 
 
-def test_reingest_adds_nothing(cat, demo_corpus, demo_catalog, ray_local):
+def test_reingest_adds_nothing(demo_cat, demo_corpus, demo_catalog, ray_local):
     store = demo_catalog.parent / "media"
-    before = dump_tables(cat, store)
-    runs = cat.scalar("SELECT count(*) FROM runs")
-    reports = ingest(demo_manifests(demo_corpus), cat, media_store=store)
+    before = dump_tables(demo_cat, store)
+    runs = demo_cat.scalar("SELECT count(*) FROM runs")
+    reports = ingest(demo_manifests(demo_corpus), demo_cat, media_store=store)
     assert all(r.new == r.replaced == r.new_media == 0 for r in reports)
     assert sum(r.unchanged for r in reports) == len(before["samples"])
-    assert dump_tables(cat, store) == before
-    assert cat.scalar("SELECT count(*) FROM runs") == runs + 1
+    assert dump_tables(demo_cat, store) == before
+    assert demo_cat.scalar("SELECT count(*) FROM runs") == runs + 1
 
 
-def test_changed_items_replace_their_rows(cat, demo_corpus, tmp_path, ray_local):
+def test_changed_items_replace_their_rows(demo_cat, demo_corpus, tmp_path, ray_local):
     """A new caption and a swapped image change the content hash: those rows are replaced, nothing duplicated.
     A repaired line loses its refusal and becomes a sample; a removed item stays, counted as stale."""
     lines = (demo_corpus / "image_captions" / "captions.jsonl").read_bytes().splitlines()
@@ -197,15 +188,17 @@ def test_changed_items_replace_their_rows(cat, demo_corpus, tmp_path, ray_local)
     hints_only.write_text((demo_corpus / "manifests" / "image_captions_parquet.yaml").read_text()
                           .replace("../image_captions_parquet", str(demo_corpus / "image_captions_parquet"))
                           .replace("- '1'", "- '1'\n- '1.5'"))
-    before = {r["sample_id"]: r for r in cat.query("SELECT * FROM samples")}
-    report, parquet = ingest([load_manifest(manifest), load_manifest(hints_only)], cat, media_store=tmp_path / "store")
+    before = {r["sample_id"]: r for r in demo_cat.query("SELECT * FROM samples")}
+    report, parquet = ingest([load_manifest(manifest), load_manifest(hints_only)], demo_cat,
+                             media_store=tmp_path / "store")
     assert (parquet.replaced, parquet.new) == (6, 0)
-    assert cat.query("SELECT DISTINCT stage_hints FROM samples WHERE source = 'image_captions_parquet'") == [
+    assert demo_cat.query("SELECT DISTINCT stage_hints FROM samples WHERE source = 'image_captions_parquet'") == [
         {"stage_hints": ["1", "1.5"]}]
-    after = {r["sample_id"]: r for r in cat.query("SELECT * FROM samples")}
+    after = {r["sample_id"]: r for r in demo_cat.query("SELECT * FROM samples")}
     assert (report.replaced, report.new, report.stale) == (2, 1, 1)
     assert set(after) == set(before) | {"image_captions/cap-fixed"}
-    refused = {r["item"]: r["reason"] for r in cat.query("SELECT * FROM quarantine WHERE source = 'image_captions'")}
+    refused = {r["item"]: r["reason"]
+               for r in demo_cat.query("SELECT * FROM quarantine WHERE source = 'image_captions'")}
     assert "row000006" not in refused and refused["row000003"] == "not_utf8" and len(refused) == 5
     changed = {s for s in before if after[s]["content_sha256"] != before[s]["content_sha256"]}
     assert all(after[s] == before[s] for s in before if not s.startswith("image_captions"))
@@ -300,5 +293,5 @@ def test_sigkill_mid_ingest_then_rerun_equals_an_uninterrupted_run(demo_corpus, 
     with Catalog(catalog_path) as cat:
         ingest(demo_manifests(demo_corpus), cat, media_store=work / "media")
         statuses = sorted(r[0] for r in cat.con.execute("SELECT status FROM runs").fetchall())
-    assert statuses == ["completed", "running"]
+    assert statuses == ["completed", "interrupted"]  # the rerun found the killed run's process gone
     assert dump_tables(catalog_path, work / "media") == dump_tables(demo_catalog, demo_catalog.parent / "media")

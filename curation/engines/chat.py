@@ -143,6 +143,12 @@ def scored_mask(tokenizer: Any, chat: RenderedChat, roles: tuple[str, ...], full
     return expand_mask(enc["input_ids"], token_mask(enc["offset_mapping"], chat.spans, roles), full_ids)
 
 
+def eos_token_ids(generation_config: Any, fallback: list[int] | None = None) -> set[int]:
+    """The ids that end a generation: the generation config's EOS (one id or a list), else ``fallback``."""
+    eos = generation_config.eos_token_id
+    return set(eos if isinstance(eos, list) else [eos] if eos is not None else fallback or [])
+
+
 def first_stop(text: str, stop: tuple[str, ...]) -> int | None:
     """Index of the earliest stop string in ``text``, or None."""
     hits = [i for i in (text.find(s) for s in stop) if i >= 0]

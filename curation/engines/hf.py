@@ -14,11 +14,23 @@ from typing import Any
 
 import torch
 
-from curation.engines.chat import RenderedChat, decode_completion, load_image, load_video, render, scored_mask
+from curation.engines.chat import (RenderedChat, decode_completion, eos_token_ids, load_image, load_video, render,
+                                   scored_mask)
 from curation.engines.config import EngineConfig
 from curation.engines.types import ChatRequest, Completion, EngineError, GenerationResult, PromptScore, SamplingParams
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def pin_torch_threads(n: int | None) -> int:
+    """Set torch's intra-op threads (process-wide) to ``n`` (None: unchanged); returns the count before, which
+    the engine's ``close`` passes back here (also undoing what an in-process vLLM CPU worker set). Without
+    the restore, every later step of the process (another engine, an evaluation) would run with an engine's
+    setting, and float results would depend on which steps happened to run before in the same process."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    return before
 
 
 def length_buckets(lengths: list[int], batch_size: int) -> list[list[int]]:
@@ -34,8 +46,7 @@ class TransformersEngine:
         import transformers
 
         self.config = config
-        if config.torch_threads:
-            torch.set_num_threads(config.torch_threads)
+        self._threads_before = pin_torch_threads(config.torch_threads)
         path = str(config.model_path)
         kwargs = dict(dtype=DTYPES[config.dtype], trust_remote_code=config.trust_remote_code)
         self.multimodal = any(m in config.modalities for m in ("image", "video"))
@@ -53,8 +64,7 @@ class TransformersEngine:
         self.template_owner = self.processor if getattr(self.processor, "chat_template", None) else self.tokenizer
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        eos = self.model.generation_config.eos_token_id
-        self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        self.eos_ids = eos_token_ids(self.model.generation_config)
 
     # -- encoding ------------------------------------------------------------------------
     def _render(self, request: ChatRequest, *, add_generation_prompt: bool) -> RenderedChat:
@@ -131,3 +141,4 @@ class TransformersEngine:
         import gc
 
         gc.collect()
+        pin_torch_threads(self._threads_before)

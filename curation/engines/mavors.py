@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from curation.engines.chat import decode_completion, load_image
+from curation.engines.chat import decode_completion, eos_token_ids, load_image
 from curation.engines.config import EngineConfig
-from curation.engines.hf import DTYPES
+from curation.engines.hf import DTYPES, pin_torch_threads
 from curation.engines.types import ChatRequest, EngineError, GenerationResult, PromptScore, SamplingParams
 
 
@@ -42,15 +42,13 @@ class MavorsEngine:
         from model.processing import MavorsProcessor
 
         self.config = config
-        if config.torch_threads:
-            torch.set_num_threads(config.torch_threads)
+        self._threads_before = pin_torch_threads(config.torch_threads)
         path = Path(config.model_path)
         self.processor = MavorsProcessor.from_pretrained(path)
         self.tokenizer = self.processor.tokenizer
         self.model = MavorsForConditionalGeneration.from_pretrained(path, dtype=DTYPES[config.dtype])
         self.model.to(config.device).eval()
-        eos = self.model.llm.generation_config.eos_token_id
-        self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [self.processor.im_end_id])
+        self.eos_ids = eos_token_ids(self.model.llm.generation_config, [self.processor.im_end_id])
         self._export: Path | None = None
         self.llm = self._start_vllm(path) if config.llm_backend == "vllm" else None
 
@@ -177,3 +175,4 @@ class MavorsEngine:
         gc.collect()
         if self._export is not None:
             shutil.rmtree(self._export, ignore_errors=True)
+        pin_torch_threads(self._threads_before)

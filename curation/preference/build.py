@@ -220,19 +220,21 @@ class Builder:
                 done[inp.sample_id] = Outcome(inp).no_pair(e.reason, e.detail)
                 continue
             ready.append((inp, shuffled))
-        seed = _batch_seed(self.config.seed, "video-caption", [i for i, _ in ready])
-        params = cfg.sampling.params(seed)
-        requests = [_request(i, "orig") for i, _ in ready] + [
-            _request(i, "shuf", media=[("video", str(s.path))]) for i, s in ready]
-        results = generate_each(self.policy, requests, params) if ready else []
-        for k, (inp, shuffled) in enumerate(ready):
-            orig, shuf = results[k], results[len(ready) + k]
+        inputs = [i for i, _ in ready]
+        seed = _batch_seed(self.config.seed, "video-caption", inputs)
+        shuffled_seed = seed if cfg.seeds == "shared" else _batch_seed(self.config.seed, "video-caption-shuffled",
+                                                                       inputs)
+        originals = generate_each(self.policy, [_request(i, "orig") for i in inputs],
+                                  cfg.sampling.params(seed)) if ready else []
+        shuffleds = generate_each(self.policy, [_request(i, "shuf", media=[("video", str(s.path))]) for i, s in ready],
+                                  cfg.sampling.params(shuffled_seed)) if ready else []
+        for (inp, shuffled), orig, shuf in zip(ready, originals, shuffleds):
             if isinstance(orig, str) or isinstance(shuf, str):
                 done[inp.sample_id] = Outcome(inp, audit_path=str(shuffled.path)).no_pair(
                     "generation_failed", orig if isinstance(orig, str) else shuf)
                 continue
             done[inp.sample_id] = decide_video_captions(inp, orig.completions[0], shuf.completions[0], shuffled,
-                                                        cfg, seed)
+                                                        cfg, seed, shuffled_seed)
         return [done[i.sample_id] for i in batch]
 
 

@@ -127,7 +127,12 @@ class VideoCaptionConfig(ConfigModel):
     prompt: str = "Describe this video in detail."
     """Instruction shown with the video."""
     sampling: Sampling = Sampling(temperature=0.3, n=1)
-    """Caption sampling, the same (and the same seed) for the original and the shuffled video."""
+    """Caption sampling, the same parameters for the original and the shuffled video."""
+    seeds: Literal["independent", "shared"] = "independent"
+    """``independent`` (the paper's recipe): each video's caption is its own sample from the policy.
+    ``shared``: both captions draw the same random numbers, so they differ only where the policy's output
+    depends on the frame order (a cleaner order-only signal, fewer pairs: an order-blind policy gives
+    identical captions, refused as ``shuffled_identical_to_original``)."""
     n_segments: int = Field(4, ge=2)
     """Equal-duration segments the video is cut into (four in the paper)."""
     min_frames_per_segment: int = Field(4, ge=1)

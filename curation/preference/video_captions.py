@@ -2,12 +2,13 @@
 
 The shuffled copy is made by :func:`curation.segments.shuffle_segments` (four equal
 segments, seeded non-identity permutation) and kept as an audit artifact. Both
-captions are sampled with the same parameters and seed. The chosen caption must be
+captions are sampled with the same parameters, with independent or shared seeds
+(``VideoCaptionConfig.seeds``). The chosen caption must be
 non-empty, at least ``min_words`` long and (``require_terminated``) end by EOS; the
 rejected one must be non-empty and differ from the chosen text.
 
     shuffled = shuffle_for(inp, out_dir, config, seed)            # SegmentRefusal on a bad video
-    outcome = decide_video_captions(inp, original, shuffled_caption, shuffled, config, temperature, seed)
+    outcome = decide_video_captions(inp, original, shuffled_caption, shuffled, config, seed, shuffled_seed)
 """
 from __future__ import annotations
 
@@ -33,10 +34,13 @@ def shuffle_for(inp: DpoInput, out_dir: Path, config: VideoCaptionConfig, seed: 
 
 
 def decide_video_captions(inp: DpoInput, original: Completion, shuffled_caption: Completion,
-                          shuffled: ShuffledVideo, config: VideoCaptionConfig, seed: int) -> Outcome:
+                          shuffled: ShuffledVideo, config: VideoCaptionConfig, seed: int,
+                          shuffled_seed: int | None = None) -> Outcome:
+    """``seed``/``shuffled_seed``: the sampling seeds of the two captions (equal when seeds are shared)."""
     temperature = config.sampling.temperature
     chosen = Candidate.from_completion("original", 0, original, temperature, seed)
-    rejected = Candidate.from_completion("shuffled", 0, shuffled_caption, temperature, seed)
+    rejected = Candidate.from_completion("shuffled", 0, shuffled_caption, temperature,
+                                         seed if shuffled_seed is None else shuffled_seed)
     outcome = Outcome(inp, [chosen, rejected], audit_path=str(shuffled.path),
                       extra={"permutation": list(shuffled.permutation), "segments": [list(s) for s in shuffled.segments],
                              "n_frames": shuffled.n_frames, "duration_s": shuffled.duration_s})

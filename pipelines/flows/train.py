@@ -19,11 +19,9 @@ from prefect import flow, get_run_logger
 from pydantic import Field
 
 from curation.catalog import REPO_ROOT
+from pipelines.deployments import STAGE_EXPORTED
 from pipelines.flows.common import (FlowParams, RunContext, fault_point, publish_table, recorded_run, step,
                                     write_run_report)
-
-STAGE_EXPORTED = "mavors.stage.exported"
-"""Prefect event emitted after a stage's export; resource ``mavors.stage.<stage name>`` (triggers DPO)."""
 
 
 class TrainParams(FlowParams):
@@ -111,17 +109,22 @@ def train_stage(run: RunContext, stage: str, spec_file: Path, data_index: list[P
 
 @step("evaluate-stage", retries=1)
 def evaluate_stage(run: RunContext, stage: str, export: str, fingerprints: Any) -> list[dict[str, Any]]:
-    """curation.evaluation.stage_eval.evaluate_export: held-out tasks and loss of the stage's export
-    (``fingerprints`` of its weights key the cache, so a retrained stage is evaluated again)."""
-    from curation.evaluation.stage_eval import evaluate_export
+    """curation.evaluation.stage_eval: held-out tasks and loss of the stage's export, in a child process
+    (its floats do not depend on what ran before in the flow's process), rows recorded by the flow
+    (``fingerprints`` of the export's weights key the cache, so a retrained stage is evaluated again)."""
+    from curation.evaluation.heldout import export_heldout
+    from curation.evaluation.stage_eval import evaluate_in_subprocess, record_evals
 
     with run.catalog() as cat:
         if not cat.scalar("SELECT count(*) FROM heldout"):
             get_run_logger().warning("no held-out set in %s (mavors eval split): stage %s not evaluated",
                                      run.settings.catalog, stage)
             return []
-        rows = evaluate_export(cat, export, stage, run.run_id, run.dir("eval"))
-    return [{k: r[k] for k in ("stage", "task", "metric", "value", "samples")} for r in rows]
+        export_heldout(cat, run.dir("eval"))
+    rows = evaluate_in_subprocess(export, run.dir("eval"), run.dir("eval") / "logs" / f"{stage}.log")
+    with run.catalog() as cat:
+        record_evals(cat, rows, stage, export, run.run_id)
+    return [{"stage": stage, **r} for r in rows]
 
 
 def _run_dir(run: RunContext, launch: dict[str, Any]) -> Path:

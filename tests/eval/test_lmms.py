@@ -49,6 +49,17 @@ def test_python_api_runs_every_held_out_task_and_records_evals(heldout, tiny_mod
     loss = next(r["value"] for r in stored if r["metric"] == "loss")
     assert 5.5 < loss < 8.5
 
+    # the flows' path: the same evaluation in a child process; its rows replace the export's rows (one result
+    # set per export, also across runs), and agree with the in-process ones
+    with Catalog(path) as cat:
+        child = evaluate_export(cat, tiny_models["mavors"], "stage1", "run-2", eval_dir,
+                                log_path=eval_dir / "logs" / "stage1.log")
+        again = cat.query("SELECT run_id, task, metric, value, samples FROM evals WHERE stage = 'stage1'")
+    assert {r["run_id"] for r in again} == {"run-2"} and len(again) == len(stored) == len(child)
+    before = {(r["task"], r["metric"]): r["value"] for r in stored}
+    for r in again:
+        assert r["value"] == pytest.approx(before[(r["task"], r["metric"])], rel=1e-5), r
+
 
 def test_loglikelihood_equals_a_plain_qwen2_forward(tiny_models):
     """Text-only request: the fresh tiny Mavors' LLM is the tiny Qwen2 it was built from."""

@@ -82,10 +82,11 @@ def reference(prefect_api, demo_workspace, tmp_path_factory):
 def run_flow(prefect_api):
     """``run_flow(workspace, flow, env=, args=)``: ``mavors flow run FLOW`` in a subprocess that leads its own
     process group (an injected SIGKILL takes its trainer children too), against the session's Prefect server
-    and result storage, with ``workspace`` as working directory."""
+    and result storage, with ``workspace`` as working directory; ``unset`` names variables it must not inherit."""
     def run(workspace: Path, flow: str, *, env: dict[str, str] | None = None, args: tuple[str, ...] = (),
-            timeout: float = 1200) -> subprocess.CompletedProcess:
-        full_env = {**os.environ, "PREFECT_API_URL": prefect_api, **(env or {})}
+            unset: tuple[str, ...] = (), timeout: float = 1200) -> subprocess.CompletedProcess:
+        full_env = {k: v for k, v in os.environ.items() if k not in unset}
+        full_env.update({"PREFECT_API_URL": prefect_api, **(env or {})})
         return subprocess.run(
             [sys.executable, "-m", "pipelines.cli", "flow", "run", flow, "--work-dir", "mavors-work", *args],
             cwd=workspace, env=full_env, capture_output=True, text=True, timeout=timeout, start_new_session=True)

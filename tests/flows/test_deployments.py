@@ -4,8 +4,9 @@
 
 ``mavors serve`` runs in a subprocess against ``prefect server start`` on a free port (schedules
 need a real server, not the test harness's). The nightly-curation deployment is triggered once;
-its flow run executes in the runner's child process and must appear in the catalog's ``runs``
-table under Prefect's flow-run id, completed.
+the dpo-regeneration deployment is triggered by the event the train flow emits when a Stage-2
+export appears. Each flow run executes in the runner's child process and must appear in the
+catalog's ``runs`` table under Prefect's flow-run id, completed.
 """
 from __future__ import annotations
 
@@ -48,21 +49,34 @@ def test_served_deployment_runs_into_the_catalog(reference, tmp_path):
 
     ws = copy_workspace(reference[0], tmp_path / "ws")
     (ws / "serve-params.yaml").write_text(yaml.safe_dump(
-        {"nightly-curation": {"work_dir": "mavors-work", "use_ray": False, "use_cache": False}}))
+        {name: {"work_dir": "mavors-work", "use_ray": False, "use_cache": False}
+         for name in ("nightly-curation", "dpo-regeneration")}))
     server, api_url = start_local_server(log_path=tmp_path / "server.log")
     serve = None
     try:
         env = {**os.environ, "PREFECT_API_URL": api_url}
         serve = subprocess.Popen(
             [sys.executable, "-m", "pipelines.cli", "serve", "--only", "nightly-curation",
-             "--params", "serve-params.yaml"],
+             "--only", "dpo-regeneration", "--params", "serve-params.yaml"],
             cwd=ws, env=env, stdout=open(tmp_path / "serve.log", "wb"), stderr=subprocess.STDOUT,
             start_new_session=True)
         with temporary_settings(updates={PREFECT_API_URL: api_url}):
             deployment = _wait_for_deployment(api_url, "curate/nightly-curation", serve, tmp_path)
             assert deployment.schedules and deployment.schedules[0].schedule.cron == "0 2 * * *"
             flow_run = run_deployment("curate/nightly-curation", timeout=900)
-        assert flow_run.state.is_completed(), (flow_run.state, (tmp_path / "serve.log").read_text()[-4000:])
+            assert flow_run.state.is_completed(), (flow_run.state, (tmp_path / "serve.log").read_text()[-4000:])
+            # a new Stage-2 export, announced by the train flow's own emitter (in a process of its own, as a
+            # training run on another machine would), starts a dpo-regeneration run
+            dpo = _wait_for_deployment(api_url, "dpo_regenerate/dpo-regeneration", serve, tmp_path)
+            export = ws / "mavors-work" / "train" / "demo" / "demo-stage2" / "export"
+            emit = subprocess.run(
+                [sys.executable, "-c", "import sys; from pipelines.flows.train import _emit_exported; "
+                 "from prefect.events.worker import EventsWorker; "
+                 "_emit_exported('demo-stage2', {'export': sys.argv[1], 'status': 'completed'}); "
+                 "EventsWorker.drain_all()", str(export)],
+                cwd=ws, env=env, capture_output=True, text=True, timeout=300)
+            assert emit.returncode == 0, emit.stderr[-3000:]
+            triggered = _wait_for_completed_run(dpo.id, serve, tmp_path)
     finally:
         for proc in (serve, server):
             if proc is not None and proc.poll() is None:
@@ -75,9 +89,11 @@ def test_served_deployment_runs_into_the_catalog(reference, tmp_path):
     try:
         row = con.execute("SELECT command, status, code_version FROM runs WHERE run_id = ?",
                           [str(flow_run.id)]).fetchone()
+        dpo_row = con.execute("SELECT command, status FROM runs WHERE run_id = ?", [str(triggered.id)]).fetchone()
     finally:
         con.close()
     assert row is not None and row[0] == "curate" and row[1] == "completed" and row[2]
+    assert dpo_row == ("dpo_regenerate", "completed"), dpo_row
 
 
 def _wait_for_deployment(api_url: str, name: str, serve: subprocess.Popen, tmp_path, timeout_s: float = 300):
@@ -94,3 +110,22 @@ def _wait_for_deployment(api_url: str, name: str, serve: subprocess.Popen, tmp_p
             except ObjectNotFound:
                 time.sleep(1)
     raise TimeoutError(f"{name} was not registered within {timeout_s} s")
+
+
+def _wait_for_completed_run(deployment_id, serve: subprocess.Popen, tmp_path, timeout_s: float = 900):
+    """The first flow run of a deployment once it reached a final state (it must have completed)."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    deadline = time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            assert serve.poll() is None, (tmp_path / "serve.log").read_text()[-4000:]
+            runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
+            done = [r for r in runs if r.state is not None and r.state.is_final()]
+            if done:
+                assert done[0].state.is_completed(), (done[0].state, (tmp_path / "serve.log").read_text()[-4000:])
+                return done[0]
+            time.sleep(2)
+    raise TimeoutError(f"no run of deployment {deployment_id} finished within {timeout_s} s "
+                       f"(the event trigger did not fire?)\n{(tmp_path / 'serve.log').read_text()[-4000:]}")

@@ -187,3 +187,47 @@ def test_video_caption_decisions(tmp_path):
     assert same.reason == "shuffled_identical_to_original"
     loose = decide_video_captions(inp, cut("A circle moves and moves and"), stop("x y z"), shuffled, cfg, seed=3)
     assert loose.reason == "original_not_terminated"
+
+
+class OrderBlindPolicy:
+    """A policy whose caption depends only on the sampling seed, never on the frames: the worst case for
+    shuffled-segment negatives. Records each call's (video, seed)."""
+
+    def __init__(self):
+        self.calls: list[tuple[str, int]] = []
+        self.config = type("C", (), {"model_path": "policy", "modalities": ["text", "video"]})()
+
+    def generate(self, requests, params):
+        from curation.engines import GenerationResult
+        out = []
+        for r in requests:
+            (kind, video), = r.media()
+            self.calls.append((video, params.seed))
+            out.append(GenerationResult(r.request_id, [Completion(f"caption drawn with seed {params.seed}.", "stop", 6)], 9))
+        return out
+
+
+@pytest.mark.parametrize("seeds", ["independent", "shared"])
+def test_video_caption_seeds_independent_or_shared(tmp_path, seeds):
+    """Independent seeds (the paper's recipe) pair even an order-blind policy's captions; shared seeds
+    isolate the frame order, so that policy's two captions are identical and refused."""
+    from test_segments import write_video
+
+    from curation.preference.build import Builder
+    from curation.preference.config import DpoConfig
+
+    video = tmp_path / "v.mp4"
+    write_video(video, 32)
+    inp = DpoInput("k/1", "video_caption", "Describe this video in detail.", "ref", [("video", str(video))], ["h"])
+    policy = OrderBlindPolicy()
+    cfg = DpoConfig.model_validate({"video_caption": {"seeds": seeds, "min_words": 1}})
+    out, = Builder(cfg, policy, None, tmp_path / "audit").decide("video_caption", [inp])
+    (orig_video, orig_seed), (shuf_video, shuf_seed) = policy.calls
+    assert orig_video == str(video) and shuf_video == out.audit_path != str(video)
+    chosen, rejected = out.candidates
+    assert (chosen.seed, rejected.seed) == (orig_seed, shuf_seed)  # what was drawn is what is recorded
+    if seeds == "shared":
+        assert orig_seed == shuf_seed and out.reason == "shuffled_identical_to_original" and out.pairs == []
+    else:
+        assert orig_seed != shuf_seed and out.reason == "paired"
+        assert out.pairs[0].chosen.text == f"caption drawn with seed {orig_seed}."
