@@ -246,12 +246,12 @@ def evaluations(cat: Catalog, sec: ReportSection) -> None:
             ax.plot(stages, [values.get(s) for s in stages], marker="o", label=f"{task}/{metric}")
         ax.set_xlabel("stage")
         ax.set_ylabel(ylabel)
-        ax.legend(fontsize=6, ncol=2)
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes, not over lines
 
     if losses:
         sec.figures.append(_figure(lambda ax: draw(ax, losses, "held-out loss"), 5.5, 2.8))
     if rates:
-        sec.figures.append(_figure(lambda ax: draw(ax, rates, "rate"), 7.0, 3.6))
+        sec.figures.append(_figure(lambda ax: draw(ax, rates, "rate"), 9.0, 3.6))
 
 
 @section("Quarantine reasons")
@@ -301,8 +301,12 @@ def render_html(run: dict[str, Any], sections: list[ReportSection]) -> str:
     params = run.get("parameters")
     if isinstance(params, str):
         params = json.loads(params)
-    for key in ("command", "status", "code_version", "started_at", "ended_at"):
-        parts.append(f"<tr><th>{key}</th><td>{esc(str(run.get(key)))}</td></tr>")
+    header = {k: run.get(k) for k in ("command", "status", "code_version", "started_at", "ended_at")}
+    if header["status"] == "running":  # a flow writes its report as its last step, before it records its end
+        header["status"] = "running (the report was written before the run ended)"
+        header["ended_at"] = "-"
+    for key, value in header.items():
+        parts.append(f"<tr><th>{key}</th><td>{esc(str(value))}</td></tr>")
     parts.append(f"<tr><th>parameters</th><td><code>{esc(json.dumps(params, sort_keys=True))}</code></td></tr>")
     parts.append(f"<tr><th>report written</th><td>{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M:%S} UTC</td></tr>")
     parts.append("</table>")

@@ -134,3 +134,13 @@ def test_an_empty_catalog_says_so_instead_of_drawing(catalog):
 def test_unknown_run_is_a_clear_error(catalog):
     with pytest.raises(KeyError, match="not in the catalog"):
         resolve_run(catalog, "nope")
+
+
+def test_a_report_written_during_its_run_says_so(catalog, tmp_path):
+    """Flows write the report as their last step, while their run is still recorded as running."""
+    run_id = catalog.start_run("end_to_end", {})
+    page = write_report(catalog, run_id, tmp_path / "r.html").read_text()
+    assert "running (the report was written before the run ended)" in page
+    catalog.finish_run(run_id)
+    page = write_report(catalog, run_id, tmp_path / "r.html").read_text()
+    assert "<th>status</th><td>completed</td>" in page and "before the run ended" not in page
