@@ -57,8 +57,9 @@ class EngineConfig(ConfigModel):
     """vLLM: skip CUDA graph capture (start-up time vs speed). Cluster: False."""
     torch_threads: int | None = Field(None, ge=1)
     """Torch intra-op threads for the transformers backend and the Mavors vision part (process-wide
-    ``torch.set_num_threads`` while the engine lives; ``close`` restores the previous count). None: unchanged. On a shared, oversubscribed CPU, 1 avoids OpenMP
-    spin-waits (measured 40x faster here under load); Ray actors already get one thread per CPU they hold."""
+    ``torch.set_num_threads`` while the engine lives; ``close`` restores the previous count). None: unchanged.
+    On a shared, oversubscribed CPU, 1 avoids OpenMP spin-waits (measured 40x faster here under load); Ray
+    actors already get one thread per CPU they hold."""
     llm_backend: Literal["vllm", "transformers"] = "vllm"
     """Backend ``mavors`` only: where the language model runs (vision always runs in torch). ``vllm``: fed
     with prompt embeddings; ``transformers``: HF generate on the same embeddings (no vLLM needed)."""

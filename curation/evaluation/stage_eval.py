@@ -117,15 +117,11 @@ def record_evals(cat: Catalog, rows: list[dict], stage: str, checkpoint: str | P
 
 
 def evaluate_export(cat: Catalog, checkpoint: str | Path, stage: str, run_id: str, eval_dir: str | Path,
-                    limit: int | None = None, log_path: Path | None = None) -> list[dict]:
-    """Export the catalog's held-out sets, evaluate ``checkpoint`` on them and record the ``evals`` rows.
-
-    With ``log_path`` the evaluation runs in a fresh process (:func:`evaluate_in_subprocess`), else in this one.
-    """
+                    limit: int | None = None) -> list[dict]:
+    """Export the catalog's held-out sets, evaluate ``checkpoint`` on them in this process and record the
+    ``evals`` rows (``mavors eval run``; the flows evaluate in a child process: :func:`evaluate_in_subprocess`)."""
     export_heldout(cat, eval_dir)
-    rows = (evaluate_in_subprocess(checkpoint, eval_dir, log_path, limit) if log_path is not None
-            else evaluate_checkpoint(checkpoint, eval_dir, limit))
-    return record_evals(cat, rows, stage, checkpoint, run_id)
+    return record_evals(cat, evaluate_checkpoint(checkpoint, eval_dir, limit), stage, checkpoint, run_id)
 
 
 def main(argv: list[str] | None = None) -> None:

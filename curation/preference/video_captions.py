@@ -35,12 +35,11 @@ def shuffle_for(inp: DpoInput, out_dir: Path, config: VideoCaptionConfig, seed: 
 
 def decide_video_captions(inp: DpoInput, original: Completion, shuffled_caption: Completion,
                           shuffled: ShuffledVideo, config: VideoCaptionConfig, seed: int,
-                          shuffled_seed: int | None = None) -> Outcome:
+                          shuffled_seed: int) -> Outcome:
     """``seed``/``shuffled_seed``: the sampling seeds of the two captions (equal when seeds are shared)."""
     temperature = config.sampling.temperature
     chosen = Candidate.from_completion("original", 0, original, temperature, seed)
-    rejected = Candidate.from_completion("shuffled", 0, shuffled_caption, temperature,
-                                         seed if shuffled_seed is None else shuffled_seed)
+    rejected = Candidate.from_completion("shuffled", 0, shuffled_caption, temperature, shuffled_seed)
     outcome = Outcome(inp, [chosen, rejected], audit_path=str(shuffled.path),
                       extra={"permutation": list(shuffled.permutation), "segments": [list(s) for s in shuffled.segments],
                              "n_frames": shuffled.n_frames, "duration_s": shuffled.duration_s})

@@ -51,9 +51,11 @@ def test_python_api_runs_every_held_out_task_and_records_evals(heldout, tiny_mod
 
     # the flows' path: the same evaluation in a child process; its rows replace the export's rows (one result
     # set per export, also across runs), and agree with the in-process ones
+    from curation.evaluation.stage_eval import evaluate_in_subprocess, record_evals
+
+    child = evaluate_in_subprocess(tiny_models["mavors"], eval_dir, eval_dir / "logs" / "stage1.log")
     with Catalog(path) as cat:
-        child = evaluate_export(cat, tiny_models["mavors"], "stage1", "run-2", eval_dir,
-                                log_path=eval_dir / "logs" / "stage1.log")
+        record_evals(cat, child, "stage1", tiny_models["mavors"], "run-2")
         again = cat.query("SELECT run_id, task, metric, value, samples FROM evals WHERE stage = 'stage1'")
     assert {r["run_id"] for r in again} == {"run-2"} and len(again) == len(stored) == len(child)
     before = {(r["task"], r["metric"]): r["value"] for r in stored}

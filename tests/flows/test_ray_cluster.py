@@ -5,7 +5,6 @@ sets it), and Ray's own job table on that head shows the flow's driver.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -62,23 +61,24 @@ def ray_head():
     shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def _jobs_on(address: str) -> list[dict]:
-    """The head's GCS job table (the state API's list_jobs needs the dashboard, which this head does not run)."""
+def _jobs_on(address: str) -> int:
+    """How many jobs the head's GCS job table holds (the state API's list_jobs needs the dashboard, which this
+    head does not run)."""
     probe = subprocess.run(
-        [sys.executable, "-c", "import json, ray; from ray._private.state import jobs; "
+        [sys.executable, "-c", "import ray; from ray._private.state import jobs; "
          f"ray.init(address='{address}', log_to_driver=False); "
-         "print(json.dumps([{'id': j['JobID'], 'entrypoint': j.get('Entrypoint', '')} for j in jobs()], default=str))"],
+         "print(len(jobs()))"],
         capture_output=True, text=True, timeout=300,
         env={**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, **AUTH})
     assert probe.returncode == 0, probe.stderr[-2000:]
-    return json.loads(probe.stdout.strip().splitlines()[-1])
+    return int(probe.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_curate_flow_runs_on_a_ray_head_by_address(ray_head, demo_workspace, tmp_path, run_flow):
     """The whole curate flow (ingest, captions, perplexity, dedup, mixtures, shards) with its Ray Data steps on
-    the head named in the settings file; the same catalog counts as the in-process run of the same flow."""
+    the head named in the settings file."""
     ws = copy_workspace(demo_workspace, tmp_path / "ws")
     settings = tmp_path / "settings.yaml"
     settings.write_text(yaml.safe_dump({"work_dir": str(ws / "mavors-work"), "ray": {"address": ray_head}}))
@@ -103,4 +103,4 @@ def test_curate_flow_runs_on_a_ray_head_by_address(ray_head, demo_workspace, tmp
             assert tar.getmembers()
     # the flow's driver joined that cluster: one more job in the head's table after the run
     after = _jobs_on(ray_head)
-    assert len(after) >= len(before) + 2, (before, after)  # the flow's driver, then this probe
+    assert after >= before + 2, (before, after)  # the flow's driver, then this probe
