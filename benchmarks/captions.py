@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def media_files(root: Path, n: int) -> list[tuple[str, str]]:
     """``n`` (kind, path) pairs alternating demo videos and images (corrupt demo files left out)."""
-    from curation.demo_data import generate
+    from demo.corpus import generate
 
     corpus = generate(root / "demo", seed=0)
     videos = sorted(p for p in (corpus / "kinetics_like" / "videos").glob("*.mp4"))
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         if args.model is None:
-            from model.tiny import make_tiny
+            from demo.tiny_models import make_tiny
 
             args.model = make_tiny(root / "models")["qwen2vl"]
         media = media_files(root, args.n)

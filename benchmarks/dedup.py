@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def build(path: Path, rows: int, groups: int, threads: int) -> float:
-    from curation.catalog import Catalog
+    from core.catalog import Catalog
 
     t0 = time.perf_counter()
     with Catalog(path) as cat:
@@ -53,7 +53,7 @@ def build(path: Path, rows: int, groups: int, threads: int) -> float:
 
 def run_child(path: Path, threads: int, memory_limit: str, mode: str) -> None:
     """Run in a subprocess: the policy (``policy``) or the GROUP BY floor (``groupby``); print JSON."""
-    from curation.catalog import Catalog
+    from core.catalog import Catalog
     from curation.dedup import DedupPolicy, TaskRule, run_policy
 
     with Catalog(path) as cat:

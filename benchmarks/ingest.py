@@ -16,10 +16,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from curation.demo_data import IMAGE_SIZES, random_scene, write_image, write_video
+from demo.corpus import IMAGE_SIZES, random_scene, write_image, write_video
 from curation.ingest import probe_media
 from curation.media import sha256_file
-from curation.settings import RaySettings
+from core.settings import RaySettings
 
 
 def make_files(root: Path, n_videos: int, n_images: int, seed: int = 0) -> list[tuple[str, str]]:
@@ -72,7 +72,7 @@ def main() -> None:
 
     import ray
 
-    from curation.ray_runtime import ensure_ray
+    from core.ray_runtime import ensure_ray
 
     t_ray = timed(lambda: ensure_ray(RaySettings(num_cpus=2, object_store_mb=256)))
     t_warm = timed(lambda: probe_media(media[:32], workers=2))  # both worker processes start and import

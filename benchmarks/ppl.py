@@ -68,13 +68,13 @@ def main() -> None:
     ap.add_argument("--no-vllm", action="store_true")
     args = ap.parse_args()
 
-    from curation.engines import EngineConfig, load_engine
+    from inference import EngineConfig, load_engine
 
     with tempfile.TemporaryDirectory(prefix="ppl-bench-") as tmp:
         root = Path(tmp)
         model = args.model
         if model is None:
-            from model.tiny import make_tiny
+            from demo.tiny_models import make_tiny
 
             model = make_tiny(root / "models")["qwen2vl"]
         requests = make_requests(root, args.n)

@@ -123,7 +123,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    from model.tiny import make_tokenizer
+    from demo.tiny_models import make_tokenizer
 
     torch.manual_seed(0)
     shape = SHAPES[args.shape]

@@ -156,7 +156,7 @@ def main() -> None:
         import torch
 
         from model.processing import MavorsProcessor
-        from model.tiny import make_tokenizer
+        from demo.tiny_models import make_tokenizer
 
         mavors = MavorsProcessor(make_tokenizer(), frames_per_chunk=4, patch_size=16, image_size=64, max_sub_images=4)
         torch.set_num_threads(1)  # as in DataLoader workers: the baseline gets the same per-process threads

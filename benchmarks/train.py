@@ -40,7 +40,7 @@ def stage2_spec(global_size: int, micro: int, steps: int, synthetic: dict) -> St
 
 
 def cpu_model():
-    from model.tiny import make_tiny
+    from demo.tiny_models import make_tiny
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-train-"))
     paths = make_tiny(tmp)

@@ -1,1 +1,1 @@
-"""Data curation library: catalog, ingest, captions, perplexity/dedup, mixtures, shards, preference pairs."""
+"""Data curation: sources and ingest, media, captions, perplexity and dedup, held-out sets, mixtures, shards, preference pairs."""

@@ -45,10 +45,10 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from curation.catalog import Catalog
-from curation.config import ConfigModel, read_yaml, validate
-from curation.engines import ChatRequest, EngineConfig, GenerationResult, SamplingParams, load_engine
-from curation.engines.chat import load_image, load_video
+from core.catalog import Catalog
+from core.config import ConfigModel, read_yaml, validate
+from inference import ChatRequest, EngineConfig, GenerationResult, SamplingParams, load_engine
+from inference.chat import load_image, load_video
 
 STAGE = "captions"
 Kind = Literal["image", "video"]
@@ -413,7 +413,7 @@ def run_captions(cat: Catalog, roster: RosterConfig, sources: list[str] | None =
     Every checkpoint path is checked before any work; raw captions first (one Ray Data pass for all
     captioners), then merges of media whose accepted raw captions changed.
     """
-    from curation.engines.loader import check_model_path
+    from inference.loader import check_model_path
 
     for engine in [c.engine for c in roster.captioners] + [roster.merger.engine]:
         check_model_path(Path(engine.model_path))
@@ -611,7 +611,7 @@ def _execute(work: list[dict[str, Any]], roster: RosterConfig, stages: list[tupl
 
     import ray.data
 
-    from curation.ray_runtime import ensure_ray
+    from core.ray_runtime import ensure_ray
 
     ensure_ray(ray_settings)
     ds = ray.data.from_items(work, override_num_blocks=max(1, math.ceil(len(work) / n)))

@@ -36,8 +36,8 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from curation.catalog import Catalog
-from curation.config import ConfigModel, load_yaml
+from core.catalog import Catalog
+from core.config import ConfigModel, load_yaml
 
 RuleName = Literal["keep_k_lowest", "random_one_of_k_lowest", "keep_all"]
 

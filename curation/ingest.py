@@ -27,9 +27,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from curation.catalog import Catalog
+from core.catalog import Catalog
 from curation.media import MediaError, hash_and_probe
-from curation.settings import RaySettings
+from core.settings import RaySettings
 from curation.sources import RawItem, SourceManifest, iter_items
 
 STAGE = "ingest"
@@ -112,7 +112,7 @@ def probe_media(media: Sequence[MediaKey], *, ray_settings: RaySettings | None =
         return results
     import ray
 
-    from curation.ray_runtime import ensure_ray
+    from core.ray_runtime import ensure_ray
 
     ensure_ray(ray_settings)
     ctx = ray.data.DataContext.get_current()

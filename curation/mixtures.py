@@ -28,8 +28,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from curation.catalog import Catalog
-from curation.config import ConfigModel, load_yaml
+from core.catalog import Catalog
+from core.config import ConfigModel, load_yaml
 from curation.transcode import TranscodeConfig
 
 Stage = Literal["1", "1.5", "2", "dpo"]

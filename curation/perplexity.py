@@ -4,7 +4,7 @@
 
 The paper (Appendix A) ranks samples that share media by the PPL of their text
 under Qwen2VL-72B. Here a sample's LLaVA conversation becomes a
-:class:`~curation.engines.ChatRequest` (``<image>``/``<video>`` placeholders
+:class:`~inference.ChatRequest` (``<image>``/``<video>`` placeholders
 become media parts pointing at the catalog's ``media.storage_path``), the
 engine returns per-token prompt log-probs with a mask of the scored roles'
 content tokens, and::
@@ -33,10 +33,10 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from curation.catalog import Catalog
-from curation.config import ConfigModel, load_yaml
-from curation.engines import ChatRequest, EngineConfig, PromptScore
-from curation.settings import RaySettings
+from core.catalog import Catalog
+from core.config import ConfigModel, load_yaml
+from inference import ChatRequest, EngineConfig, PromptScore
+from core.settings import RaySettings
 
 # Bump when the LLaVA -> chat conversion changes: scores keyed by an older version are not reused.
 TEMPLATE_VERSION = "llava2chat-v1"
@@ -263,7 +263,7 @@ class _ScoreActor:
     """Ray Data actor: loads one engine, scores batches of work items."""
 
     def __init__(self, config_json: str):
-        from curation.engines import load_engine
+        from inference import load_engine
 
         self.config = ScorerConfig.model_validate_json(config_json)
         self.engine = load_engine(self.config.engine)
@@ -295,7 +295,7 @@ def run_scoring(cat: Catalog, config: ScorerConfig, *, use_ray: bool = True, lim
     The checkpoint is checked before anything else (a missing scorer fails before any work starts).
     ``use_ray=False`` runs one engine in this process (same code path per batch).
     """
-    from curation.engines.loader import check_model_path
+    from inference.loader import check_model_path
 
     check_model_path(Path(config.engine.model_path))
     rows = pending_samples(cat, config, limit=limit, sample_ids=sample_ids)
@@ -322,7 +322,7 @@ def _run_batches(work: list[dict], config: ScorerConfig, use_ray: bool,
     """Yield lists of result rows, one per finished unit of ``rows_per_commit`` samples."""
     n = config.rows_per_commit
     if not use_ray:
-        from curation.engines import load_engine
+        from inference import load_engine
 
         engine = load_engine(config.engine)
         try:
@@ -336,7 +336,7 @@ def _run_batches(work: list[dict], config: ScorerConfig, use_ray: bool,
 
     import ray.data
 
-    from curation.ray_runtime import ensure_ray
+    from core.ray_runtime import ensure_ray
 
     ensure_ray(ray_settings)
     ds = ray.data.from_items(work, override_num_blocks=max(1, math.ceil(len(work) / n)))

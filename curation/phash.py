@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from curation.catalog import Catalog
+from core.catalog import Catalog
 
 THUMB = 16             # thumbnail side in pixels
 DEFAULT_FRAMES = 5     # sampled frames per video

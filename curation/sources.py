@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 from pydantic import Field, PrivateAttr
 
-from curation.config import ConfigError, ConfigModel, load_yaml
+from core.config import ConfigError, ConfigModel, load_yaml
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov")

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from curation.catalog import Catalog
+from core.catalog import Catalog
 
 
 @dataclass

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import math
 import os
 from dataclasses import asdict, dataclass
 from fractions import Fraction
@@ -28,7 +27,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from curation.config import ConfigModel
+from core.config import ConfigModel
 
 DEFAULT_FPS = 2.0
 """Fixed frame rate of shard videos when neither the mixture nor the model config says otherwise: the

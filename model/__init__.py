@@ -17,7 +17,7 @@ Public API (other areas import only these names)::
 
 Batch keys: input_ids, attention_mask, labels (-100 outside assistant answers), pixel_values (packed tubelets),
 chunk_grids, chunk_positions (C-RoPE ids), chunk_sequences. Submodules: model.ive, model.ifa, model.projector,
-model.llm. Bad media raise `MediaError` (a ValueError) naming the item. Tiny checkpoint: ``model.tiny.make_tiny``.
+model.llm. Bad media raise `MediaError` (a ValueError) naming the item. Tiny checkpoint: ``demo.tiny_models.make_tiny``.
 """
 from model.configuration import MavorsConfig
 from model.modeling import MavorsForConditionalGeneration, MavorsInputs

@@ -4,7 +4,7 @@ Takes the catalog's LLaVA-style conversations ``[{"from": "human"|"gpt"|"system"
 with one media source per ``<image>``/``<video>`` placeholder, or chat messages in the engine format
 ``[{"role": ..., "content": str | [{"type": "text"|"image"|"video", ...}]}]``.
 
-Rendering is the shared ChatML template (``model/tiny.py``): each medium becomes
+Rendering is the shared ChatML template (``demo/tiny_models.py``): each medium becomes
 ``<|vision_start|>`` + one ``<|image_pad|>``/``<|video_pad|>`` per visual token + ``<|vision_end|>``.
 Labels are -100 everywhere except assistant content and its closing ``<|im_end|>``.
 

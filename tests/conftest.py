@@ -25,7 +25,7 @@ os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "torc
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
     """Tiny random checkpoints (tokenizer, siglip, qwen2, qwen2vl, ...), written once per session."""
-    from model.tiny import make_tiny
+    from demo.tiny_models import make_tiny
 
     return make_tiny(tmp_path_factory.mktemp("tiny-models"))
 
@@ -35,8 +35,8 @@ def ray_local():
     """A local Ray instance for the whole session (starting one costs ~5 s)."""
     import ray
 
-    from curation.ray_runtime import ensure_ray
-    from curation.settings import RaySettings
+    from core.ray_runtime import ensure_ray
+    from core.settings import RaySettings
 
     ensure_ray(RaySettings(num_cpus=2, object_store_mb=256))
     yield ray
@@ -46,7 +46,7 @@ def ray_local():
 @pytest.fixture
 def catalog(tmp_path):
     """A fresh, migrated catalog file."""
-    from curation.catalog import Catalog
+    from core.catalog import Catalog
 
     with Catalog(tmp_path / "catalog.duckdb") as cat:
         yield cat
@@ -56,7 +56,7 @@ def catalog(tmp_path):
 def demo_corpus(tmp_path_factory) -> Path:
     """The demo corpus (``mavors demo-data``, seed 0), generated once: media, annotations, ``manifests/*.yaml``,
     ``corpus.json`` (generation truth, expected quarantine reasons) and ``planted_duplicates.json``."""
-    from curation.demo_data import generate
+    from demo.corpus import generate
 
     return generate(tmp_path_factory.mktemp("demo-corpus") / "demo", seed=0)
 
@@ -67,7 +67,7 @@ def demo_catalog(demo_corpus, ray_local, tmp_path_factory) -> Path:
 
     Shared by the session: a test that writes must copy it first (``shutil.copy(demo_catalog, tmp_path)``).
     """
-    from curation.catalog import Catalog
+    from core.catalog import Catalog
     from curation.ingest import ingest
     from curation.sources import load_manifests
 
@@ -80,7 +80,7 @@ def demo_catalog(demo_corpus, ray_local, tmp_path_factory) -> Path:
 @pytest.fixture
 def demo_cat(demo_catalog, tmp_path):
     """A writable copy of the ingested demo catalog, open for the test."""
-    from curation.catalog import Catalog
+    from core.catalog import Catalog
 
     path = tmp_path / "catalog.duckdb"
     shutil.copy(demo_catalog, path)

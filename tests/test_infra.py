@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from core.paths import REPO_ROOT as ROOT
 
 
 def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:

@@ -4,22 +4,22 @@ A new folder under manifests/ must be added to LOADERS, so no shipped file goes 
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
+from core.paths import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 
 
 def _loaders():
     from curation.captions import load_roster
-    from curation.config import load_yaml
+    from core.config import load_yaml
     from curation.dedup import load_policy
-    from curation.engines.config import load_engine_config
+    from inference.config import load_engine_config
     from curation.mixtures import load_mixture
     from curation.perplexity import load_scorer_config
     from curation.preference.config import DpoConfig
-    from curation.settings import Settings
+    from core.settings import Settings
     from curation.sources import load_manifest
     from trainers.spec import load_stage
 

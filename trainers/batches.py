@@ -15,6 +15,7 @@ from typing import Iterator
 from trainers.initialization import resolve
 from trainers.spec import StageSpec
 from trainers.synthetic import SyntheticStream
+from core.paths import REPO_ROOT
 
 
 def vocab_size(model) -> int:
@@ -40,7 +41,7 @@ def manifest_path(path: str) -> Path:
     p = Path(path)
     if p.is_absolute() or p.exists():
         return p
-    return Path(__file__).resolve().parents[1] / p
+    return REPO_ROOT / p
 
 
 def build_stream(spec: StageSpec, model, processor, rank: int, world: int, work_dir: Path):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from curation.config import ConfigError
+from core.config import ConfigError
 from trainers.export import is_exported, read_stage_record
 from trainers.batches import data_dir, manifest_path
 from trainers.initialization import check_init, export_dir

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from curation.config import ConfigError
+from core.config import ConfigError
 from trainers.export import is_exported
 from trainers.spec import StageSpec
 

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from curation.config import ConfigError, ConfigModel, load_yaml
+from core.config import ConfigError, ConfigModel, load_yaml
 
 # Data-flow order of Mavors' submodules: video → IVE → IFA → projector → LLM.
 MODULES: tuple[str, ...] = ("ive", "ifa", "projector", "llm")

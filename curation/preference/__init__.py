@@ -8,7 +8,7 @@ Modules, one concept each:
   scoring.py         caption score = weighted judge rating, coverage, penalties
   qa.py              open-ended QA: correct+terminated+sized positive vs incorrect/too-brief negative
   image_captions.py  N high-temperature captions ranked, high vs low with a margin
-  video_captions.py  caption of the video vs caption of its shuffled-segment copy (curation.segments)
+  video_captions.py  caption of the video vs caption of its shuffled-segment copy (curation.preference.segments)
   records.py         TRL rows (prompt/chosen/rejected/images/videos), shard samples, datasets loader
   build.py           pair set identity, skip-finished, batches in transactions, shards
   stats.py           the `mavors catalog stats` section

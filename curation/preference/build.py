@@ -21,8 +21,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from curation.catalog import Catalog
-from curation.engines import (
+from core.catalog import Catalog
+from inference import (
     ChatRequest, Engine, EngineConfig, EngineError, GenerationResult, SamplingParams, load_engine,
 )
 from curation.preference.config import DpoConfig
@@ -33,7 +33,7 @@ from curation.preference.qa import decide_qa
 from curation.preference.records import pair_rows, write_pair_shards
 from curation.preference.scoring import CaptionScorer
 from curation.preference.video_captions import decide_video_captions, shuffle_for
-from curation.segments import SegmentRefusal
+from curation.preference.segments import SegmentRefusal
 
 log = logging.getLogger(__name__)
 STAGE = "dpo"

@@ -13,8 +13,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from curation.config import ConfigModel
-from curation.engines import EngineConfig, SamplingParams
+from core.config import ConfigModel
+from inference import EngineConfig, SamplingParams
 
 
 class Sampling(ConfigModel):

@@ -12,7 +12,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from curation.engines import Completion
+from inference import Completion
 
 Domain = Literal["qa", "image_caption", "video_caption"]
 DOMAINS: tuple[Domain, ...] = ("qa", "image_caption", "video_caption")

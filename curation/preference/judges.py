@@ -22,9 +22,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from curation.engines import ChatRequest, Engine, SamplingParams
+from inference import ChatRequest, Engine, SamplingParams
 from curation.preference.config import JudgeConfig
-from curation.evaluation.metrics import contains_answer, normalize_answer
+from evaluation.metrics import contains_answer, normalize_answer
 
 Media = list[tuple[str, str]]  # [("image"|"video", path)]
 

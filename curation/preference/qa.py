@@ -12,7 +12,7 @@ when right, since brevity is the Stage-2 fault DPO fixes).
 """
 from __future__ import annotations
 
-from curation.engines import Completion
+from inference import Completion
 from curation.preference.config import QAConfig
 from curation.preference.decisions import Candidate, DpoInput, Outcome, Pair
 from curation.preference.judges import AnswerJudge, JudgeItem

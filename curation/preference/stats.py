@@ -4,7 +4,7 @@
 """
 from __future__ import annotations
 
-from curation.catalog import Catalog
+from core.catalog import Catalog
 from curation.stats import Section, has_table
 
 

@@ -1,7 +1,7 @@
 """Plain-text measures of the caption scorers and QA length rules: word counts, coverage, repetition.
 
 Answer normalization and whole-word matching are the evaluation metrics' own
-(:func:`curation.evaluation.metrics.normalize_answer` / ``contains_answer``), so a DPO
+(:func:`evaluation.metrics.normalize_answer` / ``contains_answer``), so a DPO
 "correct" and an eval "correct" are the same test.
 
     python -c "from curation.preference.text import coverage; print(coverage('a red circle', 'A red circle.'))"

@@ -1,6 +1,6 @@
 """Video-caption pairs (paper App. A 3): caption of the video (chosen) vs caption of its shuffled copy (rejected).
 
-The shuffled copy is made by :func:`curation.segments.shuffle_segments` (four equal
+The shuffled copy is made by :func:`curation.preference.segments.shuffle_segments` (four equal
 segments, seeded non-identity permutation) and kept as an audit artifact. Both
 captions are sampled with the same parameters, with independent or shared seeds
 (``VideoCaptionConfig.seeds``). The chosen caption must be
@@ -15,12 +15,12 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from curation.engines import Completion
+from inference import Completion
 from curation.preference.config import VideoCaptionConfig
 from curation.preference.decisions import Candidate, DpoInput, Outcome, Pair
-from curation.evaluation.metrics import normalize_answer
+from evaluation.metrics import normalize_answer
 from curation.preference.text import words
-from curation.segments import ShuffledVideo, shuffle_segments
+from curation.preference.segments import ShuffledVideo, shuffle_segments
 
 
 def shuffle_for(inp: DpoInput, out_dir: Path, config: VideoCaptionConfig, seed: int) -> ShuffledVideo:

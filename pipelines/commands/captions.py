@@ -27,8 +27,8 @@ def run_cmd(
 ) -> None:
     """Caption the media of SOURCE with every captioner, merge, and write caption samples to the catalog."""
     from curation.captions import load_roster, run_captions
-    from curation.catalog import Catalog
-    from curation.settings import load_settings
+    from core.catalog import Catalog
+    from core.settings import load_settings
 
     config = load_roster(roster)
     settings = load_settings()

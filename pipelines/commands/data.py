@@ -20,7 +20,7 @@ catalog_app = typer.Typer(no_args_is_help=True, help="Inspect the catalog.")
 def make_tiny_cmd(out_dir: Path = typer.Argument(Path("mavors-work/models"), help="Where to write them."),
                   seed: int = typer.Option(0, help="Seed of the random weights.")) -> None:
     """Write tiny random-weight checkpoints (SigLIP, Qwen2.5-style LM, Qwen2-VL, shared tokenizer)."""
-    from model.tiny import make_tiny
+    from demo.tiny_models import make_tiny
 
     for name, path in make_tiny(out_dir, seed=seed).items():
         console.print(f"{name:>10}: {path}")
@@ -31,7 +31,7 @@ def demo_data_cmd(out_dir: Path = typer.Argument(Path("mavors-work/demo"), help=
     """Generate the demo corpus (videos, images, annotations in every supported format, source manifests)."""
     import json
 
-    from curation.demo_data import generate
+    from demo.corpus import generate
 
     root = generate(out_dir, seed=seed)
     corpus = json.loads((root / "corpus.json").read_text())
@@ -46,9 +46,9 @@ def ingest_cmd(manifests: list[Path] = typer.Argument(..., help="Source manifest
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
     from rich.table import Table
 
-    from curation.catalog import Catalog
+    from core.catalog import Catalog
     from curation.ingest import ingest
-    from curation.settings import load_settings
+    from core.settings import load_settings
     from curation.sources import load_manifests
 
     settings = load_settings()
@@ -74,8 +74,8 @@ def stats_cmd() -> None:
     """Sources, samples, media, duplicate media groups, quarantine reasons (and each area's own sections)."""
     from rich.table import Table
 
-    from curation.catalog import Catalog
-    from curation.settings import load_settings
+    from core.catalog import Catalog
+    from core.settings import load_settings
     from curation.stats import collect
 
     settings = load_settings()

@@ -27,9 +27,9 @@ def score_cmd(
     no_ray: bool = typer.Option(False, "--no-ray", help="One engine in this process instead of a Ray actor pool."),
 ) -> None:
     """Score every sample without a score for this scorer/template/scope; bad samples are quarantined."""
-    from curation.catalog import Catalog
+    from core.catalog import Catalog
     from curation.perplexity import TEMPLATE_VERSION, load_scorer_config, run_scoring
-    from curation.settings import load_settings
+    from core.settings import load_settings
 
     settings = load_settings()
     config = load_scorer_config(scorer)
@@ -53,9 +53,9 @@ def phash_cmd(
     frames: int = typer.Option(5, help="Frames sampled per video."),
 ) -> None:
     """Sign media not signed yet, then rebuild near-duplicate clusters at MAX_DISTANCE."""
-    from curation.catalog import Catalog
+    from core.catalog import Catalog
     from curation.phash import build_clusters, compute_signatures
-    from curation.settings import load_settings
+    from core.settings import load_settings
 
     with Catalog(load_settings().catalog) as cat:
         signed = compute_signatures(cat, frames=frames)
@@ -68,9 +68,9 @@ def phash_cmd(
 @dedup_app.command("run")
 def run_cmd(policy: Path = typer.Argument(..., help="Policy YAML (manifests/dedup/*.yaml).")) -> None:
     """Decide every sample under POLICY (replaces that policy's previous decisions atomically)."""
-    from curation.catalog import Catalog
+    from core.catalog import Catalog
     from curation.dedup import REASONS, load_policy, run_policy
-    from curation.settings import load_settings
+    from core.settings import load_settings
 
     pol = load_policy(policy)
     with Catalog(load_settings().catalog) as cat:
@@ -95,9 +95,9 @@ def explain_cmd(
     policy: Optional[str] = typer.Option(None, help="Policy name (needed when several were run)."),
 ) -> None:
     """Why SAMPLE_ID was kept or dropped: its group, rank, and the PPL of the group's members."""
-    from curation.catalog import Catalog
+    from core.catalog import Catalog
     from curation.dedup import explain, format_explanation
-    from curation.settings import load_settings
+    from core.settings import load_settings
 
     with Catalog(load_settings().catalog) as cat:
         console.print(format_explanation(explain(cat, sample_id, policy)), highlight=False)
@@ -109,9 +109,9 @@ def report_cmd(
     out: Optional[Path] = typer.Option(None, help="Output folder (default: <work_dir>/reports/dedup-<policy>)."),
 ) -> None:
     """Groups, kept/dropped per source and task, reasons; writes report.json and ppl_histogram.png."""
-    from curation.catalog import Catalog
+    from core.catalog import Catalog
     from curation.dedup import resolve_policy_name, report
-    from curation.settings import load_settings
+    from core.settings import load_settings
 
     settings = load_settings()
     with Catalog(settings.catalog) as cat:

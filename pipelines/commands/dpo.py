@@ -29,12 +29,12 @@ def build_cmd(
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Output root (default: <work_dir>/dpo)."),
 ) -> None:
     """Generate, judge and pair; record every decision; shard the pairs in TRL's format."""
-    from curation.catalog import Catalog
-    from curation.config import load_yaml
+    from core.catalog import Catalog
+    from core.config import load_yaml
     from curation.mixtures import load_mixture, select_mixture
     from curation.preference.build import build_pair_set, mixture_inputs
     from curation.preference.config import DpoConfig
-    from curation.settings import load_settings
+    from core.settings import load_settings
 
     settings = load_settings()
     cfg = load_yaml(dpo_config, DpoConfig) if dpo_config else DpoConfig()
@@ -68,8 +68,8 @@ def build_cmd(
 @dpo_app.command("sets")
 def sets_cmd() -> None:
     """Pair sets in the catalog, newest first, with their checkpoint and the set they supersede."""
-    from curation.catalog import Catalog
-    from curation.settings import load_settings
+    from core.catalog import Catalog
+    from core.settings import load_settings
 
     with Catalog(load_settings().catalog) as cat:
         rows = cat.query("""SELECT s.pair_set_id, s.checkpoint_path, s.checkpoint_sha256[:12] AS ck, s.backend,

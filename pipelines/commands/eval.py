@@ -16,9 +16,9 @@ eval_app = typer.Typer(no_args_is_help=True, help="Held-out sets and evaluation 
 def split_cmd(per_family: int = typer.Option(8, help="Samples held out per task family."),
               seed: int = typer.Option(0, help="Seed of the hash order the samples are drawn in.")) -> None:
     """Reserve held-out sets (image/video QA and captions) before any mixture is sampled, and export them."""
-    from curation.catalog import Catalog
-    from curation.evaluation.heldout import export_heldout, reserve_heldout
-    from curation.settings import load_settings
+    from core.catalog import Catalog
+    from curation.heldout import export_heldout, reserve_heldout
+    from core.settings import load_settings
 
     settings = load_settings()
     with Catalog(settings.catalog) as cat:
@@ -36,9 +36,9 @@ def split_cmd(per_family: int = typer.Option(8, help="Samples held out per task 
 @eval_app.command("check-leakage")
 def leakage_cmd(shards: list[Path] = typer.Argument(..., help="Shard files or folders (searched for *.tar).")) -> None:
     """Fail if any held-out sample id or media appears in the given training shards."""
-    from curation.catalog import Catalog
-    from curation.evaluation.leakage import check_no_leakage
-    from curation.settings import load_settings
+    from core.catalog import Catalog
+    from curation.leakage import check_no_leakage
+    from core.settings import load_settings
 
     with Catalog(load_settings().catalog) as cat:
         n = check_no_leakage(cat, shards)
@@ -51,9 +51,9 @@ def run_cmd(checkpoint: Path = typer.Option(..., help="A stage export (save_pret
             run_id: Optional[str] = typer.Option(None, help="Run id to record under (default: a new eval run)."),
             limit: Optional[int] = typer.Option(None, help="At most this many docs per task.")) -> None:
     """Evaluate a checkpoint on the held-out tasks (lmms-eval) and the held-out loss; rows go to `evals`."""
-    from curation.catalog import Catalog
-    from curation.evaluation.stage_eval import evaluate_export
-    from curation.settings import load_settings
+    from core.catalog import Catalog
+    from evaluation.stage_eval import evaluate_export
+    from core.settings import load_settings
 
     settings = load_settings()
     with Catalog(settings.catalog) as cat:

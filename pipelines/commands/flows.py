@@ -35,7 +35,7 @@ FLOWS = {
 def _work_dir(work_dir: Optional[Path]) -> Path:
     if work_dir is not None:
         return work_dir
-    from curation.settings import load_settings
+    from core.settings import load_settings
 
     return load_settings().work_dir
 
@@ -51,7 +51,7 @@ def _load_flow(name: str) -> tuple[Any, Any]:
 
 
 def _params(model: Any, params_file: Optional[Path], work_dir: Optional[Path]) -> Any:
-    from curation.config import load_yaml, validate
+    from core.config import load_yaml, validate
 
     params = load_yaml(params_file, model) if params_file else validate(model, {}, "<defaults>")
     config = os.environ.get("MAVORS_CONFIG")
@@ -157,7 +157,7 @@ def serve_cmd(
         os.environ["PREFECT_API_URL"] = api_url
         console.print(f"Prefect server on {api_url} (log: {wd / 'prefect-server.log'})")
     try:
-        from curation.config import read_yaml
+        from core.config import read_yaml
         from prefect import serve
 
         config = os.environ.get("MAVORS_CONFIG")

@@ -1,4 +1,4 @@
-"""``mavors report RUN_ID``: the run report as a self-contained HTML page (curation/report.py)."""
+"""``mavors report RUN_ID``: the run report as a self-contained HTML page (pipelines/report.py)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,9 +19,9 @@ def report_cmd(run_id: str = typer.Argument(..., help="A run id from the catalog
                out: Optional[Path] = typer.Option(None, "--out", help="Output file (default: under the work dir).")
                ) -> None:
     """Write the HTML report of a run: composition, captions, PPL, dedup, shards, training, DPO, evals."""
-    from curation.catalog import Catalog
-    from curation.report import resolve_run, write_report
-    from curation.settings import load_settings
+    from core.catalog import Catalog
+    from pipelines.report import resolve_run, write_report
+    from core.settings import load_settings
 
     settings = load_settings()
     with Catalog(settings.catalog) as cat:

@@ -38,8 +38,8 @@ def select_cmd(mixture: Path = typer.Argument(..., help="Mixture YAML (manifests
                strict: bool = typer.Option(False, help="A source absent from the catalog or short of its count fails."),
                replace: bool = typer.Option(False, help="Redraw a mixture selected before with another config.")) -> None:
     """Draw a mixture's samples into the catalog and print requested vs available per source."""
-    from curation.catalog import Catalog
-    from curation.settings import load_settings
+    from core.catalog import Catalog
+    from core.settings import load_settings
 
     with Catalog(load_settings().catalog) as cat:
         run_id = cat.start_run("shards select", {"mixture": str(mixture), "strict": strict})
@@ -55,8 +55,8 @@ def build_cmd(mixture: Path = typer.Argument(..., help="Mixture YAML (manifests/
               replace: bool = typer.Option(False, help="Redraw a mixture selected before with another config."),
               serial: bool = typer.Option(False, help="Write in this process instead of Ray tasks.")) -> None:
     """Select a mixture, transcode its media and write its shards (a rerun skips finished shards)."""
-    from curation.catalog import Catalog
-    from curation.settings import load_settings
+    from core.catalog import Catalog
+    from core.settings import load_settings
     from curation.shards import build_shards
 
     settings = load_settings()
@@ -89,8 +89,8 @@ def verify_cmd(directory: Path = typer.Argument(..., help="A shard folder (with 
 
     recorded = None
     if catalog:
-        from curation.catalog import Catalog
-        from curation.settings import load_settings
+        from core.catalog import Catalog
+        from core.settings import load_settings
 
         with Catalog(load_settings().catalog, read_only=True) as cat:
             recorded = {r["name"]: r["sha256"] for r in cat.query("SELECT name, sha256 FROM shards")}

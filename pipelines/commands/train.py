@@ -36,8 +36,8 @@ def train_cmd(
                                              "its spec's data (e.g. the DPO pair set just built). Repeatable."),
 ) -> None:
     """Train stages in order (Stage 1 -> 1.5 -> 2 -> DPO), skipping finished ones."""
-    from curation.catalog import Catalog
-    from curation.settings import load_settings
+    from core.catalog import Catalog
+    from core.settings import load_settings
     from trainers.chain import data_args, plan_chain, run_chain
     from trainers.launch import Launch, deepspeed_command
     from trainers.records import record_stage

@@ -33,7 +33,7 @@ def configure_prefect(work_dir: Path | str | None = None) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     # The library logs through the standard ``logging`` module; Prefect attaches these to the run's logs.
-    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "curation,model,trainers")
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "core,model,inference,curation,evaluation,trainers,demo")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if shutil.which("nvidia-smi") is None:

@@ -35,9 +35,10 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.tasks import exponential_backoff
 from pydantic import BaseModel, ConfigDict
 
-from curation.catalog import REPO_ROOT, Catalog, CatalogError
-from curation.config import ConfigModel
-from curation.settings import Settings, load_settings
+from core.catalog import Catalog, CatalogError
+from core.paths import REPO_ROOT
+from core.config import ConfigModel
+from core.settings import Settings, load_settings
 
 FAULT_ENV = "MAVORS_FAULT_AT"
 """``<step>``, ``<step>:<seconds>`` or ``<step>#<commits>``: SIGKILL this process (group) during that step."""
@@ -61,7 +62,7 @@ class FlowParams(ConfigModel):
     local instance, or the cluster of the settings' ``ray.address`` / ``RAY_ADDRESS``. False: in the flow
     process (on the tiny demo with 2 cores this saves Ray's start-up; results are identical)."""
     report: bool = True
-    """Write the run report (``curation.report``, ``<work_dir>/reports/<run id>.html``) at the end and link it
+    """Write the run report (``pipelines.report``, ``<work_dir>/reports/<run id>.html``) at the end and link it
     as an artifact. The end-to-end flow writes one for the whole run instead of one per part."""
     use_cache: bool = True
     """Reuse Prefect's cached results of steps whose inputs did not change. Correctness never
@@ -106,7 +107,7 @@ def code_digest() -> str:
     again, so it cannot key a cache.
     """
     h = hashlib.sha256()
-    for top in ("curation", "model", "trainers", "pipelines", "manifests"):
+    for top in ("core", "model", "inference", "curation", "evaluation", "trainers", "demo", "pipelines", "manifests"):
         for path in sorted((REPO_ROOT / top).rglob("*")):
             if path.suffix in {".py", ".yaml", ".yml", ".sql", ".json"} and path.is_file():
                 h.update(str(path.relative_to(REPO_ROOT)).encode())
@@ -238,9 +239,9 @@ def step(name: str, *, retries: int = 2, backoff_s: float = 2.0,
 
 @step("report", retries=1)
 def write_run_report(run: RunContext, run_id: str, upstream: Any) -> str:
-    """curation.report.write_report: the run's HTML report (tables and plots from the catalog).
+    """pipelines.report.write_report: the run's HTML report (tables and plots from the catalog).
     ``run_id`` is an explicit input so that every run gets its own report (cache keys omit the run)."""
-    from curation.report import write_report
+    from pipelines.report import write_report
 
     with run.catalog() as cat:
         path = write_report(cat, run_id, run.dir("reports") / f"{run_id}.html")

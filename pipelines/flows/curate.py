@@ -15,11 +15,10 @@ from typing import Any
 from prefect import flow, get_run_logger
 from pydantic import Field
 
-from curation.catalog import REPO_ROOT
+from core.paths import MANIFESTS
 from pipelines.flows.common import (FlowParams, RunContext, publish_table, recorded_run, step,
                                     write_run_report)
 
-MANIFESTS = REPO_ROOT / "manifests"
 
 
 class CurateParams(FlowParams):
@@ -131,8 +130,8 @@ def dedup_report(run: RunContext, policy: Path, upstream: Any) -> dict[str, Any]
 
 @step("reserve-heldout")
 def reserve_heldout(run: RunContext, per_family: int, seed: int, upstream: Any) -> dict[str, Any]:
-    """curation.evaluation.heldout: reserve the held-out sets (before mixtures) and export their task files."""
-    from curation.evaluation.heldout import export_heldout, reserve_heldout as reserve
+    """curation.heldout: reserve the held-out sets (before mixtures) and export their task files."""
+    from curation.heldout import export_heldout, reserve_heldout as reserve
 
     with run.catalog() as cat:
         split = reserve(cat, per_family=per_family, seed=seed)
@@ -142,8 +141,8 @@ def reserve_heldout(run: RunContext, per_family: int, seed: int, upstream: Any) 
 
 @step("check-leakage", retries=0)
 def check_leakage(run: RunContext, shard_dirs: list[str]) -> int:
-    """curation.evaluation.leakage.check_no_leakage: no held-out id or media in any training shard."""
-    from curation.evaluation.leakage import check_no_leakage
+    """curation.leakage.check_no_leakage: no held-out id or media in any training shard."""
+    from curation.leakage import check_no_leakage
 
     with run.catalog() as cat:
         return check_no_leakage(cat, shard_dirs)

@@ -15,10 +15,9 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from curation.catalog import REPO_ROOT
+from core.paths import MANIFESTS
 from pipelines.flows.common import FlowParams, RunContext, publish_table, recorded_run, step, write_run_report
 
-MANIFESTS = REPO_ROOT / "manifests"
 
 
 class DpoParams(FlowParams):
@@ -75,7 +74,7 @@ def select_dpo_inputs(run: RunContext, mixture: Path) -> dict[str, Any]:
 def build_pairs(run: RunContext, checkpoint: str, mixture: Path, config: Path | None,
                 selection: dict[str, Any]) -> dict[str, Any]:
     """curation.preference.build.build_pair_set: generate, judge, decide and shard the pairs."""
-    from curation.config import load_yaml
+    from core.config import load_yaml
     from curation.preference.build import build_pair_set, mixture_inputs
     from curation.preference.config import DpoConfig
 

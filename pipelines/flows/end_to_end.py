@@ -73,8 +73,8 @@ def end_to_end(params: EndToEndParams = EndToEndParams()) -> dict[str, Any]:
 def demo(work_dir: Path, seed: int = 0, use_ray: bool = False) -> dict[str, Any]:
     """``mavors demo``: demo corpus (``mavors demo-data``) + tiny models (``mavors models make-tiny``) +
     :func:`end_to_end` with its embedded defaults; returns its summary with per-step wall times."""
-    from curation.demo_data import generate
-    from model.tiny import make_tiny
+    from demo.corpus import generate
+    from demo.tiny_models import make_tiny
 
     timings = []
     started = time.monotonic()

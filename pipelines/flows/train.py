@@ -18,7 +18,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from pydantic import Field
 
-from curation.catalog import REPO_ROOT
+from core.paths import MANIFESTS
 from pipelines.deployments import STAGE_EXPORTED
 from pipelines.flows.common import (FlowParams, RunContext, fault_point, publish_table, recorded_run, step,
                                     write_run_report)
@@ -29,7 +29,7 @@ class TrainParams(FlowParams):
 
     stages: list[str] = Field(default_factory=lambda: ["demo-stage1", "demo-stage1_5", "demo-stage2"])
     """Stage spec names in ``stages_dir``, in training order. Cluster: ``[stage1, stage1_5, stage2, dpo]``."""
-    stages_dir: Path = REPO_ROOT / "manifests" / "stages"
+    stages_dir: Path = MANIFESTS / "stages"
     """Folder of the stage specs (``<name>.yaml``)."""
     data: dict[str, Path] = {}
     """Stage name -> shard folder that replaces the spec's ``data`` (as ``mavors train --data``), e.g. the DPO
@@ -109,11 +109,11 @@ def train_stage(run: RunContext, stage: str, spec_file: Path, data_index: list[P
 
 @step("evaluate-stage", retries=1)
 def evaluate_stage(run: RunContext, stage: str, export: str, fingerprints: Any) -> list[dict[str, Any]]:
-    """curation.evaluation.stage_eval: held-out tasks and loss of the stage's export, in a child process
+    """evaluation.stage_eval: held-out tasks and loss of the stage's export, in a child process
     (its floats do not depend on what ran before in the flow's process), rows recorded by the flow
     (``fingerprints`` of the export's weights key the cache, so a retrained stage is evaluated again)."""
-    from curation.evaluation.heldout import export_heldout
-    from curation.evaluation.stage_eval import evaluate_in_subprocess, record_evals
+    from curation.heldout import export_heldout
+    from evaluation.stage_eval import evaluate_in_subprocess, record_evals
 
     with run.catalog() as cat:
         if not cat.scalar("SELECT count(*) FROM heldout"):

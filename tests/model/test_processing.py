@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from model import MediaError, MavorsProcessor
-from model.tiny import CHAT_TEMPLATE
+from demo.tiny_models import CHAT_TEMPLATE
 from tests.model.conftest import write_video
 
 CONV = [

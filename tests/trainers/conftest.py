@@ -6,10 +6,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from core.paths import MANIFESTS
 
 sys.path.insert(0, str(Path(__file__).parent))  # toy.py
 
-STAGES_DIR = Path(__file__).resolve().parents[2] / "manifests" / "stages"
+STAGES_DIR = MANIFESTS / "stages"
 
 
 def toy_spec(**overrides):

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from conftest import STAGES_DIR
-from curation.config import ConfigError
+from core.config import ConfigError
 from trainers.chain import plan_chain
 from trainers.launch import Launch
 from trainers.spec import load_stage

@@ -1,8 +1,8 @@
 """lmms-eval task utilities for the held-out sets (rendered beside the task YAMLs by `mavors eval split`).
 
-Scoring lives in curation.evaluation.metrics so tests and tasks share one implementation.
+Scoring lives in evaluation.metrics so tests and tasks share one implementation.
 """
-from curation.evaluation.metrics import (
+from evaluation.metrics import (
     contains_answer, exact_match, is_too_brief, rouge_l, split_truncation, words,
 )
 

@@ -1,0 +1,1 @@
+"""The platform's base: configuration loading, settings, the catalog, the Ray runtime, processes, paths."""

@@ -1,1 +1,0 @@
-"""Evaluation after every stage: leak-free held-out sets, metrics, Mavors as an lmms-eval model, results per stage."""

@@ -1,0 +1,142 @@
+"""Catalog: versioned migrations, transactions, insert modes, quarantine and run records.
+
+    pytest tests/test_catalog.py -q
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import duckdb
+import pytest
+
+from core.catalog import SCHEMA_DIR, Catalog, CatalogError, schema_files
+
+
+def _write(schema_dir, name, sql):
+    schema_dir.mkdir(exist_ok=True)
+    (schema_dir / name).write_text(sql)
+
+
+def test_migrations_apply_in_order_once_and_record_versions(tmp_path):
+    schema = tmp_path / "schema"
+    _write(schema, "0002_b.sql", "CREATE TABLE b (x INTEGER REFERENCES a(x));")  # needs 0001 applied first
+    _write(schema, "0001_a.sql", "CREATE TABLE a (x INTEGER PRIMARY KEY);")
+    path = tmp_path / "c.duckdb"
+    with Catalog(path, schema_dir=schema) as cat:
+        assert cat.query("SELECT version, name FROM schema_version ORDER BY version") == [
+            {"version": 1, "name": "a"}, {"version": 2, "name": "b"}]
+        assert cat.schema_version() == 2
+    _write(schema, "0003_c.sql", "CREATE TABLE c (y TEXT);")
+    with Catalog(path, schema_dir=schema) as cat:  # reopening applies only the new file
+        assert cat.schema_version() == 3
+        assert cat.migrate(schema) == []
+        assert cat.scalar("SELECT count(*) FROM schema_version") == 3
+
+
+def test_failed_migration_leaves_nothing_and_is_retried(tmp_path):
+    schema = tmp_path / "schema"
+    _write(schema, "0001_a.sql", "CREATE TABLE a (x INTEGER); CREATE TABLE broken (;")
+    path = tmp_path / "c.duckdb"
+    with pytest.raises(duckdb.Error):
+        Catalog(path, schema_dir=schema)
+    _write(schema, "0001_a.sql", "CREATE TABLE a (x INTEGER);")
+    with Catalog(path, schema_dir=schema) as cat:
+        assert cat.schema_version() == 1
+        assert cat.scalar("SELECT count(*) FROM information_schema.tables WHERE table_name = 'a'") == 1
+
+
+def test_schema_file_names_and_versions_are_checked(tmp_path):
+    _write(tmp_path / "s1", "0001_a.sql", "")
+    _write(tmp_path / "s1", "0001_b.sql", "")
+    with pytest.raises(CatalogError, match="also used by 0001_a.sql"):
+        schema_files(tmp_path / "s1")
+    _write(tmp_path / "s2", "1_core.sql", "")
+    with pytest.raises(CatalogError, match="NNNN_name.sql"):
+        schema_files(tmp_path / "s2")
+
+
+def test_shipped_schema_creates_core_tables(catalog):
+    tables = {r["table_name"] for r in catalog.query("SELECT table_name FROM information_schema.tables")}
+    assert {"sources", "media", "samples", "quarantine", "runs", "schema_version"} <= tables
+    assert catalog.schema_version() == max(v for v, _, _ in schema_files(SCHEMA_DIR))
+
+
+def test_transaction_rolls_back_on_error(catalog):
+    row = {"media_hash": "a" * 64, "kind": "image", "bytes": 3, "storage_path": "/x.jpg"}
+    with pytest.raises(RuntimeError):
+        with catalog.transaction() as con:
+            catalog.insert("media", [row], con=con)
+            raise RuntimeError("crash inside the unit of work")
+    assert catalog.scalar("SELECT count(*) FROM media") == 0
+    with catalog.transaction() as con:
+        catalog.insert("media", [row], con=con)
+    assert catalog.scalar("SELECT count(*) FROM media") == 1
+
+
+def test_insert_conflict_modes_and_json_lists(catalog):
+    conv = [{"from": "human", "value": "<image>\nWhat is it? é"}, {"from": "gpt", "value": "A cat."}]
+    row = {"sample_id": "s/1", "source": "s", "item": "1", "task": "qa", "conversation": conv,
+           "media_hashes": ["h1", "h2"], "stage_hints": ["2"], "content_sha256": "c1"}
+    assert catalog.insert("samples", [row]) == 1
+    with pytest.raises(duckdb.ConstraintException):
+        catalog.insert("samples", [{**row, "content_sha256": "c2"}])
+    catalog.insert("samples", [{**row, "content_sha256": "c2"}], on_conflict="ignore")
+    assert catalog.scalar("SELECT content_sha256 FROM samples") == "c1"
+    catalog.insert("samples", [{**row, "content_sha256": "c3"}], on_conflict="replace")
+    got = catalog.query("SELECT * FROM samples")
+    assert len(got) == 1 and got[0]["content_sha256"] == "c3"
+    assert json.loads(got[0]["conversation"]) == conv
+    assert got[0]["media_hashes"] == ["h1", "h2"]
+
+
+def test_quarantine_same_refusal_twice_is_one_row(catalog):
+    rows = [{"source": "s", "item": "7", "reason": "zero_byte", "detail": "empty", "stage": "ingest", "run_id": "r1"}]
+    catalog.quarantine(rows)
+    catalog.quarantine([{**rows[0], "run_id": "r2"}])
+    catalog.quarantine([{**rows[0], "reason": "bad_json"}])
+    assert catalog.query("SELECT reason, run_id FROM quarantine ORDER BY reason") == [
+        {"reason": "bad_json", "run_id": "r1"}, {"reason": "zero_byte", "run_id": "r1"}]
+
+
+def test_run_records(catalog):
+    run = catalog.start_run("ingest", {"sources": ["a"]})
+    assert catalog.scalar("SELECT status FROM runs WHERE run_id = ?", [run]) == "running"
+    catalog.finish_run(run, "completed", "ok")
+    got = catalog.query("SELECT * FROM runs")[0]
+    assert got["status"] == "completed" and got["ended_at"] >= got["started_at"]
+    assert json.loads(got["parameters"]) == {"sources": ["a"]}
+
+
+def test_a_run_whose_process_died_is_marked_interrupted_by_the_next_run(tmp_path):
+    path = tmp_path / "catalog.duckdb"
+    # a run started by a process that then dies without finishing it (the os._exit of a SIGKILL)
+    code = ("import os, sys; from core.catalog import Catalog; c = Catalog(sys.argv[1]); "
+            "print(c.start_run('curate', {})); c.con.close(); os._exit(0)")
+    dead = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True)
+    dead_id = dead.stdout.split()[-1]
+    with Catalog(path) as cat:
+        cat.insert("runs", [{"run_id": "elsewhere", "command": "train", "status": "running", "host": "gpu-node-7",
+                             "pid": 1}])
+        mine = cat.start_run("curate", {})
+        got = {r["run_id"]: r for r in cat.query("SELECT run_id, status, detail, ended_at, host, pid FROM runs")}
+    assert got[dead_id]["status"] == "interrupted" and got[dead_id]["ended_at"] is not None
+    assert f"noticed when run {mine} started" in got[dead_id]["detail"]
+    assert got["elsewhere"]["status"] == "running"  # another host's process cannot be checked from here
+    assert got[mine]["status"] == "running" and got[mine]["pid"] == os.getpid()
+    assert got[mine]["host"] == socket.gethostname()
+
+
+def test_second_process_cannot_open_a_held_catalog(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "c.duckdb"
+    with Catalog(path):
+        code = ("import sys; from core.catalog import Catalog, CatalogError\n"
+                f"try: Catalog({str(path)!r})\nexcept CatalogError as e: print(e); sys.exit(3)")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 3 and "one process" in out.stdout

@@ -1,0 +1,296 @@
+"""Ingest of the demo corpus, checked against the annotation files read with stock readers and the generator's truth.
+
+    pytest tests/test_ingest.py -q
+
+Crash safety: `mavors ingest` is killed with SIGKILL at a fixed point given by a
+fault-injection variable (every row of the source ``image_qa`` written, not committed;
+``curation.ingest.PAUSE_ENV``), rerun, and compared with an uninterrupted run.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import duckdb
+import pyarrow.parquet as pq
+
+from core.catalog import Catalog
+from curation.ingest import PAUSE_ENV, PAUSE_FILE_ENV, ingest, probe_media
+from curation.sources import load_manifest, load_manifests, unsafe_member_name
+
+
+def dump_tables(db: Path | Catalog, media_store: Path) -> dict[str, list[tuple]]:
+    """Full contents of the ingest tables, minus timestamps and run ids, in a fixed order.
+
+    ``db``: a catalog file (opened read-only here) or an open catalog of this process.
+    """
+    con = db.con if isinstance(db, Catalog) else duckdb.connect(str(db), read_only=True)
+    out = {t: con.execute(f"SELECT * EXCLUDE ({ex}) FROM {t} ORDER BY {order}").fetchall() for t, ex, order in (
+        ("sources", "registered_at", "name"),
+        ("media", "created_at", "media_hash"),
+        ("samples", "created_at", "sample_id"),
+        ("quarantine", "created_at, run_id", "source, item, stage, reason"),
+    )}
+    if not isinstance(db, Catalog):
+        con.close()
+    store = str(media_store)
+    out["media"] = [tuple(str(v).replace(store, "<store>") if isinstance(v, str) else v for v in row)
+                    for row in out["media"]]
+    return out
+
+
+def demo_manifests(corpus: Path):
+    return load_manifests(sorted((corpus / "manifests").glob("*.yaml")))
+
+
+def expected_items(corpus: Path) -> set[str]:
+    """Every item id of every demo source, read with json / pyarrow / tarfile (bad lines skipped)."""
+    ids = set()
+    for m in demo_manifests(corpus):
+        path = m.annotation_paths[0]
+        if m.format == "caption_parquet":
+            ids |= {f"{m.name}/{k}" for k in pq.read_table(path).column(m.fields.id).to_pylist()}
+        elif m.format == "webdataset":
+            with tarfile.open(path) as tar:
+                ids |= {f"{m.name}/{path.stem}/{n.split('.')[0]}" for n in tar.getnames()
+                        if n.endswith(".jpg") and not unsafe_member_name(n)}
+        elif path.suffix == ".json":
+            ids |= {f"{m.name}/{r['id']}" for r in json.loads(path.read_text())}
+        else:
+            for line in path.read_bytes().splitlines():
+                try:
+                    ids.add(f"{m.name}/{json.loads(line.decode())['id']}")
+                except (UnicodeDecodeError, json.JSONDecodeError):
+                    pass  # planted bad lines: expected in quarantine under their row number
+    return ids
+
+
+
+def test_every_bad_item_is_quarantined_with_its_reason_and_every_good_one_ingested(demo_catalog, demo_corpus):
+    truth = json.loads((demo_corpus / "corpus.json").read_text())
+    with Catalog(demo_catalog, read_only=True) as c:
+        refused = {f"{r['source']}/{r['item']}": r["reason"] for r in c.query("SELECT * FROM quarantine")}
+        samples = {r["sample_id"] for r in c.query("SELECT sample_id FROM samples")}
+        details = c.query("SELECT detail FROM quarantine WHERE reason = 'truncated_image'")
+    assert refused == truth["quarantine"]
+    assert set(truth["quarantine"].values()) >= {
+        "zero_byte", "truncated_image", "decompression_bomb", "undecodable_video", "missing_media",
+        "not_utf8", "bad_json", "no_answer_turn", "unsafe_tar_member"}
+    assert samples == expected_items(demo_corpus) - set(truth["quarantine"])
+    assert all("bad_truncated" in d["detail"] for d in details)  # the detail names the file
+
+
+def test_media_rows_match_the_files(demo_catalog, demo_corpus):
+    """One row per distinct content; values as generated; tar members hashed as the tar holds them."""
+    truth = json.loads((demo_corpus / "corpus.json").read_text())["media"]
+    want = {}
+    for rel, t in truth.items():
+        if ".tar:" in rel:
+            tar_rel, member = rel.split(":")
+            with tarfile.open(demo_corpus / tar_rel) as tar:
+                data = tar.extractfile(member).read()
+        else:
+            data = (demo_corpus / rel).read_bytes()
+        want[hashlib.sha256(data).hexdigest()] = (t["kind"], len(data), t["width"], t["height"], t["n_frames"], t["codec"])
+    with Catalog(demo_catalog, read_only=True) as c:
+        rows = c.query("SELECT * FROM media")
+        used = {h for (h,) in c.con.execute("SELECT DISTINCT unnest(media_hashes) FROM samples").fetchall()}
+    got = {r["media_hash"]: (r["kind"], r["bytes"], r["width"], r["height"], r["n_frames"], r["codec"]) for r in rows}
+    assert got == want
+    assert used == set(want)
+    for r in rows:
+        assert hashlib.sha256(Path(r["storage_path"]).read_bytes()).hexdigest() == r["media_hash"]
+
+
+def test_planted_duplicates_share_one_media_row_across_sources(demo_catalog, demo_corpus):
+    planted = json.loads((demo_corpus / "planted_duplicates.json").read_text())
+    with Catalog(demo_catalog, read_only=True) as c:
+        hashes = {r["sample_id"]: set(r["media_hashes"]) for r in c.query("SELECT sample_id, media_hashes FROM samples")}
+        n_media = c.scalar("SELECT count(*) FROM media")
+    cross = 0
+    for group in planted["exact"]:
+        shared = set.intersection(*(hashes[s] for s in group["samples"]))
+        assert len(shared) == 1, group
+        cross += len({s.split("/")[0] for s in group["samples"]}) > 1
+    assert cross >= 5
+    for group in planted["near"]:  # near duplicates are different bytes: not this step's job
+        a, b = group["samples"]
+        assert hashes[a].isdisjoint(hashes[b])
+    all_uses = [h for hs in hashes.values() for h in hs]
+    assert n_media == len(set(all_uses)) < len(all_uses)
+
+
+def test_samples_carry_conversation_task_and_stage_hints(demo_catalog, demo_corpus):
+    anns = {r["id"]: r for r in json.loads((demo_corpus / "video_qa" / "annotations.json").read_text())}
+    iqa = [json.loads(line) for line in (demo_corpus / "image_qa" / "annotations.jsonl").read_text().splitlines()]
+    with Catalog(demo_catalog, read_only=True) as c:
+        rows = {r["sample_id"]: r for r in c.query("SELECT * FROM samples")}
+    v = rows["video_qa/vqa-0002"]
+    assert json.loads(v["conversation"]) == anns["vqa-0002"]["conversations"]
+    assert (v["task"], v["stage_hints"]) == ("qa", ["2"])
+    no_tag = next(r for r in iqa if r["id"] == "iqa-0001")["conversations"]
+    assert json.loads(rows["image_qa/iqa-0001"]["conversation"])[0]["value"] == "<image>\n" + no_tag[0]["value"]
+    multi = rows["image_qa/iqa-multi"]
+    sha = lambda rel: hashlib.sha256((demo_corpus / "image_qa" / rel).read_bytes()).hexdigest()  # noqa: E731
+    assert multi["media_hashes"] == [sha(p) for p in next(r for r in iqa if r["id"] == "iqa-multi")["image"]]
+    cap = json.loads(rows["kinetics_like/kin-0000"]["conversation"])
+    assert cap[0]["value"] == "<video>\nWhat action does this video show?" and rows["kinetics_like/kin-0000"]["task"] == "caption"
+
+
+def test_reingest_adds_nothing(demo_cat, demo_corpus, demo_catalog, ray_local):
+    store = demo_catalog.parent / "media"
+    before = dump_tables(demo_cat, store)
+    runs = demo_cat.scalar("SELECT count(*) FROM runs")
+    reports = ingest(demo_manifests(demo_corpus), demo_cat, media_store=store)
+    assert all(r.new == r.replaced == r.new_media == 0 for r in reports)
+    assert sum(r.unchanged for r in reports) == len(before["samples"])
+    assert dump_tables(demo_cat, store) == before
+    assert demo_cat.scalar("SELECT count(*) FROM runs") == runs + 1
+
+
+def test_changed_items_replace_their_rows(demo_cat, demo_corpus, tmp_path, ray_local):
+    """A new caption and a swapped image change the content hash: those rows are replaced, nothing duplicated.
+    A repaired line loses its refusal and becomes a sample; a removed item stays, counted as stale."""
+    lines = (demo_corpus / "image_captions" / "captions.jsonl").read_bytes().splitlines()
+    out = []
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except UnicodeDecodeError:
+            out.append(line)
+            continue
+        except json.JSONDecodeError:  # repair the malformed line (same row number)
+            out.append(json.dumps({"id": "cap-fixed", "media": "images/cap_04.jpg", "caption": "Fixed."}).encode())
+            continue
+        if rec["id"] == "cap-0009":
+            continue
+        if rec["id"] == "cap-0002":
+            rec["caption"] = "A recaptioned picture."
+        if rec["id"] == "cap-0004":
+            rec["media"] = "images/cap_08.jpg"
+        out.append(json.dumps(rec).encode())
+    (tmp_path / "captions.jsonl").write_bytes(b"\n".join(out) + b"\n")
+    src = (demo_corpus / "manifests" / "image_captions.yaml").read_text()
+    manifest = tmp_path / "image_captions.yaml"
+    manifest.write_text(src.replace("../image_captions/captions.jsonl", str(tmp_path / "captions.jsonl"))
+                        + f"media_root: {demo_corpus / 'image_captions'}\n")
+    hints_only = tmp_path / "hints" / "image_captions_parquet.yaml"  # a manifest edit, same content
+    hints_only.parent.mkdir()
+    hints_only.write_text((demo_corpus / "manifests" / "image_captions_parquet.yaml").read_text()
+                          .replace("../image_captions_parquet", str(demo_corpus / "image_captions_parquet"))
+                          .replace("- '1'", "- '1'\n- '1.5'"))
+    before = {r["sample_id"]: r for r in demo_cat.query("SELECT * FROM samples")}
+    report, parquet = ingest([load_manifest(manifest), load_manifest(hints_only)], demo_cat,
+                             media_store=tmp_path / "store")
+    assert (parquet.replaced, parquet.new) == (6, 0)
+    assert demo_cat.query("SELECT DISTINCT stage_hints FROM samples WHERE source = 'image_captions_parquet'") == [
+        {"stage_hints": ["1", "1.5"]}]
+    after = {r["sample_id"]: r for r in demo_cat.query("SELECT * FROM samples")}
+    assert (report.replaced, report.new, report.stale) == (2, 1, 1)
+    assert set(after) == set(before) | {"image_captions/cap-fixed"}
+    refused = {r["item"]: r["reason"]
+               for r in demo_cat.query("SELECT * FROM quarantine WHERE source = 'image_captions'")}
+    assert "row000006" not in refused and refused["row000003"] == "not_utf8" and len(refused) == 5
+    changed = {s for s in before if after[s]["content_sha256"] != before[s]["content_sha256"]}
+    assert all(after[s] == before[s] for s in before if not s.startswith("image_captions"))
+    assert changed == {"image_captions/cap-0002", "image_captions/cap-0004"}
+    assert json.loads(after["image_captions/cap-0002"]["conversation"])[1]["value"] == "A recaptioned picture."
+    assert after["image_captions/cap-0004"]["media_hashes"] == before["image_captions/cap-0008"]["media_hashes"]
+
+
+def test_ingest_without_ray_gives_the_same_catalog(demo_corpus, demo_catalog, tmp_path):
+    store = demo_catalog.parent / "media"
+    with Catalog(tmp_path / "c.duckdb") as c:
+        ingest(demo_manifests(demo_corpus), c, media_store=store, workers=0)
+    assert dump_tables(tmp_path / "c.duckdb", store) == dump_tables(demo_catalog, store)
+
+
+def test_probe_media_on_ray_returns_every_file_even_from_all_failed_batches(demo_corpus, ray_local, tmp_path):
+    truth = json.loads((demo_corpus / "corpus.json").read_text())["media"]["video_qa/videos/vqa_00.mp4"]
+    media = [(str(tmp_path / f"gone{i}.jpg"), "image") for i in range(9)]
+    media.append((str(demo_corpus / "video_qa/videos/vqa_00.mp4"), "video"))
+    got = probe_media(media, workers=2, batch_size=2)
+    assert set(got) == set(media)
+    assert all(got[k]["reason"] == "missing_media" and got[k]["bytes"] is None for k in media[:9])
+    ok = got[media[9]]
+    assert ok["reason"] is None and (ok["n_frames"], ok["width"], ok["fps"]) == (
+        truth["n_frames"], truth["width"], truth["fps"])
+
+
+def test_stats_sections_agree_with_an_independent_count(demo_catalog, demo_corpus):
+    from curation.stats import collect
+
+    truth = json.loads((demo_corpus / "corpus.json").read_text())
+    with Catalog(demo_catalog, read_only=True) as c:
+        sections = {s.title.split(" (")[0]: s for s in collect(c)}
+        samples = c.query("SELECT sample_id, source, media_hashes FROM samples")
+    by_hash: dict[str, set] = {}
+    for s in samples:
+        for h in s["media_hashes"]:
+            by_hash.setdefault(h, set()).add(s["sample_id"])
+    groups = [g for g in by_hash.values() if len(g) > 1]
+    dup = sections["Duplicate media"]
+    assert sum(r[1] for r in dup.rows) == len(groups)
+    assert sum(r[2] for r in dup.rows) == sum(len(g) for g in groups)
+    q = sections["Quarantine"]
+    assert {r[1]: r[2] for r in q.rows} == dict(Counter(truth["quarantine"].values()))
+    per_source = Counter(s["source"] for s in samples)
+    assert {r[0]: r[4] for r in sections["Sources"].rows} == dict(per_source)
+
+
+def test_cli_catalog_stats(demo_catalog, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    (tmp_path / "settings.yaml").write_text(f"catalog_path: {demo_catalog}\nwork_dir: {tmp_path}\n")
+    monkeypatch.setenv("MAVORS_CONFIG", str(tmp_path / "settings.yaml"))
+    result = CliRunner().invoke(app, ["catalog", "stats"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    for text in ("Sources", "Duplicate media", "Quarantine", "decompression_bomb", "wds_images"):
+        assert text in result.output
+
+
+def test_sigkill_mid_ingest_then_rerun_equals_an_uninterrupted_run(demo_corpus, demo_catalog, ray_local, tmp_path):
+    work = tmp_path / "work"
+    (tmp_path / "settings.yaml").write_text(f"work_dir: {work}\n")
+    pause_file = tmp_path / "paused"
+    manifests = sorted(str(p) for p in (demo_corpus / "manifests").glob("*.yaml"))
+    env = {**os.environ, "MAVORS_CONFIG": str(tmp_path / "settings.yaml"), PAUSE_ENV: "image_qa",
+           PAUSE_FILE_ENV: str(pause_file)}
+    # The kill lands in the driver's write phase; probing in-process (--workers 0) spares a second Ray.
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "ingest", "--workers", "0", *manifests], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 240
+        while not pause_file.exists():
+            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "ingest never reached the pause point"
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+    catalog_path = work / "catalog.duckdb"
+    with duckdb.connect(str(catalog_path), read_only=True) as con:  # the sources before image_qa, nothing of it
+        assert [r[0] for r in con.execute("SELECT name FROM sources ORDER BY name").fetchall()] == [
+            "composite", "image_captions", "image_captions_parquet"]
+        assert con.execute("SELECT count(*) FROM samples WHERE source NOT IN "
+                           "('composite', 'image_captions', 'image_captions_parquet')").fetchone()[0] == 0
+        assert con.execute("SELECT count(*) FROM quarantine WHERE source = 'image_qa'").fetchone()[0] == 0
+        assert con.execute("SELECT status FROM runs").fetchall() == [("running",)]  # the killed run, as it died
+
+    with Catalog(catalog_path) as cat:
+        ingest(demo_manifests(demo_corpus), cat, media_store=work / "media")
+        statuses = sorted(r[0] for r in cat.con.execute("SELECT status FROM runs").fetchall())
+    assert statuses == ["completed", "interrupted"]  # the rerun found the killed run's process gone
+    assert dump_tables(catalog_path, work / "media") == dump_tables(demo_catalog, demo_catalog.parent / "media")

@@ -1,0 +1,77 @@
+"""The flow layer's own rules: cache keys, which failures retry, typed parameters, artifacts as markdown.
+
+    pytest tests/flows/test_common.py -q
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from core.catalog import CatalogError
+from core.config import ConfigError, load_yaml
+from core.settings import Settings
+from pipelines.flows.common import RunContext, is_transient, markdown_table, step_cache_key
+
+
+def _run(run_id: str = "r1", scope: str | None = "scope-a") -> RunContext:
+    return RunContext(run_id=run_id, flow="curate", settings=Settings(), use_ray=False, cache_scope=scope)
+
+
+def _key(name: str, **params):
+    return step_cache_key(SimpleNamespace(task=SimpleNamespace(name=name)), params)
+
+
+def test_cache_key_ignores_the_run_id_and_follows_inputs(tmp_path):
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text("name: a\n")
+    key = _key("ingest", run=_run("r1"), manifests=[manifest], state=[["f", 1, 2]])
+    # A rerun after a crash is a new run with the same inputs: same key, so the step is not recomputed.
+    assert key == _key("ingest", run=_run("r2"), manifests=[manifest], state=[["f", 1, 2]])
+    # The bytes of a file named by the inputs are part of the key, not just its path.
+    manifest.write_text("name: b\n")
+    changed = _key("ingest", run=_run("r1"), manifests=[manifest], state=[["f", 1, 2]])
+    assert changed != key
+    # So are upstream results, the step's name, and the run's scope (code digest, catalog lineage).
+    assert _key("ingest", run=_run(), manifests=[manifest], state=[["f", 1, 3]]) != changed
+    assert _key("dedup", run=_run(), manifests=[manifest], state=[["f", 1, 2]]) != changed
+    assert _key("ingest", run=_run(scope="scope-b"), manifests=[manifest], state=[["f", 1, 2]]) != changed
+    # use_cache=False (no scope): no key, Prefect runs the step.
+    assert _key("ingest", run=_run(scope=None), manifests=[manifest]) is None
+
+
+@pytest.mark.parametrize("exc, retried", [
+    (ConnectionError("reset"), True),
+    (TimeoutError("slow"), True),
+    (CatalogError("x.duckdb: cannot open the catalog (lock held)"), True),
+    (CatalogError("schema files are named NNNN_name.sql"), False),
+    (type("RayActorError", (Exception,), {})("actor died"), True),
+    (ConfigError("m.yaml: field 'name': required"), False),
+    (FileNotFoundError("no such manifest"), False),
+    (ValueError("bad sample"), False),
+])
+def test_only_transient_failures_are_retried(exc, retried):
+    state = SimpleNamespace(result=lambda raise_on_failure=False: exc)
+    assert is_transient(None, None, state) is retried
+
+
+def test_parameters_are_typed_and_documented(tmp_path):
+    from pipelines.flows.end_to_end import EndToEndParams
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("curate: {scorrer: x.yaml}\n")
+    with pytest.raises(ConfigError, match="curate.scorrer"):
+        load_yaml(bad, EndToEndParams)
+    good = tmp_path / "good.yaml"
+    good.write_text("work_dir: /data/w\nuse_ray: false\ntrain: {stages: [stage1]}\n")
+    params = load_yaml(good, EndToEndParams)
+    part = params.part(params.curate)
+    assert part.work_dir == Path("/data/w") and part.use_ray is False
+    assert params.part(params.train).stages == ["stage1"]
+
+
+def test_markdown_table_escapes_cells():
+    text = markdown_table([{"source": "a|b", "n": 3, "ppl": 1.23456}])
+    assert text.splitlines() == ["| source | n | ppl |", "|---|---|---|", "| a\\|b | 3 | 1.235 |"]
+    assert markdown_table([]) == "_(none)_"
