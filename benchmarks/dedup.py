@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from core.paths import REPO_ROOT
 
 
 def build(path: Path, rows: int, groups: int, threads: int) -> float:
@@ -80,7 +80,7 @@ def run_child(path: Path, threads: int, memory_limit: str, mode: str) -> None:
 def measure(path: Path, threads: int, memory_limit: str, mode: str) -> dict:
     out = subprocess.run([sys.executable, __file__, "--child", mode, "--db", str(path), "--threads",
                           str(threads), "--memory-limit", memory_limit],
-                         capture_output=True, text=True, check=True, cwd=REPO)
+                         capture_output=True, text=True, check=True, cwd=REPO_ROOT)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -116,5 +116,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(REPO))
     main()

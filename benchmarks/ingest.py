@@ -18,7 +18,7 @@ from pathlib import Path
 
 from demo.corpus import IMAGE_SIZES, random_scene, write_image, write_video
 from curation.ingest import probe_media
-from curation.media import sha256_file
+from curation.media import file_sha256
 from core.settings import RaySettings
 
 
@@ -67,7 +67,7 @@ def main() -> None:
 
     rows = [("sha256sum (coreutils)", timed(lambda: subprocess.run(["sha256sum", *paths], check=True,
                                                                     stdout=subprocess.DEVNULL)))]
-    rows.append(("sha256 in Python, 1 MiB chunks", timed(lambda: [sha256_file(p) for p in paths])))
+    rows.append(("sha256 in Python, 1 MiB chunks", timed(lambda: [file_sha256(p) for p in paths])))
     rows.append(("hash + probe, in-process (--workers 0)", timed(lambda: probe_media(media, workers=0))))
 
     import ray

@@ -148,6 +148,10 @@ class Catalog:
         row = self.con.execute(sql, params or []).fetchone()
         return None if row is None else row[0]
 
+    def has_table(self, name: str) -> bool:
+        """Whether table ``name`` exists (an area's tables appear with its schema file or its first write)."""
+        return bool(self.scalar("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]))
+
     def insert(self, table: str, rows: Iterable[Mapping[str, Any]], *, on_conflict: str = "error",
                con: duckdb.DuckDBPyConnection | None = None) -> int:
         """Insert dict rows by column name in one statement (fast for many rows).
@@ -221,6 +225,8 @@ class Catalog:
         return [run_id for run_id, _ in gone]
 
     def finish_run(self, run_id: str, status: str = "completed", detail: str | None = None) -> None:
+        """Record the end of a run (``completed``, ``failed`` or ``interrupted``); entry points end their
+        runs through :func:`core.runs.recorded_run`, which picks the status."""
         self.con.execute(
             "UPDATE runs SET status = ?, detail = ?, ended_at = ? WHERE run_id = ?",
             [status, detail, dt.datetime.now(dt.UTC).replace(tzinfo=None), run_id],

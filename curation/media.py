@@ -1,9 +1,10 @@
 """Hash and probe one media file: sha256 of its bytes, and what Pillow / PyAV find inside.
 
 A probe decodes for real (an image fully; a video's first and last frame), so a file
-that passes can be trained on. Failures raise :class:`MediaError` with a short countable
-``reason`` (``zero_byte``, ``truncated_image``, ``decompression_bomb``, ``undecodable_image``,
-``undecodable_video``, ``missing_media``) and a detail for people.
+that passes can be trained on. Failures raise :class:`model.preprocessing.MediaError` with a short
+countable ``reason`` (``zero_byte``, ``truncated_image``, ``decompression_bomb``, ``undecodable_image``,
+``undecodable_video``, ``missing_media``) and a detail for people. :class:`MediaInfo` is what a file
+holds, for the ``media`` rows of ingest and the ``shard_media`` rows of a shard build alike.
 
     python -m curation.media some.jpg other.mp4
 """
@@ -15,6 +16,9 @@ import sys
 import warnings
 from dataclasses import asdict, dataclass
 from fractions import Fraction
+from pathlib import Path
+
+from model.preprocessing import MediaError
 
 # Largest image accepted, in pixels: 8K x 8K covers the high-resolution images of
 # LLaVA-OneVision-style mixtures; Pillow warns above this and we refuse (a bomb
@@ -23,41 +27,33 @@ MAX_IMAGE_PIXELS = 8192 * 8192
 HASH_CHUNK = 1 << 20
 
 
-class MediaError(Exception):
-    """A media file that cannot be used; ``reason`` is a short countable tag."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason, self.detail = reason, detail
-
-
 @dataclass(frozen=True)
 class MediaInfo:
-    """One ``media`` catalog row (without storage path)."""
+    """One media file as decoded: where it is, its sha256 and size, and what the decoder found."""
 
-    media_hash: str
     kind: str  # image | video
+    path: str
+    ext: str  # file extension (mp4, jpg, png, ...): the member suffix inside a shard
+    sha256: str
     bytes: int
     width: int
     height: int
-    duration_s: float | None
-    fps: float | None
-    n_frames: int
-    codec: str
+    codec: str  # video codec name, or the image format (JPEG, PNG, ...)
+    fps: float | None = None
+    n_frames: int | None = None
+    duration_s: float | None = None
 
-    def row(self, storage_path: str) -> dict:
-        return {**asdict(self), "storage_path": storage_path}
+    def as_dict(self) -> dict:
+        return asdict(self)
 
 
-def sha256_file(path: str | os.PathLike) -> tuple[str, int]:
-    """(hex sha256, size in bytes), reading 1 MiB at a time so a video never sits in memory whole."""
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes, read 1 MiB at a time so a video never sits in memory whole."""
     h = hashlib.sha256()
-    n = 0
     with open(path, "rb") as f:
         while chunk := f.read(HASH_CHUNK):
             h.update(chunk)
-            n += len(chunk)
-    return h.hexdigest(), n
+    return h.hexdigest()
 
 
 def probe_image(path: str | os.PathLike) -> dict:
@@ -80,6 +76,8 @@ def probe_image(path: str | os.PathLike) -> dict:
                 fmt = im.format
                 im.load()  # the full decode: truncated data fails here
                 width, height = im.size
+    except MediaError:  # a ValueError: the clauses below must not rename its reason
+        raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise MediaError("decompression_bomb", str(e)) from None
     except Image.UnidentifiedImageError as e:
@@ -153,11 +151,12 @@ def hash_and_probe(path: str | os.PathLike, kind: str) -> MediaInfo:
         raise MediaError("missing_media", f"{path} does not exist")
     if not os.path.isfile(path):
         raise MediaError("missing_media", f"{path} is not a regular file")
-    digest, size = sha256_file(path)
+    size = os.path.getsize(path)
     if size == 0:
         raise MediaError("zero_byte", f"{path} is empty")
     probe = probe_image(path) if kind == "image" else probe_video(path)
-    return MediaInfo(media_hash=digest, kind=kind, bytes=size, **probe)
+    return MediaInfo(kind=kind, path=str(path), ext=Path(path).suffix.lstrip(".").lower(), sha256=file_sha256(path),
+                     bytes=size, **probe)
 
 
 if __name__ == "__main__":

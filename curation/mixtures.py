@@ -199,10 +199,6 @@ class Selection:
         return "\n".join(lines)
 
 
-def table_exists(cat: Catalog, table: str) -> bool:
-    return bool(cat.scalar("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table]))
-
-
 def _columns(cat: Catalog, table: str) -> set[str]:
     rows = cat.query("SELECT column_name FROM information_schema.columns WHERE table_name = ?", [table])
     return {r["column_name"] for r in rows}
@@ -211,7 +207,7 @@ def _columns(cat: Catalog, table: str) -> set[str]:
 def resolve_dedup_policy(cat: Catalog, requested: str | None) -> tuple[str | None, list[str]]:
     """The dedup policy to filter by, and warnings. A named policy without decisions is an error."""
     policies = []
-    if table_exists(cat, "dedup_decisions"):
+    if cat.has_table("dedup_decisions"):
         policies = [r["policy"] for r in cat.query("SELECT DISTINCT policy FROM dedup_decisions ORDER BY policy")]
     if requested is not None:
         if requested not in policies:
@@ -239,7 +235,7 @@ def _eligible_sql(cat: Catalog, policy: str | None) -> str:
         "            WHERE m.mixture = $mixture AND m.stage = $stage AND m.sample_id = s.sample_id)",
     ]
     # Held-out evaluation samples (eval area's `heldout` table) are never drawn, by id or by shared media.
-    if table_exists(cat, "heldout"):
+    if cat.has_table("heldout"):
         cols = _columns(cat, "heldout")
         if "sample_id" in cols:
             where.append("NOT EXISTS (SELECT 1 FROM heldout h WHERE h.sample_id = s.sample_id)")
@@ -269,53 +265,67 @@ def select_mixture(cat: Catalog, mixture: MixtureConfig, *, strict: bool = False
     eligible = _eligible_sql(cat, policy)
     known_sources = {r["name"] for r in cat.query("SELECT name FROM sources")}
     known_sources |= {r["source"] for r in cat.query("SELECT DISTINCT source FROM samples")}
-    entries: list[EntryAvailability] = []
     with cat.transaction() as con:
-        for table in ("shards", "mixture_members", "mixture_sources", "mixtures"):
-            con.execute(f"DELETE FROM {table} WHERE {'name' if table == 'mixtures' else 'mixture'} = ?",
-                        [mixture.name])
-        for stage in STAGES:
-            for i, entry in enumerate(mixture.stages.get(stage, [])):
-                params = {"source": entry.source, "tasks": entry.tasks, "mixture": mixture.name, "stage": stage}
-                if policy is not None:
-                    params["policy"] = policy
-                if entry.source not in known_sources:
-                    available, status = 0, "absent"
-                else:
-                    available = con.execute(f"SELECT count(*) {eligible}", params).fetchone()[0]
-                    status = "ok"
-                n = entry.take(available)
-                if status == "ok" and isinstance(entry.count, int) and n < entry.count:
-                    status = "short"
-                if n:
-                    con.execute(
-                        f"""INSERT INTO mixture_members (mixture, stage, sample_id, source, task, entry, draw_key,
-                                                        dedup_policy, dedup_reason)
-                            SELECT $mixture, $stage, s.sample_id, s.source, s.task, {i},
-                                   md5('{int(mixture.seed)}:' || s.sample_id) AS draw_key,
-                                   {'d.policy, d.reason' if policy is not None else 'NULL, NULL'}
-                            {eligible}
-                            ORDER BY draw_key, s.sample_id LIMIT {int(n)}""",
-                        params,
-                    )
-                entries.append(EntryAvailability(stage, i, entry.source, entry.tasks, entry.requested(),
-                                                 int(available), int(n), status))
+        _drop_mixture(con, mixture.name)
+        entries = [_draw_entry(con, mixture, stage, i, entry, policy, eligible, known_sources)
+                   for stage in STAGES for i, entry in enumerate(mixture.stages.get(stage, []))]
         problems = [e for e in entries if e.status != "ok"]
         if strict and problems:
             raise MixtureError(f"mixture {mixture.name!r} (--strict): "
                                + "; ".join(f"stage {e.stage} {e.source}: {e.status} (requested {e.requested}, "
                                            f"available {e.available})" for e in problems)
                                + "\n" + Selection(mixture.name, policy, entries).table())
-        cat.insert("mixture_sources", [{
-            "mixture": mixture.name, "stage": e.stage, "entry": e.entry, "source": e.source, "tasks": e.tasks,
-            "requested": e.requested, "available": e.available, "selected": e.selected, "status": e.status,
-        } for e in entries], con=con)
-        cat.insert("mixtures", [{
-            "name": mixture.name, "config": mixture.model_dump(mode="json"), "config_sha256": sha,
-            "manifest_path": str(manifest_path) if manifest_path else None, "seed": mixture.seed,
-            "dedup_policy": policy, "run_id": run_id,
-        }], con=con)
+        _record_selection(cat, con, mixture, entries, policy, sha, manifest_path, run_id)
     return Selection(mixture.name, policy, entries, warnings)
+
+
+def _drop_mixture(con, name: str) -> None:
+    """Delete every row of mixture ``name`` (shards, members, availability, the mixture) before a redraw."""
+    for table in ("shards", "mixture_members", "mixture_sources", "mixtures"):
+        con.execute(f"DELETE FROM {table} WHERE {'name' if table == 'mixtures' else 'mixture'} = ?", [name])
+
+
+def _draw_entry(con, mixture: MixtureConfig, stage: str, i: int, entry: SourceEntry, policy: str | None,
+                eligible: str, known_sources: set[str]) -> EntryAvailability:
+    """Count the entry's eligible samples and insert the first ``entry.take(available)`` of them in draw order
+    (``md5('<seed>:<sample_id>')``, ties by id) into ``mixture_members``, with the dedup decision of each."""
+    params = {"source": entry.source, "tasks": entry.tasks, "mixture": mixture.name, "stage": stage}
+    if policy is not None:
+        params["policy"] = policy
+    if entry.source not in known_sources:
+        available, status = 0, "absent"
+    else:
+        available = con.execute(f"SELECT count(*) {eligible}", params).fetchone()[0]
+        status = "ok"
+    n = entry.take(available)
+    if status == "ok" and isinstance(entry.count, int) and n < entry.count:
+        status = "short"
+    if n:
+        con.execute(
+            f"""INSERT INTO mixture_members (mixture, stage, sample_id, source, task, entry, draw_key,
+                                            dedup_policy, dedup_reason)
+                SELECT $mixture, $stage, s.sample_id, s.source, s.task, {i},
+                       md5('{int(mixture.seed)}:' || s.sample_id) AS draw_key,
+                       {'d.policy, d.reason' if policy is not None else 'NULL, NULL'}
+                {eligible}
+                ORDER BY draw_key, s.sample_id LIMIT {int(n)}""",
+            params,
+        )
+    return EntryAvailability(stage, i, entry.source, entry.tasks, entry.requested(), int(available), int(n), status)
+
+
+def _record_selection(cat: Catalog, con, mixture: MixtureConfig, entries: list[EntryAvailability],
+                      policy: str | None, sha: str, manifest_path: str | Path | None, run_id: str | None) -> None:
+    """The requested-vs-available rows (``mixture_sources``) and the ``mixtures`` row a rerun is checked against."""
+    cat.insert("mixture_sources", [{
+        "mixture": mixture.name, "stage": e.stage, "entry": e.entry, "source": e.source, "tasks": e.tasks,
+        "requested": e.requested, "available": e.available, "selected": e.selected, "status": e.status,
+    } for e in entries], con=con)
+    cat.insert("mixtures", [{
+        "name": mixture.name, "config": mixture.model_dump(mode="json"), "config_sha256": sha,
+        "manifest_path": str(manifest_path) if manifest_path else None, "seed": mixture.seed,
+        "dedup_policy": policy, "run_id": run_id,
+    }], con=con)
 
 
 def _recorded_entries(cat: Catalog, mixture: str) -> list[EntryAvailability]:

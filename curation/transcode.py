@@ -20,7 +20,6 @@ import hashlib
 import io
 import json
 import os
-from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Literal
@@ -28,6 +27,8 @@ from typing import Literal
 from pydantic import Field
 
 from core.config import ConfigModel
+from curation.media import MediaInfo, file_sha256
+from model.preprocessing import MediaError
 
 DEFAULT_FPS = 2.0
 """Fixed frame rate of shard videos when neither the mixture nor the model config says otherwise: the
@@ -44,15 +45,6 @@ def model_video_defaults() -> tuple[float, int]:
     except ImportError:
         return DEFAULT_FPS, FRAMES_PER_CHUNK
     return float(MavorsConfig.video_fps), int(MavorsConfig.frames_per_chunk)
-
-
-class TranscodeRefusal(ValueError):
-    """Media that cannot go into a shard; ``reason`` is a countable code stored in the quarantine."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 class TranscodeConfig(ConfigModel):
@@ -81,36 +73,9 @@ class TranscodeConfig(ConfigModel):
     def profile_id(self) -> str:
         """Short stable id of the resolved settings: transcoded files are cached and recorded under it."""
         cfg = self.resolved()
-        digest = hashlib.sha256(json.dumps(cfg.model_dump(), sort_keys=True).encode()).hexdigest()[:10]
+        settings = {**cfg.model_dump(), "x264_params": _x264_params(cfg)}  # a change of encoder flags is a new profile
+        digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
         return f"{cfg.codec}-{cfg.fps:g}fps-g{cfg.gop}-{digest}"
-
-
-@dataclass(frozen=True)
-class MediaInfo:
-    """What a shard records about one media file (its bytes are at ``path``)."""
-
-    kind: str  # image | video
-    path: str
-    ext: str
-    sha256: str
-    bytes: int
-    width: int
-    height: int
-    codec: str
-    fps: float | None = None
-    n_frames: int | None = None
-    duration_s: float | None = None
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 _IMAGE_EXT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tiff"}
@@ -126,7 +91,7 @@ def check_image(path: str | Path) -> MediaInfo:
             im.load()
             fmt, (w, h) = im.format, im.size
     except (OSError, UnidentifiedImageError, ValueError) as e:
-        raise TranscodeRefusal("undecodable_image", f"{path}: {e}") from None
+        raise MediaError("undecodable_image", f"{path}: {e}") from None
     ext = _IMAGE_EXT.get(fmt or "", path.suffix.lstrip(".").lower() or "img")
     return MediaInfo("image", str(path), ext, file_sha256(path), path.stat().st_size, w, h, fmt or ext)
 
@@ -142,7 +107,7 @@ def transcode_video(src: str | Path, dst: str | Path, cfg: TranscodeConfig) -> M
     """Write ``dst`` (mp4, H.264, constant ``cfg.fps``, keyframe every ``cfg.gop`` frames) from ``src``.
 
     Written to a temporary name, fsynced and renamed, so ``dst`` is either absent or complete.
-    Raises :class:`TranscodeRefusal` (``undecodable_video``) for input that does not decode.
+    Raises :class:`MediaError` (``undecodable_video``) for input that does not decode.
     """
     import av
 
@@ -154,58 +119,84 @@ def transcode_video(src: str | Path, dst: str | Path, cfg: TranscodeConfig) -> M
     try:
         with av.open(str(src)) as inp:
             if not inp.streams.video:
-                raise TranscodeRefusal("undecodable_video", f"{src}: no video stream")
+                raise MediaError("undecodable_video", f"{src}: no video stream")
             ist = inp.streams.video[0]
-            src_rate = ist.average_rate or ist.guessed_rate or Fraction(cfg.fps)
             w, h = output_size(ist.codec_context.width, ist.codec_context.height, cfg.max_side)
             with av.open(str(tmp), "w", format="mp4") as out:
-                ost = out.add_stream(cfg.codec, rate=Fraction(1) / step, options={
-                    "crf": str(cfg.crf), "preset": cfg.preset, "threads": "1",
-                    "x264-params": f"keyint={cfg.gop}:min-keyint={cfg.gop}:scenecut=0:bframes=0:open-gop=0",
-                })
-                ost.width, ost.height, ost.pix_fmt = w, h, "yuv420p"
-                ost.codec_context.time_base = step
-                ost.codec_context.gop_size = cfg.gop
-
-                def emit(frame: av.VideoFrame) -> None:
-                    nonlocal n_out
+                ost = _add_encoder(out, cfg, step, w, h)
+                for frame in _fixed_rate_frames(inp, ist, step, w, h, Fraction(cfg.fps), src):
                     frame.pts, frame.time_base = n_out, step
                     frame.pict_type = av.video.frame.PictureType.NONE  # the source's I-frames must not force ours
                     out.mux(ost.encode(frame))
                     n_out += 1
-
-                t0 = last_t = None
-                held = None  # the source frame on screen, already scaled: (H, W) yuv420p
-                for i, frame in enumerate(inp.decode(ist)):
-                    t = Fraction(frame.pts * ist.time_base) if frame.pts is not None else Fraction(i) / src_rate
-                    t0 = t if t0 is None else t0
-                    if held is not None:
-                        while n_out * step < t - t0:  # output instants before this frame show the held one
-                            emit(held)
-                    held = frame.reformat(width=w, height=h, format="yuv420p")
-                    last_t = t
-                if held is None:
-                    raise TranscodeRefusal("undecodable_video", f"{src}: no frame decodes")
-                end = last_t - t0 + Fraction(1) / Fraction(src_rate)
-                while n_out * step < end:
-                    emit(held)
                 out.mux(ost.encode(None))
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        tmp.replace(dst)
-    except TranscodeRefusal:
+        _fsync_and_rename(tmp, dst)
+    except MediaError:
         tmp.unlink(missing_ok=True)
         raise
     except (av.error.FFmpegError, OSError, ValueError, ZeroDivisionError) as e:
         tmp.unlink(missing_ok=True)
-        raise TranscodeRefusal("undecodable_video", f"{src}: {type(e).__name__}: {e}") from None
+        raise MediaError("undecodable_video", f"{src}: {type(e).__name__}: {e}") from None
     fps = float(Fraction(1) / step)
     return MediaInfo("video", str(dst), "mp4", file_sha256(dst), dst.stat().st_size, w, h, "h264",
                      fps=fps, n_frames=n_out, duration_s=n_out / fps)
 
 
+def _x264_params(cfg: TranscodeConfig) -> str:
+    """A keyframe exactly every ``cfg.gop`` frames (no B-frames, no scene-cut keyframes, closed GOPs), and no
+    macroblock-tree rate control: this x264 build's mbtree lookahead reads uninitialised stack memory
+    (valgrind memcheck), so the same input gave different bytes depending on what the process had run
+    before (serial vs Ray builds differed by a few bytes); without it the output is a function of the input."""
+    return f"keyint={cfg.gop}:min-keyint={cfg.gop}:scenecut=0:bframes=0:open-gop=0:mbtree=0"
+
+
+def _add_encoder(out, cfg: TranscodeConfig, step: Fraction, width: int, height: int):
+    """The output stream: rate 1/step, :func:`_x264_params`, one encoder thread, so the same input gives the
+    same bytes."""
+    ost = out.add_stream(cfg.codec, rate=Fraction(1) / step, options={
+        "crf": str(cfg.crf), "preset": cfg.preset, "threads": "1", "x264-params": _x264_params(cfg),
+    })
+    ost.width, ost.height, ost.pix_fmt = width, height, "yuv420p"
+    ost.codec_context.time_base = step
+    ost.codec_context.gop_size = cfg.gop
+    return ost
+
+
+def _fixed_rate_frames(inp, ist, step: Fraction, width: int, height: int, fallback_rate: Fraction, src: Path):
+    """The source's frames at the fixed rate ``1/step``, scaled to (width, height) yuv420p: output instant
+    ``k * step`` shows the last source frame at or before it, and the last frame is held for one source
+    frame interval (FFmpeg's ``fps`` filter rule). Frames are yielded as they are decoded; a held frame is
+    yielded once per output instant it covers."""
+    src_rate = ist.average_rate or ist.guessed_rate or fallback_rate
+    n = 0
+    t0 = last_t = None
+    held = None  # the source frame on screen, already scaled: (H, W) yuv420p
+    for i, frame in enumerate(inp.decode(ist)):
+        t = Fraction(frame.pts * ist.time_base) if frame.pts is not None else Fraction(i) / src_rate
+        t0 = t if t0 is None else t0
+        if held is not None:
+            while n * step < t - t0:  # output instants before this frame show the held one
+                yield held
+                n += 1
+        held = frame.reformat(width=width, height=height, format="yuv420p")
+        last_t = t
+    if held is None:
+        raise MediaError("undecodable_video", f"{src}: no frame decodes")
+    end = last_t - t0 + Fraction(1) / Fraction(src_rate)
+    while n * step < end:
+        yield held
+        n += 1
+
+
+def _fsync_and_rename(tmp: Path, dst: Path) -> None:
+    """Make the written file durable, then give it its final name (a reader sees all of it or nothing)."""
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    tmp.replace(dst)
+
+
 def decode_check(data: bytes, kind: str) -> int:
-    """Decode media bytes completely; returns the frame count (1 for an image). Raises TranscodeRefusal."""
+    """Decode media bytes completely; returns the frame count (1 for an image). Raises MediaError."""
     if kind == "image":
         from PIL import Image
 
@@ -213,7 +204,7 @@ def decode_check(data: bytes, kind: str) -> int:
             with Image.open(io.BytesIO(data)) as im:
                 im.load()
         except Exception as e:  # noqa: BLE001 - PIL raises many types for bad bytes
-            raise TranscodeRefusal("undecodable_image", str(e)) from None
+            raise MediaError("undecodable_image", str(e)) from None
         return 1
     import av
 
@@ -221,9 +212,9 @@ def decode_check(data: bytes, kind: str) -> int:
         with av.open(io.BytesIO(data)) as c:
             n = sum(1 for _ in c.decode(video=0))
     except (av.error.FFmpegError, IndexError, ValueError) as e:
-        raise TranscodeRefusal("undecodable_video", str(e)) from None
+        raise MediaError("undecodable_video", str(e)) from None
     if n == 0:
-        raise TranscodeRefusal("undecodable_video", "no frame decodes")
+        raise MediaError("undecodable_video", "no frame decodes")
     return n
 
 

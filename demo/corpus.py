@@ -212,24 +212,16 @@ def _manifest(root: Path, name: str, **fields) -> None:
     path.write_text(head + yaml.safe_dump({"name": name, **fields}, sort_keys=False))
 
 
-def generate(out_dir: str | Path, seed: int = 0) -> Path:
-    """Write the demo corpus into ``out_dir`` (replacing a previous one); returns ``out_dir``."""
-    root = Path(out_dir)
-    for sub in ("video_qa", "image_captions", "image_captions_parquet", "image_qa", "kinetics_like",
-                "wds_images", "composite", "manifests"):
-        shutil.rmtree(root / sub, ignore_errors=True)
-    root.mkdir(parents=True, exist_ok=True)
-    c = _Corpus(root, seed)
-    rng = c.rng
-
-    # -- video QA (LLaVA-Video-178K style): JSON list, multi-turn ----------------------------------
+def _video_qa(c: _Corpus) -> None:
+    """Video QA (LLaVA-Video-178K style): JSON list, multi-turn."""
+    root = c.root
     items = []
     clips = [c.video(f"video_qa/videos/vqa_{i:02d}.mp4", seconds=(2.0 if i < 4 else None)) for i in range(8)]
     clips.append(c.video("video_qa/videos/vqa_long.mp4", seconds=24.0, fps=8, size=(64, 48), codec="h264"))
     for i, rel in enumerate(clips):
         sid = f"vqa-{i:04d}"
         items.append({"id": sid, "video": rel.removeprefix("video_qa/"), "data_source": "demo",
-                      "conversations": _qa_conversation("<video>", c.scenes[rel], rng, 1 + i % 3)})
+                      "conversations": _qa_conversation("<video>", c.scenes[rel], c.rng, 1 + i % 3)})
         c.use(rel, f"video_qa/{sid}")
     good = clips[0]
     for sid, rel, data, reason in (
@@ -244,7 +236,7 @@ def generate(out_dir: str | Path, seed: int = 0) -> Path:
         elif data is not None:
             c.bad(rel, data)
         items.append({"id": sid, "video": rel.removeprefix("video_qa/"),
-                      "conversations": _qa_conversation("<video>", c.scenes[good], rng, 1)})
+                      "conversations": _qa_conversation("<video>", c.scenes[good], c.rng, 1)})
         c.quarantine[f"video_qa/{sid}"] = reason
     items.append({"id": "vqa-bad-noanswer", "video": clips[1].removeprefix("video_qa/"),
                   "conversations": [{"from": "human", "value": "<video>\nWhat happens in this video?"}]})
@@ -254,7 +246,10 @@ def generate(out_dir: str | Path, seed: int = 0) -> Path:
               media_root="../video_qa", stage_hints=["2"], license="CC-BY-4.0 (synthetic demo)",
               notes="LLaVA-Video-178K-style open-ended video QA; includes one corrupt file of each video kind.")
 
-    # -- image captions (LAION/CC style): JSONL with a local path and a caption --------------------
+
+def _image_captions(c: _Corpus) -> None:
+    """Image captions (LAION/CC style): JSONL with a local path and a caption."""
+    root = c.root
     lines = []
     for i in range(10):
         rel = c.image(f"image_captions/images/cap_{i:02d}.{'png' if i % 3 == 0 else 'jpg'}")
@@ -280,7 +275,10 @@ def generate(out_dir: str | Path, seed: int = 0) -> Path:
               path="../image_captions/captions.jsonl", stage_hints=["1"], license="CC-BY-4.0 (synthetic demo)",
               notes="LAION/CC-style alt-text captions; one bad file and one bad line of each kind.")
 
-    # -- the same layout as Parquet (img2dataset's other output) ------------------------------------
+
+def _image_captions_parquet(c: _Corpus) -> None:
+    """The same layout as Parquet (img2dataset's other output)."""
+    root = c.root
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -297,7 +295,10 @@ def generate(out_dir: str | Path, seed: int = 0) -> Path:
               fields={"id": "key", "media": "image_path", "caption": "text"},
               license="CC-BY-4.0 (synthetic demo)", notes="img2dataset-style parquet: key, image_path, text.")
 
-    # -- image QA (LLaVA-OneVision style): JSONL, one multi-image item -----------------------------
+
+def _image_qa(c: _Corpus) -> None:
+    """Image QA (LLaVA-OneVision style): JSONL, one multi-image item."""
+    root = c.root
     lines = []
     pics = [c.image(f"image_qa/images/iqa_{i:02d}.jpg") for i in range(6)]
     for i, rel in enumerate(pics):
@@ -330,7 +331,10 @@ def generate(out_dir: str | Path, seed: int = 0) -> Path:
               stage_hints=["1.5", "2"], license="CC-BY-4.0 (synthetic demo)",
               notes="LLaVA-OneVision-style image QA (JSONL), one multi-image item.")
 
-    # -- kinetics-like: label-only "captions" that caption synthesis should replace -----------------
+
+def _kinetics_like(c: _Corpus) -> None:
+    """Kinetics-like: label-only "captions" that caption synthesis should replace."""
+    root = c.root
     lines = []
     for i in range(6):
         rel = c.video(f"kinetics_like/videos/kin_{i:02d}.mp4")
@@ -344,7 +348,10 @@ def generate(out_dir: str | Path, seed: int = 0) -> Path:
               caption_prompt="What action does this {kind} show?",
               notes="Kinetics-like: the only text is an action label; captions need synthesis (paper §5.1).")
 
-    # -- WebDataset tar as img2dataset writes it ----------------------------------------------------
+
+def _wds_images(c: _Corpus) -> None:
+    """WebDataset tar as img2dataset writes it."""
+    root = c.root
     tar_path = root / "wds_images" / "shard-000000.tar"
     tar_path.parent.mkdir(parents=True, exist_ok=True)
     staging = root / "wds_images" / ".staging"
@@ -374,7 +381,10 @@ def generate(out_dir: str | Path, seed: int = 0) -> Path:
               path="../wds_images/*.tar", stage_hints=["1"], license="CC-BY-4.0 (synthetic demo)",
               notes="img2dataset-style shard: key.jpg + key.txt + key.json; two members escape the folder.")
 
-    # -- composite: other sources' media with new texts (planted duplicates) ------------------------
+
+def _composite(c: _Corpus) -> None:
+    """Composite: other sources' media with new texts (planted duplicates)."""
+    root = c.root
     items = []
     (root / "composite/media").mkdir(parents=True, exist_ok=True)
     shutil.copyfile(root / "image_captions/images/cap_05.jpg", root / "composite/media/copy_of_cap_05.jpg")
@@ -421,9 +431,32 @@ def generate(out_dir: str | Path, seed: int = 0) -> Path:
               media_root="..", stage_hints=["2"], license="CC-BY-4.0 (synthetic demo)",
               notes="Reuses media of the other demo sources with new texts: planted cross-dataset duplicates.")
 
+
+def _write_truth(c: _Corpus, seed: int) -> None:
+    """The planted duplicates and the generation truth (``corpus.json``) that the tests check against."""
+    root = c.root
     exact = [{"media": rel, "samples": sorted(sids)} for rel, sids in sorted(c.exact.items()) if len(sids) > 1]
     (root / "planted_duplicates.json").write_text(json.dumps({"exact": exact, "near": c.near}, indent=1))
     (root / "corpus.json").write_text(json.dumps(
         {"seed": seed, "media": dict(sorted(c.media.items())), "quarantine": dict(sorted(c.quarantine.items()))},
         indent=1))
+
+
+SOURCES = (_video_qa, _image_captions, _image_captions_parquet, _image_qa, _kinetics_like, _wds_images, _composite)
+"""Source writers, in generation order."""
+
+
+def generate(out_dir: str | Path, seed: int = 0) -> Path:
+    """Write the demo corpus into ``out_dir`` (replacing a previous one); returns ``out_dir``.
+
+    The sources are written in this order from one seeded generator, so the same seed gives the same bytes."""
+    root = Path(out_dir)
+    for sub in ("video_qa", "image_captions", "image_captions_parquet", "image_qa", "kinetics_like",
+                "wds_images", "composite", "manifests"):
+        shutil.rmtree(root / sub, ignore_errors=True)
+    root.mkdir(parents=True, exist_ok=True)
+    c = _Corpus(root, seed)
+    for write_source in SOURCES:
+        write_source(c)
+    _write_truth(c, seed)
     return root

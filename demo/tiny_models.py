@@ -176,7 +176,7 @@ TINY_MAVORS = dict(frames_per_chunk=4, ifa_num_layers=2, ifa_num_heads=2, video_
 
 
 def make_tiny_mavors(siglip_dir: Path, qwen_dir: Path, out_dir: Path, seed: int = 3) -> Path:
-    """Mavors built by `from_components` from the tiny SigLIP + Qwen2 (with processor/tokenizer)."""
+    """Mavors built by `model.conversion.build_with_processor` from the tiny SigLIP + Qwen2 (with processor/tokenizer)."""
     from model.conversion import build_with_processor
 
     torch.manual_seed(seed)

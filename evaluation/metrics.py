@@ -2,46 +2,25 @@
 QA answers that are correct but too brief, and captions that do not terminate.
 
 All functions are pure and work on plain strings, so the lmms-eval task utilities
-(`manifests/eval/tasks/utils.py`) and the tests share them.
+(`manifests/eval/tasks/utils.py`) and the tests share them; answer normalisation and whole-word
+matching live in :mod:`core.text`, which the DPO judges use too.
 """
 from __future__ import annotations
 
-import re
-import string
+from core.text import contains_answer, normalize_answer, words
 
 TRUNCATION_MARK = "<|truncated|>"
 """Appended by the Mavors lmms-eval model (``mark_truncated=true``) to outputs cut by the token limit,
 so termination can be measured; the task utilities strip it before scoring."""
-
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCT = str.maketrans("", "", string.punctuation)
-
-
-def normalize_answer(text: str) -> str:
-    """SQuAD-style normalisation: lowercase, drop punctuation and articles, collapse whitespace."""
-    text = _ARTICLES.sub(" ", text.lower().translate(_PUNCT))
-    return " ".join(text.split())
-
 
 def exact_match(prediction: str, reference: str) -> float:
     """1.0 when the normalised prediction equals the normalised reference."""
     return float(normalize_answer(prediction) == normalize_answer(reference))
 
 
-def contains_answer(prediction: str, reference: str) -> float:
-    """1.0 when the normalised reference appears as whole words in the normalised prediction
-    (long answers that state the short reference count as correct)."""
-    ref, pred = normalize_answer(reference), normalize_answer(prediction)
-    return float(bool(ref) and re.search(rf"(^| ){re.escape(ref)}( |$)", pred) is not None)
-
-
-def words(text: str) -> int:
-    return len(text.split())
-
-
 def is_too_brief(prediction: str, min_words: int) -> float:
     """1.0 when the answer has fewer than ``min_words`` words (the Stage-2 symptom DPO targets)."""
-    return float(words(prediction) < min_words)
+    return float(len(words(prediction)) < min_words)
 
 
 def lcs_length(a: list[str], b: list[str]) -> int:

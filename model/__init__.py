@@ -5,7 +5,7 @@ Public API (other areas import only these names)::
 
     from model import MavorsConfig, MavorsForConditionalGeneration, MavorsProcessor
 
-    model = MavorsForConditionalGeneration.from_pretrained(ckpt)      # or .from_components(siglip_dir, qwen_dir, **cfg)
+    model = MavorsForConditionalGeneration.from_pretrained(ckpt)      # from SigLIP + Qwen2.5: model.conversion
     proc = MavorsProcessor.from_pretrained(ckpt)                      # tokenizer + preprocessing settings
     conv = [{"from": "human", "value": "<video>\\nDescribe the clip."}, {"from": "gpt", "value": "A red ball."}]
     batch = proc([conv], media=[["clip.mp4"]])                        # paths, bytes, PIL images or uint8 arrays
@@ -17,25 +17,24 @@ Public API (other areas import only these names)::
 
 Batch keys: input_ids, attention_mask, labels (-100 outside assistant answers), pixel_values (packed tubelets),
 chunk_grids, chunk_positions (C-RoPE ids), chunk_sequences. Submodules: model.ive, model.ifa, model.projector,
-model.llm. Bad media raise `MediaError` (a ValueError) naming the item. Tiny checkpoint: ``demo.tiny_models.make_tiny``.
+model.llm. Bad media raise `MediaError` (a ValueError with a countable ``reason`` and a ``detail`` naming the item).
+
+The names are imported on first use, so that ``model.preprocessing`` (pure Python, where curation finds
+`MediaError`) does not load torch and transformers (~7 s) with the package.
 """
-from model.configuration import MavorsConfig
-from model.modeling import MavorsForConditionalGeneration, MavorsInputs
-from model.preprocessing import MediaError
-from model.processing import MavorsProcessor
+import importlib
+
+_PUBLIC = {
+    "MavorsConfig": "model.configuration",
+    "MavorsForConditionalGeneration": "model.modeling",
+    "MavorsInputs": "model.modeling",
+    "MavorsProcessor": "model.processing",
+    "MediaError": "model.preprocessing",
+}
+__all__ = list(_PUBLIC)
 
 
-def _register_auto_classes() -> None:
-    """Make AutoConfig / AutoModelForImageTextToText resolve model_type "mavors" (no remote code)."""
-    from transformers import AutoConfig, AutoModelForImageTextToText
-
-    try:
-        AutoConfig.register("mavors", MavorsConfig)
-        AutoModelForImageTextToText.register(MavorsConfig, MavorsForConditionalGeneration)
-    except ValueError:  # already registered (module reloaded)
-        pass
-
-
-_register_auto_classes()
-
-__all__ = ["MavorsConfig", "MavorsForConditionalGeneration", "MavorsInputs", "MavorsProcessor", "MediaError"]
+def __getattr__(name: str):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'model' has no attribute {name!r}")
+    return getattr(importlib.import_module(_PUBLIC[name]), name)

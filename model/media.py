@@ -29,7 +29,7 @@ def load_image(source: MediaSource, name: str) -> np.ndarray:
 
     if isinstance(source, np.ndarray):
         if source.ndim != 3 or source.shape[2] != 3:
-            raise MediaError(f"{name}: image array must be (H, W, 3), got {source.shape}")
+            raise MediaError("bad_image_array", f"{name}: image array must be (H, W, 3), got {source.shape}")
         return source.astype(np.uint8, copy=False)
     try:
         if isinstance(source, Image.Image):
@@ -40,7 +40,7 @@ def load_image(source: MediaSource, name: str) -> np.ndarray:
             img = Image.open(source)
         return np.asarray(img.convert("RGB"))
     except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise MediaError(f"{name}: cannot decode image ({exc})") from exc
+        raise MediaError("undecodable_image", f"{name}: cannot decode image ({exc})") from exc
 
 
 def _open(source: MediaSource, name: str):
@@ -49,7 +49,7 @@ def _open(source: MediaSource, name: str):
     try:
         return av.open(io.BytesIO(source) if isinstance(source, bytes) else str(source))
     except (av.error.FFmpegError, OSError) as exc:
-        raise MediaError(f"{name}: cannot open video ({exc})") from exc
+        raise MediaError("undecodable_video", f"{name}: cannot open video ({exc})") from exc
 
 
 def read_video(source: MediaSource, fps: float, frames_per_chunk: int, max_chunks: int,
@@ -61,7 +61,7 @@ def read_video(source: MediaSource, fps: float, frames_per_chunk: int, max_chunk
     """
     if isinstance(source, np.ndarray):
         if source.ndim != 4 or source.shape[-1] != 3:
-            raise MediaError(f"{name}: video array must be (T, H, W, 3), got {source.shape}")
+            raise MediaError("bad_video_array", f"{name}: video array must be (T, H, W, 3), got {source.shape}")
         plan = plan_video(source.shape[0], frames_per_chunk, max_chunks, name)
         converted = {i: convert(source[i]) for i in sorted(set(plan.frame_indices))}
         return [converted[i] for i in plan.frame_indices], plan
@@ -92,11 +92,11 @@ def read_video(source: MediaSource, fps: float, frames_per_chunk: int, max_chunk
             converted[wanted[w]] = convert(prev.to_ndarray(format="rgb24"))
             w += 1
     except av.error.FFmpegError as exc:
-        raise MediaError(f"{name}: cannot decode video ({exc})") from exc
+        raise MediaError("undecodable_video", f"{name}: cannot decode video ({exc})") from exc
     finally:
         container.close()
     if len(converted) != len(wanted):
-        raise MediaError(f"{name}: decoded {len(converted)} of {len(wanted)} planned frames")
+        raise MediaError("undecodable_video", f"{name}: decoded {len(converted)} of {len(wanted)} planned frames")
     return [converted[i] for i in plan.frame_indices], plan
 
 
@@ -113,14 +113,14 @@ def _frame_times(source: MediaSource, name: str) -> list[float]:
     container = _open(source, name)
     try:
         if not container.streams.video:
-            raise MediaError(f"{name}: no video stream")
+            raise MediaError("undecodable_video", f"{name}: no video stream")
         stream = container.streams.video[0]
         times = sorted(float(p.pts * stream.time_base) for p in container.demux(stream)
                        if p.pts is not None and p.size > 0)
     except av.error.FFmpegError as exc:
-        raise MediaError(f"{name}: cannot read video ({exc})") from exc
+        raise MediaError("undecodable_video", f"{name}: cannot read video ({exc})") from exc
     finally:
         container.close()
     if not times:
-        raise MediaError(f"{name}: zero-length video (no frames)")
+        raise MediaError("empty_video", f"{name}: zero-length video (no frames)")
     return times

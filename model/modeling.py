@@ -112,13 +112,6 @@ class MavorsForConditionalGeneration(MavorsPreTrainedModel):
         self.llm = Qwen2ForCausalLM(config.text_config)
         self.post_init()
 
-    @classmethod
-    def from_components(cls, siglip_path, qwen_path, **overrides) -> "MavorsForConditionalGeneration":
-        """Initialise from separate local SigLIP and Qwen2(.5) checkpoints (see model.conversion)."""
-        from model.conversion import build_from_components
-
-        return build_from_components(siglip_path, qwen_path, **overrides)
-
     def get_input_embeddings(self) -> nn.Module:
         return self.llm.get_input_embeddings()
 
@@ -230,6 +223,21 @@ class MavorsForConditionalGeneration(MavorsPreTrainedModel):
         mi = self.get_inputs_embeds(input_ids, attention_mask, pixel_values, chunk_grids, chunk_positions,
                                     chunk_sequences, compression_threshold)
         return self.llm.generate(inputs_embeds=mi.inputs_embeds, attention_mask=mi.attention_mask, **generate_kwargs)
+
+
+def _register_auto_classes() -> None:
+    """Make AutoConfig / AutoModelForImageTextToText resolve model_type "mavors" (no remote code); done where the
+    model class is defined, so whatever can build the model can also load it through the Auto classes."""
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    try:
+        AutoConfig.register("mavors", MavorsConfig)
+        AutoModelForImageTextToText.register(MavorsConfig, MavorsForConditionalGeneration)
+    except ValueError:  # already registered (module reloaded)
+        pass
+
+
+_register_auto_classes()
 
 
 def shorten_placeholder_runs(input_ids: torch.Tensor, attention_mask: torch.Tensor, visual_mask: torch.Tensor,

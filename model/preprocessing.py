@@ -14,7 +14,12 @@ from dataclasses import dataclass
 
 
 class MediaError(ValueError):
-    """A media item Mavors cannot use (undecodable, empty, smaller than a patch); names the item."""
+    """A media item that cannot be used: ``reason`` is a short countable tag (``undecodable_video``,
+    ``image_too_small``, ...; curation stores it in the quarantine), ``detail`` names the item and says why."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
 
 
 def round_to_patch(x: float, patch: int) -> int:
@@ -51,10 +56,6 @@ class ImagePlan:
     sub_image: tuple[int, int] | None
     """(width, height) every sub-image is resized to."""
 
-    @property
-    def n_sub_images(self) -> int:
-        return self.grid[0] * self.grid[1] if self.grid else 0
-
 
 def partition_grid(width: int, height: int, r_v: int, max_sub_images: int) -> tuple[int, int] | None:
     """Eq. 8. N_s = floor(W*H / R_v^2) (capped at max_sub_images); candidates are all (m, n) with
@@ -74,7 +75,7 @@ def image_partition(width: int, height: int, r_v: int, patch: int, max_sub_image
                     name: str = "image") -> ImagePlan:
     """Thumbnail size and Eq. 8 partition for a W x H image; MediaError below one patch."""
     if width < patch or height < patch:
-        raise MediaError(f"{name}: {width}x{height} is smaller than one {patch}x{patch} patch")
+        raise MediaError("image_too_small", f"{name}: {width}x{height} is smaller than one {patch}x{patch} patch")
     grid = partition_grid(width, height, r_v, max_sub_images)
     sub = fit_resolution(width / grid[0], height / grid[1], r_v, patch) if grid else None
     return ImagePlan(thumbnail=fit_resolution(width, height, r_v, patch), grid=grid, sub_image=sub)
@@ -101,7 +102,7 @@ def plan_video(n_resampled: int, frames_per_chunk: int, max_chunks: int, name: s
     chunk's first-frame timestamp).
     """
     if n_resampled < 1:
-        raise MediaError(f"{name}: video has no frames")
+        raise MediaError("empty_video", f"{name}: video has no frames")
     f = frames_per_chunk
     keep_max = max_chunks * f
     if math.ceil(n_resampled / f) > max_chunks:

@@ -4,7 +4,7 @@ Takes the catalog's LLaVA-style conversations ``[{"from": "human"|"gpt"|"system"
 with one media source per ``<image>``/``<video>`` placeholder, or chat messages in the engine format
 ``[{"role": ..., "content": str | [{"type": "text"|"image"|"video", ...}]}]``.
 
-Rendering is the shared ChatML template (``demo/tiny_models.py``): each medium becomes
+Rendering uses the tokenizer's chat template (ChatML): each medium becomes
 ``<|vision_start|>`` + one ``<|image_pad|>``/``<|video_pad|>`` per visual token + ``<|vision_end|>``.
 Labels are -100 everywhere except assistant content and its closing ``<|im_end|>``.
 
@@ -147,7 +147,8 @@ class MavorsProcessor:
                 if "wh" not in size:
                     h0, w0 = frame.shape[:2]
                     if w0 < p or h0 < p:
-                        raise MediaError(f"{name}: {w0}x{h0} frames are smaller than one {p}x{p} patch")
+                        raise MediaError("video_too_small",
+                                         f"{name}: {w0}x{h0} frames are smaller than one {p}x{p} patch")
                     size["wh"] = dynamic_resolution(w0, h0, self.image_size, p)
                 return self._to_tensor(frame, size["wh"])
 

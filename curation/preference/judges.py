@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from inference import ChatRequest, Engine, SamplingParams
 from curation.preference.config import JudgeConfig
-from evaluation.metrics import contains_answer, normalize_answer
+from core.text import contains_answer, normalize_answer
 
 Media = list[tuple[str, str]]  # [("image"|"video", path)]
 

@@ -16,7 +16,7 @@ from inference import Completion
 from curation.preference.config import QAConfig
 from curation.preference.decisions import Candidate, DpoInput, Outcome, Pair
 from curation.preference.judges import AnswerJudge, JudgeItem
-from curation.preference.text import words
+from core.text import words
 
 
 def decide_qa(inp: DpoInput, positives: list[Completion], negatives: list[Completion], judge: AnswerJudge,

@@ -1,16 +1,16 @@
-"""Plain-text measures of the caption scorers and QA length rules: word counts, coverage, repetition.
+"""Plain-text measures of the caption scorers: coverage and repetition, over :func:`core.text.words`
+(the words the QA and caption length rules count, and the evaluation metrics too).
 
-Answer normalization and whole-word matching are the evaluation metrics' own
-(:func:`evaluation.metrics.normalize_answer` / ``contains_answer``), so a DPO
-"correct" and an eval "correct" are the same test.
+Answer normalization and whole-word matching are :func:`core.text.normalize_answer` /
+``contains_answer``, which the evaluation metrics use too, so a DPO "correct" and an eval
+"correct" are the same test.
 
     python -c "from curation.preference.text import coverage; print(coverage('a red circle', 'A red circle.'))"
 """
 from __future__ import annotations
 
-import re
+from core.text import words
 
-_WORD = re.compile(r"[a-z0-9]+")
 # Function words that say nothing about the content of a caption.
 STOPWORDS = frozenset(
     "a an the and or but of in on at to with from by for as is are was were be been being it its this that "
@@ -18,11 +18,6 @@ STOPWORDS = frozenset(
     "has have had do does did can could will would shall should may might must i you he she we they them "
     "his her their our your my me him us not no yes".split()
 )
-
-
-def words(text: str) -> list[str]:
-    """Lowercase alphanumeric words."""
-    return _WORD.findall(text.lower())
 
 
 def content_words(text: str) -> set[str]:

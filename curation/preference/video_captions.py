@@ -18,8 +18,7 @@ from pathlib import Path
 from inference import Completion
 from curation.preference.config import VideoCaptionConfig
 from curation.preference.decisions import Candidate, DpoInput, Outcome, Pair
-from evaluation.metrics import normalize_answer
-from curation.preference.text import words
+from core.text import normalize_answer, words
 from curation.preference.segments import ShuffledVideo, shuffle_segments
 
 

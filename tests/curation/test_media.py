@@ -1,6 +1,6 @@
 """Media hashing and probing against independent truth: hashlib, the generator's parameters, frame-by-frame decoding.
 
-    pytest tests/test_ingest_media.py -q
+    pytest tests/curation/test_media.py -q
 """
 from __future__ import annotations
 
@@ -11,14 +11,15 @@ import os
 import pytest
 
 from demo.corpus import Scene, decompression_bomb_png, write_video
-from curation.media import MAX_IMAGE_PIXELS, HASH_CHUNK, MediaError, hash_and_probe, sha256_file
+from curation.media import MAX_IMAGE_PIXELS, HASH_CHUNK, file_sha256, hash_and_probe
+from model.preprocessing import MediaError
 
 
 def test_streaming_sha256_equals_hashlib_over_the_whole_file(tmp_path):
     path = tmp_path / "blob.bin"
     data = os.urandom(3 * HASH_CHUNK + 12345)  # several chunks and a partial one
     path.write_bytes(data)
-    assert sha256_file(path) == (hashlib.sha256(data).hexdigest(), len(data))
+    assert file_sha256(path) == hashlib.sha256(data).hexdigest()
 
 
 def test_probe_matches_generation_truth(demo_corpus):
@@ -29,7 +30,8 @@ def test_probe_matches_generation_truth(demo_corpus):
             continue  # inside a tar: checked through ingest
         path = demo_corpus / rel
         info = hash_and_probe(path, t["kind"])
-        assert info.media_hash == hashlib.sha256(path.read_bytes()).hexdigest()
+        assert info.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+        assert (info.path, info.ext) == (str(path), path.suffix[1:])
         assert info.bytes == path.stat().st_size
         assert (info.width, info.height, info.n_frames, info.codec) == (t["width"], t["height"], t["n_frames"], t["codec"]), rel
         if t["kind"] == "video":
@@ -92,7 +94,7 @@ def test_truncated_image_is_refused_even_when_another_library_allows_truncated_l
     """lmms-eval sets Pillow's process-wide LOAD_TRUNCATED_IMAGES at import; the probe must not care."""
     from PIL import ImageFile
 
-    from curation.media import MediaError, probe_image
+    from curation.media import probe_image
 
     before = ImageFile.LOAD_TRUNCATED_IMAGES
     ImageFile.LOAD_TRUNCATED_IMAGES = True

@@ -1,4 +1,4 @@
-"""Fixtures for the model tests: the tiny Mavors checkpoint (built by make_tiny via from_components),
+"""Fixtures for the model tests: the tiny Mavors checkpoint (built by make_tiny with model.conversion),
 its processor, and small media helpers. Run: pytest tests/model -q"""
 from __future__ import annotations
 

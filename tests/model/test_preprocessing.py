@@ -69,8 +69,9 @@ def test_dynamic_resolution(wh, expected):
 
 
 def test_image_smaller_than_a_patch_is_refused():
-    with pytest.raises(MediaError, match="img.png: 10x30 is smaller than one 14x14 patch"):
+    with pytest.raises(MediaError, match="img.png: 10x30 is smaller than one 14x14 patch") as e:
         image_partition(10, 30, R, P, name="img.png")
+    assert (e.value.reason, e.value.detail) == ("image_too_small", "img.png: 10x30 is smaller than one 14x14 patch")
 
 
 def test_short_video_chunks_and_last_chunk_padding():
@@ -100,5 +101,6 @@ def test_frame_dropping_uneven_gaps():
 def test_resample_times_and_empty_video():
     assert resample_times(2.0, 2.0) == [0.0, 0.5, 1.0, 1.5]
     assert resample_times(0.1, 2.0) == [0.0]  # a very short clip still gives one frame
-    with pytest.raises(MediaError, match="clip.mp4: video has no frames"):
+    with pytest.raises(MediaError, match="clip.mp4: video has no frames") as e:
         plan_video(0, 4, 8, name="clip.mp4")
+    assert e.value.reason == "empty_video"

@@ -1,10 +1,9 @@
 """lmms-eval task utilities for the held-out sets (rendered beside the task YAMLs by `mavors eval split`).
 
-Scoring lives in evaluation.metrics so tests and tasks share one implementation.
+Scoring lives in evaluation.metrics and core.text so tests, tasks and the DPO judges share one implementation.
 """
-from evaluation.metrics import (
-    contains_answer, exact_match, is_too_brief, rouge_l, split_truncation, words,
-)
+from core.text import contains_answer, words
+from evaluation.metrics import exact_match, is_too_brief, rouge_l, split_truncation
 
 QA_MIN_WORDS = 3
 """An answer shorter than this many words counts as too brief (the Stage-2 symptom DPO fixes)."""
@@ -27,7 +26,7 @@ def process_qa(doc, results):
     return {
         "accuracy": contains_answer(text, doc["answer"]),
         "exact_match": exact_match(text, doc["answer"]),
-        "answer_words": float(words(text)),
+        "answer_words": float(len(words(text))),
         "brevity_rate": is_too_brief(text, QA_MIN_WORDS),
         "termination_rate": float(not truncated),
     }
@@ -37,6 +36,6 @@ def process_caption(doc, results):
     text, truncated = split_truncation(results[0])
     return {
         "rouge_l": rouge_l(text, doc["answer"]),
-        "caption_words": float(words(text)),
+        "caption_words": float(len(words(text))),
         "termination_rate": float(not truncated),
     }
