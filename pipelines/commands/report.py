@@ -1,4 +1,4 @@
-"""``mavors report RUN_ID``: the run report as a self-contained HTML page (pipelines/report.py)."""
+"""``mavors report RUN_ID``: the run report as a self-contained HTML page (pipelines/report/html.py)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,8 +20,8 @@ def report_cmd(run_id: str = typer.Argument(..., help="A run id from the catalog
                ) -> None:
     """Write the HTML report of a run: composition, captions, PPL, dedup, shards, training, DPO, evals."""
     from core.catalog import Catalog
-    from pipelines.report import resolve_run, write_report
     from core.settings import load_settings
+    from pipelines.report.html import resolve_run, write_report
 
     settings = load_settings()
     with Catalog(settings.catalog) as cat:

@@ -1,4 +1,4 @@
-"""The run report: every section renders from hand-built catalog rows, with the counts those rows imply."""
+"""The run report page: every section renders from hand-built catalog rows, with the counts those rows imply."""
 from __future__ import annotations
 
 import base64
@@ -8,7 +8,8 @@ from html.parser import HTMLParser
 
 import pytest
 
-from pipelines.report import build_sections, resolve_run, write_report
+from pipelines.report.html import resolve_run, write_report
+from pipelines.report.sections import RUN_REPORT, build_sections
 
 
 class _Page(HTMLParser):
@@ -78,6 +79,8 @@ def filled(catalog, tmp_path):
         "run_dir": str(run_dir), "stage": "stage1", "spec_sha256": "h", "spec": {}, "init_from": "components",
         "export_path": str(run_dir / "stage1" / "export"), "world_size": 1, "steps": 5, "samples": 10,
         "final_loss": 2.5}])
+    cat.insert("dpo_pair_sets", [{"pair_set_id": "ps", "checkpoint_path": "/ck", "checkpoint_sha256": "abcdef0123456789",
+                                   "backend": "transformers", "judge": "policy", "config": {}, "seed": 0}])
     cat.insert("dpo_inputs", [
         {"pair_set_id": "ps", "sample_id": f"src0/{i}", "domain": ["qa", "image_caption", "video_caption"][i % 3],
          "n_pairs": 1 if i != 4 else 0, "reason": "paired" if i != 4 else "video_too_short"} for i in range(5)])
@@ -93,7 +96,7 @@ def filled(catalog, tmp_path):
 
 def test_every_section_has_data_and_the_counts_of_its_rows(filled, tmp_path):
     cat, run_id = filled
-    sections = build_sections(cat)
+    sections = build_sections(cat, RUN_REPORT)
     assert all(s.has_data for s in sections), [s.title for s in sections if not s.has_data]
     out = write_report(cat, run_id, tmp_path / "r.html")
     page = _Page()
@@ -109,9 +112,13 @@ def test_every_section_has_data_and_the_counts_of_its_rows(filled, tmp_path):
     assert dd[3:9] == ["src0", "1", "2", "src1", "1", "1"]
     # shards: 3 shards, 9 samples, 6000 bytes
     assert cells["Shards"][7:14] == ["demo", "2", "3", "9", "6000", "1000", "3000"]
-    # DPO: one video_too_short refusal
-    assert "video_too_short" in cells["DPO preference pairs"]
-    assert "truncated_image" in cells["Quarantine reasons"]
+    # DPO: domains of inputs 0..4 cycle qa, image_caption, video_caption; input 4 (image_caption) is refused
+    assert cells["DPO preference pairs"][6:24] == [
+        "ps", "abcdef012345", "image_caption", "paired", "1", "1",
+        "ps", "abcdef012345", "image_caption", "video_too_short", "1", "0",
+        "ps", "abcdef012345", "qa", "paired", "2", "2"]
+    # quarantine: one refused item of one source, at ingest
+    assert cells["Quarantine"][4:] == ["ingest", "truncated_image", "1", "1"]
     # evaluation: Table-5 layout, stages as columns in training order
     assert cells["Evaluation per stage"][:8] == ["task", "metric", "stage1", "stage2", "samples",
                                                 "image_qa", "accuracy", "0.25"]
@@ -126,7 +133,7 @@ def test_every_section_has_data_and_the_counts_of_its_rows(filled, tmp_path):
 
 
 def test_an_empty_catalog_says_so_instead_of_drawing(catalog):
-    sections = build_sections(catalog)
+    sections = build_sections(catalog, RUN_REPORT)
     assert not any(s.figures for s in sections)
     assert all(s.note for s in sections)
 
