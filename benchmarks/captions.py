@@ -3,7 +3,8 @@
     python benchmarks/captions.py                        # tiny random Qwen2-VL, demo videos + images, CPU
     python benchmarks/captions.py --backends transformers --n 64 --max-tokens 48
 
-Same media, same tiny checkpoint, one process, the pipeline's own stages:
+Same media, same tiny checkpoint, one process, the pipeline's own stages through
+its executor (``inference.pool.run_stages`` in-process):
 ``curation.captions.decode_media`` (PyAV/PIL decode + frame sampling, the CPU
 stage) then ``CaptionStage`` (one engine, batches of ``--batch-size``). The
 baseline is the transformers engine with ``batch_size=1`` (one generate per
@@ -16,12 +17,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def media_files(root: Path, n: int) -> list[tuple[str, str]]:
@@ -37,7 +35,8 @@ def media_files(root: Path, n: int) -> list[tuple[str, str]]:
     return [pairs[i % len(pairs)] for i in range(n)]
 
 
-def roster_json(model: Path, backend: str, batch_size: int, max_tokens: int, frames: int, threads: int) -> str:
+def roster(model: Path, backend: str, batch_size: int, max_tokens: int, frames: int, threads: int):
+    """A one-captioner roster ``bench`` (the merger is required by the schema, never run here)."""
     from curation.captions import RosterConfig
 
     engine = {"backend": backend, "model_path": str(model), "modalities": ["text", "image", "video"],
@@ -46,31 +45,32 @@ def roster_json(model: Path, backend: str, batch_size: int, max_tokens: int, fra
         "captioners": [{"name": "bench", "engine": engine,
                         "sampling": {"temperature": 1.0, "max_tokens": max_tokens, "seed": 0}}],
         "merger": {"name": "unused", "engine": {**engine, "modalities": ["text"]}},
-    }).model_dump_json()
+    })
 
 
 def measure(model: Path, backend: str, batch_size: int, media: list[tuple[str, str]], max_tokens: int,
             frames: int, threads: int) -> dict:
+    """Caption ``media`` through the pipeline's executor in this process; the first batch is a warm-up."""
     from curation.captions import CaptionStage, decode_media
+    from inference.pool import EngineStage, MapStage, run_stages
 
-    stage = CaptionStage(roster_json(model, backend, batch_size, max_tokens, frames, threads), name="bench")
-    rows = {"kind": [k for k, _ in media], "storage_path": [p for _, p in media],
-            "media_hash": [f"m{i}" for i in range(len(media))], "needs": [json.dumps(["bench"])] * len(media)}
-    take = lambda start, stop: {k: v[start:stop] for k, v in rows.items()}  # noqa: E731
-    stage(decode_media(take(0, batch_size), frames))  # warm-up
+    bench = roster(model, backend, batch_size, max_tokens, frames, threads)
+    stages = [MapStage(decode_media, {"video_frames": frames}),
+              EngineStage(CaptionStage, bench.captioners[0].engine, (bench.model_dump_json(),), {"name": "bench"})]
+    rows = [{"kind": k, "storage_path": p, "media_hash": f"m{i}", "needs": json.dumps(["bench"])}
+            for i, (k, p) in enumerate(media[:batch_size] + media)]  # warm-up batch, then the measured media
     decode_s = generate_s = 0.0
     n_tokens = 0
-    t0 = time.perf_counter()
-    for start in range(0, len(media), batch_size):
-        batch = decode_media(take(start, start + batch_size), frames)
-        decode_s += sum(batch["decode_s"])
-        out = stage(batch)
-        generate_s += sum(out["seconds::bench"])
-        n_tokens += sum(json.loads(r)["n_tokens"] for r in out["raw::bench"])
-    wall = time.perf_counter() - t0
-    stage.engine.close()
+    batches = run_stages(rows, stages, batch_size=batch_size, use_ray=False)
+    next(batches)  # warm-up
+    t0 = end = time.perf_counter()
+    for batch in batches:
+        end = time.perf_counter()
+        decode_s += sum(r["decode_s"] for r in batch)
+        generate_s += sum(r["seconds::bench"] for r in batch)
+        n_tokens += sum(json.loads(r["raw::bench"])["n_tokens"] for r in batch)
     return {"backend": backend, "batch": batch_size, "captions": len(media), "tokens": n_tokens,
-            "decode_s": decode_s, "generate_s": generate_s, "wall_s": wall}
+            "decode_s": decode_s, "generate_s": generate_s, "wall_s": end - t0}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -84,7 +84,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1: no OpenMP spin-waits on a shared, oversubscribed CPU)")
     args = ap.parse_args(argv)
-    sys.path.insert(0, str(REPO))
     import os
 
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")

@@ -6,24 +6,23 @@
 Same samples, same model, one process. The baseline is the transformers
 engine with ``batch_size=1`` (one forward per sample, the loop one writes
 first); the batched scorer is the same engine with length-bucketed batches of
-``--batch-size``; vLLM scores with ``prompt_logprobs``. All go through
-:func:`curation.perplexity.score_requests`, so each row of the table is the
-full scorer (rendering, media decode, forward, masking). Each measurement
-follows one warm-up call on 4 samples. Target: batched >= 3x the naive loop
+``--batch-size``; vLLM scores with ``prompt_logprobs``. All run as the pipeline
+runs them (``curation.perplexity.ScoreStage`` through ``inference.pool.run_stages``
+in-process, committed batches of ``--batch-size``), so each row of the table is
+the full scorer (rendering, media decode, forward, masking). Each measurement
+follows one warm-up batch. Target: batched >= 3x the naive loop
 on CPU. Also reports the largest |mean NLL| difference of each backend
 against the naive loop (all float32 unless ``--dtype`` says otherwise).
 """
 from __future__ import annotations
 
 import argparse
-import sys
+import json
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def make_requests(root: Path, n: int, seed: int = 0):
@@ -45,17 +44,27 @@ def make_requests(root: Path, n: int, seed: int = 0):
     return requests
 
 
-def timed(engine, requests) -> tuple[float, list[dict]]:
-    from curation.perplexity import score_requests
+def timed(engine, requests, batch_size: int) -> tuple[float, list[dict]]:
+    """Score ``requests`` as ``mavors ppl score`` does: :class:`ScoreStage` through the pipeline's executor in
+    this process, committed batches of ``batch_size``; one warm-up batch first, not timed."""
+    from curation.perplexity import ScorerConfig, ScoreStage
+    from inference.pool import EngineStage, run_stages
 
-    score_requests(engine, requests[:4], "answer")  # warm-up
-    t0 = time.perf_counter()
-    out = score_requests(engine, requests, "answer")
-    seconds = time.perf_counter() - t0
+    config = ScorerConfig(name="bench", engine=engine, rows_per_commit=batch_size)
+    rows = [{"sample_id": r.request_id, "source": "bench", "item": r.request_id, "request_json": json.dumps(r.messages)}
+            for r in requests[:batch_size] + requests]
+    batches = run_stages(rows, [EngineStage(ScoreStage, engine, (config.model_dump_json(),))], batch_size=batch_size,
+                         use_ray=False)
+    next(batches)  # warm-up
+    t0 = end = time.perf_counter()
+    out = []
+    for batch in batches:
+        end = time.perf_counter()
+        out += batch
     bad = [r for r in out if not r["ok"]]
     if bad:
         raise RuntimeError(f"scoring failed: {bad[0]}")
-    return seconds, out
+    return end - t0, out
 
 
 def main() -> None:
@@ -68,7 +77,7 @@ def main() -> None:
     ap.add_argument("--no-vllm", action="store_true")
     args = ap.parse_args()
 
-    from inference import EngineConfig, load_engine
+    from inference import EngineConfig
 
     with tempfile.TemporaryDirectory(prefix="ppl-bench-") as tmp:
         root = Path(tmp)
@@ -89,11 +98,7 @@ def main() -> None:
                 [(f"vLLM prompt_logprobs (batch {args.batch_size})",
                   EngineConfig(backend="vllm", batch_size=args.batch_size, max_images_per_prompt=1,
                                **{**base, "max_model_len": 2048}))]):
-            engine = load_engine(cfg)
-            try:
-                results[name] = timed(engine, requests)
-            finally:
-                engine.close()
+            results[name] = timed(cfg, requests, args.batch_size)
         n_tokens = sum(r["n_tokens"] for r in next(iter(results.values()))[1])
     naive_s, naive = next(iter(results.values()))
     print(f"model={model.name if args.model else 'tiny random Qwen2-VL'} samples={args.n} "
@@ -105,5 +110,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(REPO))
     main()

@@ -22,10 +22,11 @@ resolving disagreements in its chain of thought. Here:
    ``<source>+synth/<item>`` in ``samples`` (task ``caption``), linked to its merge
    through ``caption_samples``.
 
-Execution is Ray Data: a CPU stage decodes media (frames sampled here, never in
-the engine actors), then one actor pool per captioner holds one engine per actor
-(``engine.num_replicas`` actors, ``engine.tensor_parallel_size`` GPUs each).
-Workers return rows; the driver writes each finished batch in one transaction.
+Execution is :func:`inference.pool.run_stages` (Ray Data, or in-process): a CPU
+stage decodes media (frames sampled here, never in the engine actors), then one
+actor pool per captioner holds one engine per actor (``engine.num_replicas``
+actors, ``engine.gpus_per_replica`` GPUs each). Workers return rows; the driver
+writes each finished batch in one transaction.
 An engine error on an item is retried with exponential backoff, then the item
 is quarantined (stage ``captions``) and skipped; the next run retries it.
 """
@@ -37,7 +38,7 @@ import json
 import re
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -49,6 +50,7 @@ from core.catalog import Catalog
 from core.config import ConfigModel, read_yaml, validate
 from inference import ChatRequest, EngineConfig, GenerationResult, SamplingParams, load_engine
 from inference.chat import load_image, load_video
+from inference.pool import EngineStage, MapStage, Stage, run_stages
 
 STAGE = "captions"
 Kind = Literal["image", "video"]
@@ -263,10 +265,10 @@ def generate_with_retries(engine, requests: list[ChatRequest], params: SamplingP
     return out
 
 
-# -- Ray Data stages (also run in-process) -------------------------------------------------------
+# -- pool stages (inference.pool: Ray Data or in-process) ---------------------------------------
 
 def decode_media(batch: dict[str, Any], video_frames: int = 8) -> dict[str, Any]:
-    """CPU stage: each media file to ``.npy`` bytes of ``(H, W, 3)`` or ``(T, H, W, 3)`` uint8; errors to text."""
+    """Map stage (CPU): each media file to ``.npy`` bytes of ``(H, W, 3)`` or ``(T, H, W, 3)`` uint8; errors to text."""
     payloads, errors, seconds = [], [], []
     for kind, path in zip(batch["kind"], batch["storage_path"]):
         t0 = time.perf_counter()
@@ -293,7 +295,7 @@ def media_part(kind: str, payload: bytes) -> dict[str, Any]:
 
 
 class CaptionStage:
-    """Ray Data actor (or a plain object in-process): one engine, captions the rows that need it.
+    """Engine stage of :func:`inference.pool.run_stages`: one captioner engine, captions the rows that need it.
 
     Adds columns ``raw::<name>`` (JSON of the result, "" when the row did not need this captioner)
     and ``seconds::<name>`` (engine time of the batch, spread evenly over its rows).
@@ -326,7 +328,7 @@ class CaptionStage:
 
 
 class MergeStage:
-    """Ray Data actor (or in-process): one merger engine, one merged caption per row's prompt."""
+    """Engine stage of :func:`inference.pool.run_stages`: one merger engine, one merged caption per row's prompt."""
 
     def __init__(self, roster_json: str, factory: EngineFactory = load_engine):
         self.roster = RosterConfig.model_validate_json(roster_json)
@@ -444,9 +446,14 @@ def _raw_pass(cat, roster, media, report, use_ray, run_id, factory, ray_settings
     if not work:
         return
     names = sorted({n for w in work for n in json.loads(w["needs"])})
-    stages: list[tuple[Callable, dict]] = [(CaptionStage, {"name": n}) for n in names]
-    for batch in _execute(work, roster, stages, decode=True, use_ray=use_ray, factory=factory,
-                          ray_settings=ray_settings):
+    by_name, roster_json = {c.name: c for c in roster.captioners}, roster.model_dump_json()
+    # frames are decoded once for every captioner, at the most any of them asks for
+    frames = max(c.engine.video_frames for c in roster.captioners)
+    stages: list[Stage] = [MapStage(decode_media, {"video_frames": frames}, num_cpus=roster.decode_cpus)] + [
+        EngineStage(CaptionStage, by_name[n].engine, (roster_json,), {"name": n, "factory": factory},
+                    num_cpus=roster.engine_cpus) for n in names]
+    for batch in run_stages(work, stages, batch_size=roster.rows_per_commit,
+                            use_ray=use_ray, ray_settings=ray_settings):
         _write_raw(cat, roster, batch, report, run_id)
 
 
@@ -523,8 +530,10 @@ def _merge_pass(cat, roster, media, report, use_ray, run_id, factory, ray_settin
                      "prompt": merger_prompt(m, row["kind"], [r["text"] for r in raws])})
     if not work:
         return
-    for batch in _execute(work, roster, [(MergeStage, {})], decode=False, use_ray=use_ray, factory=factory,
-                          ray_settings=ray_settings):
+    stage = EngineStage(MergeStage, m.engine, (roster.model_dump_json(),), {"factory": factory},
+                        num_cpus=roster.engine_cpus)
+    for batch in run_stages(work, [stage], batch_size=roster.rows_per_commit,
+                            use_ray=use_ray, ray_settings=ray_settings):
         _write_merged(cat, roster, batch, report, run_id)
 
 
@@ -581,60 +590,3 @@ def _write_merged(cat: Catalog, roster: RosterConfig, batch: list[dict[str, Any]
     report.merged_new += len(merges)
     report.samples_written += len(samples)
     report.quarantined += len(refused)
-
-
-def _execute(work: list[dict[str, Any]], roster: RosterConfig, stages: list[tuple[Callable, dict]], *,
-             decode: bool, use_ray: bool, factory: EngineFactory, ray_settings) -> Iterator[list[dict[str, Any]]]:
-    """Run ``[decode] -> stage -> stage ...`` over ``work``; yield finished batches of ``rows_per_commit`` rows.
-
-    In-process, the same stage objects run one after the other on each batch (engines loaded once).
-    """
-    n = roster.rows_per_commit
-    roster_json = roster.model_dump_json()
-    frames = max([c.engine.video_frames for c in roster.captioners])
-    if not use_ray:
-        built = [cls(roster_json, factory=factory, **kw) for cls, kw in stages]
-        try:
-            for start in range(0, len(work), n):
-                batch = {k: [w[k] for w in work[start:start + n]] for k in work[0]}
-                if decode:
-                    batch = decode_media(batch, frames)
-                for stage in built:
-                    batch = stage(batch)
-                yield [dict(zip(batch, values)) for values in zip(*batch.values())]
-        finally:
-            for stage in built:
-                stage.engine.close()
-        return
-
-    import math
-
-    import ray.data
-
-    from core.ray_runtime import ensure_ray
-
-    ensure_ray(ray_settings)
-    ds = ray.data.from_items(work, override_num_blocks=max(1, math.ceil(len(work) / n)))
-    if decode:
-        ds = ds.map_batches(decode_media, fn_kwargs={"video_frames": frames}, batch_size=n,
-                            num_cpus=roster.decode_cpus, batch_format="numpy")
-    for cls, kw in stages:
-        engine = (next(c for c in roster.captioners if c.name == kw["name"]).engine if "name" in kw
-                  else roster.merger.engine)
-        gpus = float(engine.tensor_parallel_size) if engine.device.startswith("cuda") else 0.0
-        ds = ds.map_batches(cls, fn_constructor_args=(roster_json,),
-                            fn_constructor_kwargs={**kw, "factory": factory}, batch_size=n,
-                            compute=ray.data.ActorPoolStrategy(size=engine.num_replicas),
-                            num_cpus=roster.engine_cpus, num_gpus=gpus, batch_format="numpy")
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        cols = {k: [_py(v) for v in values] for k, values in batch.items()}
-        yield [dict(zip(cols, values)) for values in zip(*cols.values())]
-
-
-def _py(value: Any) -> Any:
-    """numpy scalars and byte strings from Ray batches back to plain Python."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return value

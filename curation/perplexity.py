@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,8 +34,9 @@ from pydantic import Field
 
 from core.catalog import Catalog
 from core.config import ConfigModel, load_yaml
-from inference import ChatRequest, EngineConfig, PromptScore
 from core.settings import RaySettings
+from inference import ChatRequest, EngineConfig, PromptScore
+from inference.pool import EngineStage, run_stages
 
 # Bump when the LLaVA -> chat conversion changes: scores keyed by an older version are not reused.
 TEMPLATE_VERSION = "llava2chat-v1"
@@ -44,6 +44,8 @@ STAGE = "ppl"
 _ROLE = {"human": "user", "gpt": "assistant", "system": "system"}
 _PLACEHOLDER = re.compile(r"<(image|video)>")
 SCORE_ROLES = {"answer": ("assistant",), "all": ("system", "user", "assistant")}
+RESULT_KEYS = ("sample_id", "ok", "mean_nll", "ppl", "n_tokens", "reason", "detail")
+"""What :func:`score_requests` returns per request."""
 
 
 class ScorerConfig(ConfigModel):
@@ -171,8 +173,7 @@ def score_requests(engine, requests: list[ChatRequest], text_scope: str) -> list
                 scores.append(e)
     out = []
     for request, score in zip(requests, scores, strict=True):
-        row: dict[str, Any] = {"sample_id": request.request_id, "ok": False, "mean_nll": None, "ppl": None,
-                               "n_tokens": None, "reason": None, "detail": None}
+        row: dict[str, Any] = dict.fromkeys(RESULT_KEYS) | {"sample_id": request.request_id, "ok": False}
         try:
             if isinstance(score, Exception):
                 broken = [msg for kind, path in request.media() if (msg := probe_media(kind, str(path)))]
@@ -259,32 +260,23 @@ def write_results(cat: Catalog, config: ScorerConfig, results: list[dict[str, An
         cat.quarantine(refused, con=con)
 
 
-class _ScoreActor:
-    """Ray Data actor: loads one engine, scores batches of work items."""
+class ScoreStage:
+    """Engine stage of :func:`inference.pool.run_stages`: one scorer engine; a batch of work items in, their
+    results out (:data:`RESULT_KEYS`, plus ``source`` and ``item`` for the quarantine rows)."""
 
     def __init__(self, config_json: str):
-        from inference import load_engine
+        from inference import load_engine  # looked up at call time: tests swap in a fake engine
 
         self.config = ScorerConfig.model_validate_json(config_json)
         self.engine = load_engine(self.config.engine)
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
-        ids = list(batch["sample_id"])
-        requests = [ChatRequest(request_id=sid, messages=json.loads(msg))
-                    for sid, msg in zip(ids, batch["request_json"])]
-        by_id = {r["sample_id"]: r for r in _score_in_engine_batches(self.engine, requests, self.config)}
-        rows = [by_id[sid] for sid in ids]
-        out = {key: [r[key] for r in rows] for key in ("sample_id", "ok", "mean_nll", "ppl", "n_tokens",
-                                                         "reason", "detail")}
-        out["source"] = list(batch["source"])
-        out["item"] = list(batch["item"])
-        return out
-
-
-def _score_in_engine_batches(engine, requests: list[ChatRequest], config: ScorerConfig) -> Iterator[dict]:
-    step = config.engine.batch_size
-    for start in range(0, len(requests), step):
-        yield from score_requests(engine, requests[start:start + step], config.text_scope)
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        requests = [ChatRequest(sid, json.loads(msg)) for sid, msg in zip(batch["sample_id"], batch["request_json"])]
+        step = self.config.engine.batch_size
+        rows = [r for start in range(0, len(requests), step)
+                for r in score_requests(self.engine, requests[start:start + step], self.config.text_scope)]
+        out = {key: [r[key] for r in rows] for key in RESULT_KEYS}
+        return {**out, "source": batch["source"], "item": batch["item"]}
 
 
 def run_scoring(cat: Catalog, config: ScorerConfig, *, use_ray: bool = True, limit: int | None = None,
@@ -293,7 +285,7 @@ def run_scoring(cat: Catalog, config: ScorerConfig, *, use_ray: bool = True, lim
     """Score every pending sample and write the results batch by batch; returns counts.
 
     The checkpoint is checked before anything else (a missing scorer fails before any work starts).
-    ``use_ray=False`` runs one engine in this process (same code path per batch).
+    ``use_ray=False`` runs one engine in this process (the same :class:`ScoreStage` per batch).
     """
     from inference.loader import check_model_path
 
@@ -306,59 +298,10 @@ def run_scoring(cat: Catalog, config: ScorerConfig, *, use_ray: bool = True, lim
         counts["quarantined"] += len(refused)
     if not work:
         return counts
-    meta = {w["sample_id"]: w for w in work}
-    for results in _run_batches(work, config, use_ray, ray_settings):
-        for r in results:
-            r.setdefault("source", meta[r["sample_id"]]["source"])
-            r.setdefault("item", meta[r["sample_id"]]["item"])
+    stage = EngineStage(ScoreStage, config.engine, (config.model_dump_json(),))
+    for results in run_stages(work, [stage], batch_size=config.rows_per_commit, use_ray=use_ray,
+                              ray_settings=ray_settings):
         write_results(cat, config, results, run_id)
         counts["scored"] += sum(1 for r in results if r["ok"])
         counts["quarantined"] += sum(1 for r in results if not r["ok"])
     return counts
-
-
-def _run_batches(work: list[dict], config: ScorerConfig, use_ray: bool,
-                 ray_settings: RaySettings | None) -> Iterator[list[dict]]:
-    """Yield lists of result rows, one per finished unit of ``rows_per_commit`` samples."""
-    n = config.rows_per_commit
-    if not use_ray:
-        from inference import load_engine
-
-        engine = load_engine(config.engine)
-        try:
-            for start in range(0, len(work), n):
-                chunk = work[start:start + n]
-                requests = [ChatRequest(w["sample_id"], json.loads(w["request_json"])) for w in chunk]
-                yield list(_score_in_engine_batches(engine, requests, config))
-        finally:
-            engine.close()
-        return
-
-    import ray.data
-
-    from core.ray_runtime import ensure_ray
-
-    ensure_ray(ray_settings)
-    ds = ray.data.from_items(work, override_num_blocks=max(1, math.ceil(len(work) / n)))
-    ds = ds.map_batches(
-        _ScoreActor, fn_constructor_args=(config.model_dump_json(),), batch_size=n,
-        compute=ray.data.ActorPoolStrategy(size=config.engine.num_replicas),
-        num_cpus=1, num_gpus=_actor_gpus(config), batch_format="numpy",
-    )
-    for batch in ds.iter_batches(batch_size=None, batch_format="pandas"):
-        yield [{k: _py(v) for k, v in row.items()} for row in batch.to_dict("records")]
-
-
-def _actor_gpus(config: ScorerConfig) -> float:
-    return float(config.engine.tensor_parallel_size) if config.engine.device.startswith("cuda") else 0.0
-
-
-def _py(value: Any) -> Any:
-    """numpy/pandas scalars and NaN placeholders back to plain Python (None for missing)."""
-    if value is None:
-        return None
-    if hasattr(value, "item"):
-        value = value.item()
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value

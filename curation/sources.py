@@ -34,7 +34,8 @@ from pydantic import Field, PrivateAttr
 from core.config import ConfigError, ConfigModel, load_yaml
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
-VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov")
+VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v")
+"""Suffixes read as video (PyAV decodes them all), by ingestion and by the lmms-eval adapter."""
 PLACEHOLDERS = {"image": "<image>", "video": "<video>"}
 # Role names as LLaVA writes them; OpenAI-style names are accepted and mapped.
 _ROLES = {"human": "human", "user": "human", "gpt": "gpt", "assistant": "gpt"}

@@ -6,8 +6,9 @@
     scores = engine.score(requests, score_roles=("assistant",))   # per-token log-probs + mask
     engine.close()
 
-Backends live in ``hf.py`` (transformers), ``vllm_engine.py`` and ``mavors.py``;
-``chat.py`` renders conversations and media the same way for all of them.
+Backends live in ``transformers_engine.py``, ``vllm_engine.py`` and ``mavors_engine.py``;
+``chat.py`` renders conversations and media the same way for all of them; ``pool.py`` runs
+engine stages over rows, in this process or on a Ray Data actor pool per engine.
 """
 from inference.config import EngineConfig, load_engine_config
 from inference.loader import load_engine

@@ -31,7 +31,8 @@ class EngineConfig(ConfigModel):
     """Torch device of the transformers backend and of the Mavors vision part (``cpu``, ``cuda``,
     ``cuda:1``). vLLM places itself. Cluster: ``cuda``."""
     tensor_parallel_size: int = Field(1, ge=1)
-    """GPUs one replica spans (vLLM ``tensor_parallel_size``); also the GPUs each Ray actor asks for.
+    """GPUs one replica spans (vLLM ``tensor_parallel_size``); on a CUDA ``device`` also the GPUs each Ray
+    actor of an engine pool asks for (:attr:`gpus_per_replica`).
     Cluster: 4 for a 72B model on 80 GB GPUs, 1 for small ones."""
     max_model_len: int = Field(4096, ge=16)
     """Longest prompt + completion in tokens; longer prompts are refused per request."""
@@ -65,6 +66,12 @@ class EngineConfig(ConfigModel):
     with prompt embeddings; ``transformers``: HF generate on the same embeddings (no vLLM needed)."""
     seed: int = 0
     """Engine-level seed (vLLM ``seed``, torch seed of the transformers backend)."""
+
+    @property
+    def gpus_per_replica(self) -> int:
+        """GPUs one replica (one Ray actor of an engine pool) asks for: ``tensor_parallel_size`` on a CUDA
+        ``device``, none on CPU (the vLLM CPU build and CPU torch must not wait for a GPU that never comes)."""
+        return self.tensor_parallel_size if self.device.startswith("cuda") else 0
 
     @field_validator("modalities")
     @classmethod

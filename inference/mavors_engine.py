@@ -147,27 +147,37 @@ class MavorsEngine:
         results = []
         for request in requests:  # one at a time: visual token counts differ per request
             sample = self._encode(request, add_generation_prompt=False)
-            _, inputs = self._embed([sample], "right")
-            row = inputs.unpadded()[0]
-            ids = row["prompt_token_ids"].tolist()
+            ids = sample["input_ids"].tolist()
             labels = sample["labels"].tolist()
             mask = [lab != -100 and tid != self.processor.im_end_id for lab, tid in zip(labels, ids)]
             if self.llm is not None:
-                import vllm
-
-                from inference.vllm_engine import prompt_logprobs
-
-                out = self.llm.generate([{"prompt_embeds": row["prompt_embeds"].float().cpu(), "prompt_token_ids": ids,
-                                          "prompt_is_token_ids": row["is_token"].tolist()}],
-                                        vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0),
-                                        use_tqdm=False)[0]
-                logprobs = prompt_logprobs(ids, out)
+                logprobs, greedy = self._prompt_logprobs_vllm(request, sample, ids)
             else:
-                logits = self.model.llm(inputs_embeds=inputs.inputs_embeds).logits[0].float()  # (L, V)
-                picked = torch.log_softmax(logits[:-1], -1).gather(-1, torch.tensor(ids[1:])[:, None])[:, 0]
-                logprobs = [math.nan] + picked.tolist()
-            results.append(PromptScore(request.request_id, ids, logprobs, mask))
+                # the model's forward: never token compression, which would shift tokens against the labels
+                batch = {k: v.to(self.config.device) for k, v in self.processor.collate([sample]).items()}
+                logprobs_all = torch.log_softmax(self.model(**batch).logits[0, :-1].float(), -1)  # (L-1, V)
+                targets = batch["input_ids"][0, 1:, None]
+                logprobs = [math.nan] + logprobs_all.gather(-1, targets)[:, 0].tolist()
+                greedy = [False] + (logprobs_all.argmax(-1) == targets[:, 0]).tolist()
+            results.append(PromptScore(request.request_id, ids, logprobs, mask, greedy))
         return results
+
+    def _prompt_logprobs_vllm(self, request: ChatRequest, sample: dict[str, torch.Tensor],
+                              ids: list[int]) -> tuple[list[float], list[bool]]:
+        import vllm
+
+        from inference.vllm_engine import prompt_logprobs
+
+        _, inputs = self._embed([sample], "right")
+        row = inputs.unpadded()[0]
+        if row["prompt_token_ids"].tolist() != ids:
+            raise EngineError(f"request {request.request_id}: token compression changed the prompt; scoring needs "
+                              "every visual token (a checkpoint without token_compression_threshold)")
+        out = self.llm.generate([{"prompt_embeds": row["prompt_embeds"].float().cpu(), "prompt_token_ids": ids,
+                                  "prompt_is_token_ids": row["is_token"].tolist()}],
+                                vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0),
+                                use_tqdm=False)[0]
+        return prompt_logprobs(ids, out)
 
     def close(self) -> None:
         self.llm = None

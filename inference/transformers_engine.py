@@ -128,12 +128,14 @@ class TransformersEngine:
             logprobs = torch.log_softmax(logits[:, :-1], dim=-1)  # (B, L-1, V): predicts token t+1
             ids = batch["input_ids"]
             picked = logprobs.gather(-1, ids[:, 1:, None])[..., 0]  # (B, L-1)
+            greedy = logprobs.argmax(-1) == ids[:, 1:]  # (B, L-1)
             for row, i in enumerate(idx):
                 n = int(batch["attention_mask"][row].sum())
                 row_ids = ids[row, :n].tolist()
                 results[i] = PromptScore(
                     requests[i].request_id, row_ids, [math.nan] + picked[row, :n - 1].tolist(),
-                    scored_mask(self.tokenizer, chats[i], score_roles, row_ids))
+                    scored_mask(self.tokenizer, chats[i], score_roles, row_ids),
+                    [False] + greedy[row, :n - 1].tolist())
         return results  # type: ignore[return-value]
 
     def close(self) -> None:

@@ -103,12 +103,16 @@ class PromptScore:
     ``token_ids[i]`` is the i-th prompt token; ``logprobs[i]`` is ``log p(token_ids[i] | token_ids[:i])``
     (``logprobs[0]`` is NaN: the first token has no context). ``mask[i]`` is True for tokens inside the
     content of a scored role's message (template tokens, role names and media tokens are False).
+    ``greedy[i]`` is True when ``token_ids[i]`` is the model's most likely token at i (False for the first),
+    so a caller can tell whether greedy decoding would produce a continuation (lmms-eval's log-likelihood).
+    Every backend fills it; None only in scores made by hand.
     """
 
     request_id: str
     token_ids: list[int]
     logprobs: list[float]
     mask: list[bool]
+    greedy: list[bool] | None = None
 
     @property
     def n_scored(self) -> int:

@@ -40,9 +40,11 @@ def completions(tokenizer: Any, output: Any, params: SamplingParams) -> list[Com
             for c in output.outputs]
 
 
-def prompt_logprobs(ids: list[int], output: Any) -> list[float]:
-    """``log p(ids[i] | ids[:i])`` from a ``prompt_logprobs=0`` output; NaN for the first token."""
-    return [math.nan] + [entry[tid].logprob for tid, entry in zip(ids[1:], output.prompt_logprobs[1:])]
+def prompt_logprobs(ids: list[int], output: Any) -> tuple[list[float], list[bool]]:
+    """``log p(ids[i] | ids[:i])`` from a ``prompt_logprobs=0`` output (NaN for the first token), and whether
+    ``ids[i]`` was the most likely token there (its vocabulary rank is 1; False for the first token)."""
+    entries = [entry[tid] for tid, entry in zip(ids[1:], output.prompt_logprobs[1:])]
+    return [math.nan] + [e.logprob for e in entries], [False] + [e.rank == 1 for e in entries]
 
 
 class VllmEngine:
@@ -111,8 +113,9 @@ class VllmEngine:
         results = []
         for request, chat, out in zip(requests, chats, self._run(chats, sampling)):
             ids = list(out.prompt_token_ids)
-            results.append(PromptScore(request.request_id, ids, prompt_logprobs(ids, out),
-                                       scored_mask(self.tokenizer, chat, score_roles, ids)))
+            logprobs, greedy = prompt_logprobs(ids, out)
+            results.append(PromptScore(request.request_id, ids, logprobs,
+                                       scored_mask(self.tokenizer, chat, score_roles, ids), greedy))
         return results
 
     def close(self) -> None:

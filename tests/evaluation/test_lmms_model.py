@@ -103,3 +103,49 @@ def test_cli_finds_the_model_by_name_and_writes_results(heldout, tiny_models, tm
     assert files, f"no results file\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     results = json.loads(files[0].read_text())["results"]["mavors_image_qa"]
     assert {"accuracy,none", "brevity_rate,none", "termination_rate,none"} <= set(results)
+
+
+@pytest.fixture(scope="module")
+def lmms_mavors(tiny_models):
+    from evaluation.lmms_model import MavorsLmms
+
+    return MavorsLmms(pretrained=str(tiny_models["mavors"]), mark_truncated=True)
+
+
+def _instance(request_type: str, doc: dict, arguments: tuple):
+    from lmms_eval.api.instance import Instance
+
+    return Instance(request_type=request_type, doc=doc, arguments=arguments, idx=0,
+                    metadata={"task": "t", "doc_id": 0, "repeats": 1})
+
+
+@pytest.mark.parametrize("kind", ["image", "m4v video"])
+def test_generate_until_equals_the_models_own_greedy_generate(lmms_mavors, demo_corpus, tmp_path, kind):
+    """Independent: the model's generate on a processor batch, cut at <|im_end|>, as the adapter did before it
+    went through the engine. A ``.m4v`` file is a video (the suffix list of curation.sources)."""
+    from PIL import Image
+
+    if kind == "image":
+        media = tmp_path / "pic.png"
+        Image.new("RGB", (64, 48), (200, 30, 30)).save(media)
+    else:
+        media = tmp_path / "clip.m4v"
+        shutil.copy(min((demo_corpus / "kinetics_like" / "videos").glob("*.mp4")), media)
+    doc = {"q": "What is shown?"}
+    lmms_mavors.task_dict = {"t": {"test": {0: doc}}}
+    gen_kwargs = {"until": ["<|im_end|>"], "max_new_tokens": 6, "temperature": 0}
+    [text] = lmms_mavors.generate_until([_instance(
+        "generate_until", doc, (doc["q"], gen_kwargs, lambda d: [str(media)], 0, "t", "test"))])
+
+    engine = lmms_mavors.engine
+    processor, model = engine.processor, engine.model
+    tag = "<image>" if kind == "image" else "<video>"
+    sample = processor.encode([{"from": "human", "value": f"{tag}\n{doc['q']}"}], [str(media)],
+                              add_generation_prompt=True)
+    eos = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    with torch.no_grad():
+        new = model.generate(**processor.collate([sample], padding_side="left"), max_new_tokens=6, eos_token_id=eos,
+                             pad_token_id=processor.tokenizer.pad_token_id, do_sample=False)[0].tolist()
+    finished = eos in new
+    expected = processor.decode(new[:new.index(eos)] if finished else new)
+    assert text == (expected if finished else expected + "<|truncated|>")

@@ -65,5 +65,7 @@ def test_prompt_logprobs_with_embeddings_match_torch_forward(mavors_engines, vid
     torch.testing.assert_close(torch.tensor(v.logprobs[1:]), ref, atol=1e-4, rtol=0)
     assert hf.tokenizer.decode([t for t, m in zip(h.token_ids, h.mask) if m]) == "A red circle moves left."
     assert h.mask == v.mask
+    greedy = [False] + (logits[:-1].argmax(-1) == ids[1:]).tolist()
+    assert h.greedy == v.greedy == greedy
     with pytest.raises(EngineError, match="assistant turns only"):
         hf.score([request], score_roles=("user",))

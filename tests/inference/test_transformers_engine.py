@@ -74,8 +74,10 @@ def test_batched_scoring_equals_one_by_one_and_plain_forward(hf_text, sharp_mode
                   return_tensors="pt")["input_ids"]
         assert b.token_ids == ids[0].tolist()
         with torch.no_grad():
-            ref = torch.log_softmax(model(ids).logits[0, :-1].float(), -1).gather(-1, ids[0, 1:, None])[:, 0]
+            ref_all = torch.log_softmax(model(ids).logits[0, :-1].float(), -1)  # (L-1, V)
+        ref = ref_all.gather(-1, ids[0, 1:, None])[:, 0]
         assert math.isnan(b.logprobs[0])
+        assert b.greedy == s.greedy == [False] + (ref_all.argmax(-1) == ids[0, 1:]).tolist()
         torch.testing.assert_close(torch.tensor(b.logprobs[1:]), ref, atol=1e-5, rtol=0)
         # the mask covers exactly the assistant answers' text
         answers = "".join(m["content"] for m in request.messages if m["role"] == "assistant")

@@ -33,6 +33,7 @@ def assert_scores_agree(v, h):
     for a, b in zip(v, h):
         assert a.token_ids == b.token_ids
         assert a.mask == b.mask and any(a.mask)
+        assert a.greedy == b.greedy and len(a.greedy) == len(a.token_ids)
         assert math.isnan(a.logprobs[0]) and math.isnan(b.logprobs[0])
         torch.testing.assert_close(torch.tensor(a.logprobs[1:]), torch.tensor(b.logprobs[1:]), atol=1e-4, rtol=0)
 
