@@ -3,7 +3,7 @@
     python benchmarks/shards.py                 # ~1-2 min on 2 cores
     python benchmarks/shards.py --mb 256 --samples 2000
 
-1. Writer: :func:`curation.shards.write_shard` (fixed headers, sha256 on the fly, fsync,
+1. Writer: :func:`curation.shards.writer.write_shard` (fixed headers, sha256 on the fly, fsync,
    rename) against plain ``tarfile`` writing the same members to the same disk (page cache
    only), and against plain ``tarfile`` followed by fsync and a sha256 of the file (the same
    guarantees, done one after the other). Reported as MB/s and ratios (target >= 0.9 vs
@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import sys
 import tarfile
 import tempfile
 import time
@@ -26,10 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from curation.shards import ShardRecord, write_records, write_shard  # noqa: E402
-from curation.transcode import file_sha256  # noqa: E402
+from curation.media import file_sha256
+from curation.shards.format import ShardRecord, sample_record
+from curation.shards.writer import write_records, write_shard
 
 
 def writer_bench(tmp: Path, total_mb: int, repeat: int) -> tuple[float, ...]:
@@ -92,11 +90,11 @@ def loader_shards(tmp: Path, n: int) -> Path:
     for i in range(n):
         buf = io.BytesIO()
         Image.fromarray(rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)).save(buf, format="PNG")
-        recs.append(ShardRecord(f"k{i:05d}", {
-            "sample_id": f"bench/{i}", "media": [{"file": "png", "kind": "image"}],
+        recs.append(sample_record(f"bench/{i}", {
+            "sample_id": f"bench/{i}",
             "conversation": [{"from": "human", "value": "<image>\nDescribe the image."},
                              {"from": "gpt", "value": f"Random noise number {i}, in many colours."}]},
-            [("png", buf.getvalue())]))
+            [(buf.getvalue(), "png", {"kind": "image"})]))
     write_records(recs, tmp / "loader", prefix="bench", max_samples=max(1, n // 8), max_bytes=1 << 30)
     return tmp / "loader"
 
@@ -119,7 +117,8 @@ def stock_rate(root: Path, processor, n: int) -> float:
     """Stock webdataset reader + the same decode and collate, one process, first ``n`` samples."""
     import webdataset as wds
 
-    from trainers.data import collate, decode_sample, list_shards
+    from curation.shards.read import list_shards
+    from trainers.data import collate, decode_sample
 
     t = time.perf_counter()
     batch = []

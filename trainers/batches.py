@@ -15,7 +15,6 @@ from typing import Iterator
 from trainers.initialization import resolve
 from trainers.spec import StageSpec
 from trainers.synthetic import SyntheticStream
-from core.paths import REPO_ROOT
 
 
 def vocab_size(model) -> int:
@@ -24,24 +23,15 @@ def vocab_size(model) -> int:
 
 
 def data_dir(spec: StageSpec, work_dir: Path) -> Path | None:
-    """Directory of the stage's shards (None for synthetic data)."""
-    if spec.data.shards is not None:
-        return resolve(work_dir, spec.data.shards)
+    """Directory of the stage's shards, as the driver handed it in ``data.shards`` (None for synthetic data).
+
+    A rank never derives a folder: ``data.mixture`` is resolved once by the driver
+    (:func:`trainers.chain.mixture_data`) and reaches the ranks as ``--data-json``.
+    """
     if spec.data.mixture is not None:
-        from curation.mixtures import load_mixture
-        from curation.shards import stage_dir
-
-        mixture = load_mixture(manifest_path(spec.data.mixture))
-        return stage_dir(work_dir / "shards", mixture.name, spec.data.mixture_stage)
-    return None
-
-
-def manifest_path(path: str) -> Path:
-    """A manifest path as given (absolute, or relative to the current dir), else relative to the repository."""
-    p = Path(path)
-    if p.is_absolute() or p.exists():
-        return p
-    return REPO_ROOT / p
+        raise ValueError(f"stage {spec.name}: data.mixture {spec.data.mixture} was not resolved to its shard folder "
+                         "(the driver passes it as data.shards: trainers.chain.mixture_data)")
+    return resolve(work_dir, spec.data.shards) if spec.data.shards is not None else None
 
 
 def build_stream(spec: StageSpec, model, processor, rank: int, world: int, work_dir: Path):

@@ -14,7 +14,8 @@ Order of an epoch (a pure function of seed, epoch, rank, world size and workers)
    ``Random(md5(seed:epoch))``;
 2. split by node, then by DataLoader worker: each shard goes, in that order, to the
    rank (then worker) holding the fewest samples so far, so shares stay balanced;
-3. each worker reads its shards as a stock ``webdataset`` pipeline (``tarfile_to_samples``),
+3. each worker reads its shards with the one shard reader (:func:`curation.shards.read.iter_samples`,
+   samples shaped as stock ``webdataset`` yields them) in a ``webdataset`` pipeline,
    shuffles samples with a buffer (``webdataset.shuffle``) seeded by
    ``md5(seed:epoch:rank:worker)``, decodes them through the processor and collates
    micro-batches (the last one of a worker may be short) -- one transfer per batch;
@@ -32,8 +33,8 @@ exactly the batch an uninterrupted run would have produced next.
 The processor is anything with ``encode(conversation, media, name=...) -> dict`` (tensors
 of one sample: ``input_ids``, ``attention_mask``, ``labels`` with -100 outside the
 answers, visual tensors) and ``collate(samples) -> dict`` (padding, answer-only labels
-kept): :class:`model.processing.MavorsProcessor` is one. DPO shards (records with
-``prompt``/``chosen``/``rejected`` as TRL writes them) give ``{"chosen": batch, "rejected": batch}``.
+kept): :class:`model.processing.MavorsProcessor` is one. DPO pair shards (the same record format
+with ``chosen``/``rejected`` answers after the conversation) give ``{"chosen": batch, "rejected": batch}``.
 """
 from __future__ import annotations
 
@@ -50,6 +51,9 @@ from typing import Any, Protocol
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from curation.shards.format import PREFERENCE_SIDES, answered, media_bytes
+from curation.shards.read import ShardEntry, iter_samples, list_shards
+
 
 class SampleProcessor(Protocol):
     """Turns one conversation and its media bytes into model tensors, and pads a list of them into a batch."""
@@ -60,25 +64,6 @@ class SampleProcessor(Protocol):
 
     def collate(self, samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         """Pad to (B, T_max) (labels padded with -100) and batch the visual tensors."""
-
-
-@dataclass(frozen=True)
-class ShardEntry:
-    url: str
-    n_samples: int
-
-
-def list_shards(root: str | Path) -> list[ShardEntry]:
-    """Shards (path, sample count) listed by the ``index.json`` files under ``root``, in index order."""
-    from curation.shards import index_files
-
-    entries = []
-    for index in index_files(root):
-        for e in json.loads(index.read_text())["shards"]:
-            entries.append(ShardEntry(str(index.parent / e["name"]), int(e["n_samples"])))
-    if not entries:
-        raise FileNotFoundError(f"{root}: no shards (no index.json listing any); run `mavors shards build` first")
-    return entries
 
 
 def _seed(*parts: object) -> int:
@@ -166,43 +151,18 @@ def plan_epoch(shards: Sequence[ShardEntry], *, seed: int, epoch: int, rank: int
     return EpochPlan(epoch, workers[rank], micro_size, steps, sum(mine.counts) - seen)
 
 
-# -- decoding one raw webdataset sample ----------------------------------------------------------------
-def _trl_conversation(prompt: list[dict], answer: list[dict]) -> list[dict]:
-    """TRL messages (content parts) -> LLaVA-style turns with placeholders in part order."""
-    turns = []
-    for message in prompt + answer:
-        content = message["content"]
-        parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
-        text = "\n".join(f"<{p['type']}>" if p["type"] in ("image", "video") else p["text"] for p in parts)
-        turns.append({"from": "gpt" if message["role"] == "assistant" else "human", "value": text})
-    return turns
-
-
-def _trl_media(record: dict, raw: dict[str, Any]) -> list[bytes]:
-    """The record's media bytes in the order their placeholders appear in the prompt.
-
-    ``images``/``videos`` name tar members (``<key>.image0.jpg``, as the DPO area writes them)
-    or their suffixes (``image0.jpg``); webdataset keys a sample's members by suffix."""
-    prefix = raw["__key__"] + "."
-    queues = {kind: deque(m.removeprefix(prefix) for m in record.get(f"{kind}s", [])) for kind in ("image", "video")}
-    media = []
-    for message in record["prompt"]:
-        for p in message["content"] if isinstance(message["content"], list) else []:
-            if p["type"] in queues:
-                media.append(raw[queues[p["type"]].popleft()])
-    return media
-
-
+# -- decoding one read sample ---------------------------------------------------------------------------
 def decode_sample(raw: dict[str, Any], processor: SampleProcessor, dpo: bool) -> dict[str, Any]:
-    """A raw webdataset sample (``json`` + media members) -> processor tensors (+ ``sample_id``)."""
+    """A read sample (``json`` + media members, :mod:`curation.shards.read`) -> processor tensors (+ ``sample_id``).
+
+    Mixture and pair records share one format (:mod:`curation.shards.format`): the conversation is
+    LLaVA turns, the media are the JSON's ``media`` in placeholder order; a pair's id is ``pair_id``."""
     record = json.loads(raw["json"])
+    media = media_bytes(record, raw)
     if dpo:
-        media = _trl_media(record, raw)
-        sid = record.get("meta", {}).get("pair_id", raw["__key__"])
-        return {"sample_id": sid, **{side: processor.encode(_trl_conversation(record["prompt"], record[side]), media,
-                                                            name=f"{sid} ({side})")
-                                     for side in ("chosen", "rejected")}}
-    media = [raw[m["file"]] for m in record.get("media", [])]
+        sid = record["pair_id"]
+        return {"sample_id": sid, **{side: processor.encode(answered(record, side), media, name=f"{sid} ({side})")
+                                     for side in PREFERENCE_SIDES}}
     sid = record["sample_id"]
     return {"sample_id": sid, "features": processor.encode(record["conversation"], media, name=sid)}
 
@@ -212,7 +172,7 @@ def collate(samples: list[dict[str, Any]], processor: SampleProcessor, dpo: bool
     ids = [s["sample_id"] for s in samples]
     if dpo:
         return {"sample_id": ids, **{side: processor.collate([s[side] for s in samples])
-                                     for side in ("chosen", "rejected")}}
+                                     for side in PREFERENCE_SIDES}}
     return {"sample_id": ids, **processor.collate([s["features"] for s in samples])}
 
 
@@ -229,7 +189,7 @@ class _EpochStream(IterableDataset):
         import webdataset as wds
 
         urls = [s.url for s in self.plan.worker_shards[worker]]
-        stages: list[Any] = [wds.SimpleShardList(urls), wds.tarfile_to_samples()]
+        stages: list[Any] = [lambda: iter_samples(urls)]
         if self.shuffle_buffer > 1:
             stages.append(wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer,
                                       seed=_seed(self.seed, self.plan.epoch, self.rank, worker)))
@@ -332,10 +292,7 @@ def iter_pairs_once(root: str | Path, processor: SampleProcessor, *, micro_size:
                     world_size: int = 1) -> Iterator[dict[str, Any]]:
     """Every DPO pair once, in shard order (rank's share: pairs rank, rank+world, ...), in micro-batches;
     for scoring the reference model before training."""
-    import webdataset as wds
-
-    urls = [s.url for s in list_shards(root)]
-    raw = wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples())
+    raw = iter_samples(s.url for s in list_shards(root))
     mine = (decode_sample(s, processor, dpo=True) for s in itertools.islice(raw, rank, None, world_size))
     while batch := list(itertools.islice(mine, micro_size)):
         yield collate(batch, processor, dpo=True)

@@ -1,21 +1,16 @@
-"""Preference records in TRL's format: catalog rows, WebDataset samples, and a ``datasets`` loader.
-
-TRL's DPO trainer reads conversational preference rows with the columns ``prompt``,
-``chosen``, ``rejected`` and, for vision models, ``images`` (a list of images whose
-``{"type": "image"}`` placeholders appear in the prompt)::
-
-    {"prompt":   [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe ..."}]}],
-     "chosen":   [{"role": "assistant", "content": [{"type": "text", "text": "A red circle ..."}]}],
-     "rejected": [{"role": "assistant", "content": [{"type": "text", "text": "A circle."}]}],
-     "images":   [<PIL.Image>]}
-
-Videos follow the same pattern (``{"type": "video"}`` placeholders, a ``videos`` column
-of encoded video bytes). In a shard (written by :func:`curation.shards.write_records`),
-one pair is one sample: ``<key>.json`` holds the record (media named by tar member:
-``"images": ["<key>.image0.jpg"]``) plus provenance under ``"meta"``, and the media travel
-beside it as ``<key>.image0.jpg`` / ``<key>.video0.mp4``.
+"""Preference records: ``dpo_pairs`` rows, their shards (the one shard record format), and a TRL ``datasets`` view.
 
     python -c "from curation.preference.records import load_preference_dataset as l; print(l(['x.tar']))"
+
+A pair is stored in one form, the project's LLaVA turns: ``prompt`` (catalog) / ``conversation``
+(shard) is the user turn with its ``<image>``/``<video>`` placeholders, ``chosen`` and
+``rejected`` the two answer texts. A shard sample is a :mod:`curation.shards.format` record
+keyed by ``pair_id`` (``KEY.json`` + ``KEY.<i>.<ext>`` per medium, in placeholder order), so the
+trainer reads DPO shards exactly as mixture shards (``answered(record, "chosen")``).
+
+TRL's DPO trainer reads other rows (``prompt``/``chosen``/``rejected`` as messages with
+content parts, ``images``/``videos`` columns); :func:`load_preference_dataset` builds them
+from the shards when they are read, for anyone training with TRL on these pairs.
 """
 from __future__ import annotations
 
@@ -26,15 +21,21 @@ from pathlib import Path
 from typing import Any
 
 from curation.preference.decisions import DOMAINS, Outcome
+from curation.shards.build import record_shard
+from curation.shards.format import ShardRecord, media_bytes, sample_record
+from curation.shards.read import iter_samples
+from curation.shards.writer import write_records
+from curation.sources import PLACEHOLDERS
+from curation.media import file_sha256
 
-def trl_prompt(question: str, media_kinds: Iterable[str]) -> list[dict[str, Any]]:
-    """TRL's conversational prompt: one user turn, media placeholders first, then the question."""
-    content: list[dict[str, Any]] = [{"type": kind} for kind in media_kinds]
-    return [{"role": "user", "content": content + [{"type": "text", "text": question}]}]
+PROVENANCE = ("pair_set_id", "domain", "chosen_score", "rejected_score", "margin", "chosen_reason",
+              "rejected_reason", "judge", "checkpoint_sha256", "rejected_media_path")
+"""``dpo_pairs`` columns a shard record carries besides its conversation and media."""
 
 
-def trl_answer(text: str) -> list[dict[str, Any]]:
-    return [{"role": "assistant", "content": [{"type": "text", "text": text}]}]
+def prompt_turns(question: str, media_kinds: Iterable[str]) -> list[dict[str, str]]:
+    """The pair's prompt as LLaVA turns: one human turn, a placeholder per medium (in order), then the question."""
+    return [{"from": "human", "value": "\n".join([*(PLACEHOLDERS[k] for k in media_kinds), question])}]
 
 
 def pair_rows(set_id: str, outcome: Outcome, checkpoint_hash: str, run_id: str | None) -> list[dict[str, Any]]:
@@ -45,7 +46,7 @@ def pair_rows(set_id: str, outcome: Outcome, checkpoint_hash: str, run_id: str |
         c, r = pair.chosen, pair.rejected
         rows.append({
             "pair_id": f"{set_id}/{inp.sample_id}/{n}", "pair_set_id": set_id, "sample_id": inp.sample_id,
-            "domain": inp.domain, "prompt": trl_prompt(inp.question, [k for k, _ in inp.media]),
+            "domain": inp.domain, "prompt": prompt_turns(inp.question, [k for k, _ in inp.media]),
             "chosen": c.text, "rejected": r.text, "chosen_candidate": c.candidate_id,
             "rejected_candidate": r.candidate_id, "chosen_score": c.score, "rejected_score": r.score,
             "margin": pair.margin, "chosen_reason": c.reason, "rejected_reason": r.reason,
@@ -59,27 +60,18 @@ def pair_rows(set_id: str, outcome: Outcome, checkpoint_hash: str, run_id: str |
     return rows
 
 
-def shard_record(row: dict[str, Any]):
-    """One ``dpo_pairs`` row as a :class:`curation.shards.ShardRecord`: the TRL JSON plus its media files."""
-    from curation.shards import ShardRecord, sample_key
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
 
-    prompt = json.loads(row["prompt"]) if isinstance(row["prompt"], str) else row["prompt"]
-    files: list[tuple[str, str]] = []
-    names: dict[str, list[str]] = {"image": [], "video": []}
-    key = sample_key(row["pair_id"])
-    for kind, path in zip(row["media_kinds"], row["media_paths"]):
-        ext = Path(path).suffix.lower().lstrip(".") or ("jpg" if kind == "image" else "mp4")
-        suffix = f"{kind}{len(names[kind])}.{ext}"
-        names[kind].append(f"{key}.{suffix}")
-        files.append((suffix, path))
-    meta = {k: row[k] for k in ("pair_id", "pair_set_id", "sample_id", "domain", "chosen_score", "rejected_score",
-                                "margin", "chosen_reason", "rejected_reason", "judge", "checkpoint_sha256",
-                                "media_hashes", "rejected_media_path")}
-    for k in ("temperatures", "seeds"):
-        meta[k] = json.loads(row[k]) if isinstance(row[k], str) else row[k]
-    record = {"prompt": prompt, "chosen": trl_answer(row["chosen"]), "rejected": trl_answer(row["rejected"]),
-              "images": names["image"], "videos": names["video"], "meta": meta}
-    return ShardRecord(key, record, files)
+
+def shard_record(row: dict[str, Any]) -> ShardRecord:
+    """One ``dpo_pairs`` row as a shard record: its conversation and answers as stored, its media files."""
+    fields = {k: row[k] for k in ("pair_id", "sample_id", "chosen", "rejected", *PROVENANCE)}
+    fields |= {"conversation": _json(row["prompt"]), "temperatures": _json(row["temperatures"]),
+               "seeds": _json(row["seeds"])}
+    media = [(path, Path(path).suffix or ("jpg" if kind == "image" else "mp4"), {"kind": kind, "media_hash": h})
+             for kind, path, h in zip(row["media_kinds"], row["media_paths"], row["media_hashes"])]
+    return sample_record(row["pair_id"], fields, media)
 
 
 def write_pair_shards(cat, set_id: str, out_dir: Path, *, max_samples: int, max_bytes: int = 512 << 20,
@@ -91,9 +83,6 @@ def write_pair_shards(cat, set_id: str, out_dir: Path, *, max_samples: int, max_
     current pairs is left alone; otherwise it is rewritten (pairs in ``pair_id`` order,
     so the bytes are a function of the pairs).
     """
-    from curation.shards import record_shard, write_records
-    from curation.transcode import file_sha256
-
     record_set = f"dpo/{set_id}"
     paths = []
     for domain in DOMAINS:
@@ -117,19 +106,37 @@ def write_pair_shards(cat, set_id: str, out_dir: Path, *, max_samples: int, max_
     return paths
 
 
-def iter_shard_records(tar_paths: Iterable[str | Path]) -> Iterator[dict[str, Any]]:
-    """TRL rows from pair shards: images as PIL images, videos as encoded bytes, provenance under ``meta``."""
-    import webdataset as wds
+def trl_row(record: dict[str, Any], media: list[bytes]) -> dict[str, Any]:
+    """A pair record as TRL's conversational preference row: messages with content parts (a ``{"type": kind}``
+    part per placeholder, in order), ``images`` (PIL) and ``videos`` (encoded bytes), provenance under ``meta``."""
     from PIL import Image
 
-    for sample in wds.WebDataset([str(p) for p in tar_paths], shardshuffle=False, empty_check=False):
+    kind_of = {tag: kind for kind, tag in PLACEHOLDERS.items()}
+
+    def content(text: str) -> list[dict[str, str]]:
+        lines = text.split("\n")  # prompt_turns: a line per placeholder, then the question
+        kinds = []
+        while lines and lines[0] in kind_of:
+            kinds.append(kind_of[lines.pop(0)])
+        return [{"type": k} for k in kinds] + [{"type": "text", "text": "\n".join(lines)}]
+
+    kinds = [m["kind"] for m in record["media"]]
+    return {
+        "prompt": [{"role": "user" if t["from"] == "human" else "assistant", "content": content(t["value"])}
+                   for t in record["conversation"]],
+        **{side: [{"role": "assistant", "content": [{"type": "text", "text": record[side]}]}]
+           for side in ("chosen", "rejected")},
+        "images": [Image.open(io.BytesIO(b)).convert("RGB") for k, b in zip(kinds, media) if k == "image"],
+        "videos": [b for k, b in zip(kinds, media) if k == "video"],
+        "meta": record,
+    }
+
+
+def iter_trl_rows(tar_paths: Iterable[str | Path]) -> Iterator[dict[str, Any]]:
+    """TRL rows of the pairs in ``tar_paths``, read through the one shard reader."""
+    for sample in iter_samples(tar_paths):
         record = json.loads(sample["json"])
-        key = sample["__key__"]
-        # members are named "<key>.<suffix>"; webdataset exposes them by suffix
-        record["images"] = [Image.open(io.BytesIO(sample[m.removeprefix(key + ".")])).convert("RGB")
-                            for m in record["images"]]
-        record["videos"] = [sample[m.removeprefix(key + ".")] for m in record["videos"]]
-        yield record
+        yield trl_row(record, media_bytes(record, sample))
 
 
 def load_preference_dataset(tar_paths: Iterable[str | Path]):
@@ -149,8 +156,8 @@ def load_preference_dataset(tar_paths: Iterable[str | Path]):
     paths = [str(p) for p in tar_paths]
 
     def gen():
-        for record in iter_shard_records(paths):
-            record["meta"] = {k: record["meta"].get(k) for k in features["meta"]}
-            yield record
+        for row in iter_trl_rows(paths):
+            row["meta"] = {k: row["meta"].get(k) for k in features["meta"]}
+            yield row
 
     return datasets.Dataset.from_generator(gen, features=features, cache_dir=None)

@@ -83,7 +83,7 @@ def ingest_sources(run: RunContext, manifests: list[Path], state: list[list[Any]
 
     with run.catalog() as cat:
         reports = ingest(load_manifests(manifests), cat, ray_settings=run.settings.ray,
-                         workers=None if run.use_ray else 0)
+                         workers=None if run.use_ray else 0, run_id=run.run_id)
     return [{"source": r.source, "items": r.items, "new": r.new, "replaced": r.replaced, "unchanged": r.unchanged,
              "new_media": r.new_media, "quarantined": sum(r.quarantined.values())} for r in reports]
 
@@ -161,9 +161,10 @@ def select_mixture(run: RunContext, mixture: Path, upstream: Any) -> list[dict[s
 
 @step("shards")
 def build_shards(run: RunContext, mixture: Path, upstream: Any) -> list[dict[str, Any]]:
-    """curation.shards.build_shards: transcode, plan and write the mixture's shards on Ray (complete ones skipped)."""
+    """curation.shards.build.build_shards: transcode, plan and write the mixture's shards on Ray (complete ones
+    skipped); ``dir`` of each stage is the absolute folder its trainer is handed."""
     from curation.mixtures import load_mixture
-    from curation.shards import build_shards as build
+    from curation.shards.build import build_shards as build
 
     config = load_mixture(mixture)
     with run.catalog() as cat:
@@ -171,16 +172,17 @@ def build_shards(run: RunContext, mixture: Path, upstream: Any) -> list[dict[str
                        run_id=run.run_id)
     return [{"mixture": config.name, "stage": b.stage, "shards": len(b.shards), "samples": b.n_samples,
              "written": len(b.written), "skipped": len(b.skipped), "removed": len(b.removed),
-             "quarantined": sum(b.quarantined.values()), "dir": str(b.out_dir)} for b in builds]
+             "quarantined": sum(b.quarantined.values()), "dir": str(b.out_dir.resolve())} for b in builds]
 
 
 @step("catalog-stats")
 def catalog_stats(run: RunContext, upstream: Any) -> list[dict[str, Any]]:
-    """curation.stats.collect: the ``mavors catalog stats`` sections (sources, media, duplicates, quarantine, ...)."""
-    from curation.stats import collect
+    """pipelines.report.sections.catalog_stats: the ``mavors catalog stats`` tables (sources, media, duplicates,
+    quarantine, DPO pairs)."""
+    from pipelines.report.sections import catalog_stats as stats_tables
 
     with run.catalog() as cat:
-        return [{"title": s.title, "rows": [dict(zip(s.columns, r)) for r in s.rows]} for s in collect(cat)]
+        return stats_tables(cat)
 
 
 # -- the flow -----------------------------------------------------------------------------------------
@@ -230,4 +232,12 @@ def curate(params: CurateParams = CurateParams()) -> dict[str, Any]:
         report = write_run_report(run, run.run_id, stats) if params.report else None
     return {"run_id": run.run_id, "report": report, "ingest": ingested, "perplexity": scored, "dedup": decisions,
             "dedup_by_source_task": dedup_summary["by_source_task"], "mixtures": selections, "shards": shards,
-            "stats": stats}
+            "shard_dirs": shard_dirs(shards), "stats": stats}
+
+
+def shard_dirs(shards: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
+    """Mixture name -> mixture stage -> the shard folder the flow built (what the train flow is handed)."""
+    out: dict[str, dict[str, str]] = {}
+    for s in shards:
+        out.setdefault(s["mixture"], {})[s["stage"]] = s["dir"]
+    return out

@@ -83,7 +83,8 @@ def build_pairs(run: RunContext, checkpoint: str, mixture: Path, config: Path | 
         ids, mixture_sha = mixture_inputs(cat, selection["mixture"])
         report = build_pair_set(cat, checkpoint, ids, cfg, out_dir=cfg.output_dir or run.dir("dpo"),
                                 mixture=selection["mixture"], mixture_sha256=mixture_sha, run_id=run.run_id)
-    shard_dir = Path(report.shards[0]).parent.parent if report.shards else None
+        shard_dir = cat.scalar("SELECT shard_dir FROM dpo_pair_sets WHERE pair_set_id = ?",
+                               [report.pair_set_id]) if report.shards else None
     return {"pair_set_id": report.pair_set_id, "checkpoint_sha256": report.checkpoint_sha256,
             "backend": report.backend, "decided": report.decided, "skipped": report.skipped,
             "counts": report.counts, "shards": report.shards, "shard_dir": str(shard_dir) if shard_dir else None}

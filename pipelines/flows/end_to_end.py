@@ -46,7 +46,7 @@ def end_to_end(params: EndToEndParams = EndToEndParams()) -> dict[str, Any]:
     """curate -> train (1, 1.5, 2) -> dpo_regenerate (policy: the Stage-2 export) -> train (DPO)."""
     with recorded_run("end_to_end", params) as run:
         curated = curate(params.part(params.curate))
-        supervised = train(params.part(params.train))
+        supervised = train(on_curated(params.part(params.train), curated["shard_dirs"]))
         stage2 = supervised["stages"][-1]
         dpo = params.part(params.dpo)
         if dpo.checkpoint is None:
@@ -68,6 +68,16 @@ def end_to_end(params: EndToEndParams = EndToEndParams()) -> dict[str, Any]:
                           "dpo pairs": pairs.get("shard_dir"),
                           "checkpoints": str(run.settings.work_dir / "train" / params.train.run_name),
                           "report": report}}
+
+
+def on_curated(params: TrainParams, shard_dirs: dict[str, dict[str, str]]) -> TrainParams:
+    """The supervised stages handed the folders the curate flow built for the mixture stages their specs name
+    (trainers.chain.mixture_data); folders given in ``params.data`` win."""
+    from trainers.chain import mixture_data
+
+    given = {name: {"shards": str(path)} for name, path in params.data.items()}
+    data = mixture_data(params.stages, params.stages_dir, shard_dirs, given)
+    return params.model_copy(update={"data": {name: Path(d["shards"]) for name, d in data.items()}})
 
 
 def demo(work_dir: Path, seed: int = 0, use_ray: bool = False) -> dict[str, Any]:

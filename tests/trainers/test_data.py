@@ -1,18 +1,19 @@
-"""The training loader: coverage per epoch, rank split, exact mid-epoch resume, answer-only labels.
+"""The training loader: coverage per epoch, rank split, exact mid-epoch resume, answer-only labels, DPO pairs.
 
-    pytest tests/test_loader.py -q
+    pytest tests/trainers/test_data.py -q
 """
 from __future__ import annotations
 
 import io
-import json
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from curation.shards import ShardRecord, write_records
+from curation.preference.records import prompt_turns, shard_record
+from curation.shards.format import sample_record
+from curation.shards.writer import write_records
 from trainers.data import build_loader, iter_pairs_once
 
 N_PER_SHARD = [5, 3, 7, 4, 6, 2, 5]  # 32 samples in 7 shards of uneven size
@@ -57,10 +58,10 @@ def shard_root(tmp_path_factory):
         recs = []
         for _ in range(count):
             sid = f"src/{n:03d}"
-            recs.append(ShardRecord(f"k{n:03d}", {
-                "sample_id": sid, "media": [{"file": "png", "kind": "image"}],
-                "conversation": [{"from": "human", "value": f"<image>\nWhat is {n}?"},
-                                 {"from": "gpt", "value": f"It is {n}."}]}, [("png", _png(n))]))
+            recs.append(sample_record(sid, {
+                "sample_id": sid, "conversation": [{"from": "human", "value": f"<image>\nWhat is {n}?"},
+                                                   {"from": "gpt", "value": f"It is {n}."}]},
+                [(_png(n), "png", {"kind": "image"})]))
             n += 1
         # one write_records call per shard keeps the uneven sizes; one index lists them all
         write_records(recs, root / f"part{shard}", prefix=f"p{shard}", max_samples=100, max_bytes=1 << 20)
@@ -149,27 +150,37 @@ def test_loader_with_the_mavors_processor(shard_root):
 
 
 def test_dpo_records_and_pairs_once(tmp_path):
-    """Preference records as the DPO area writes them (curation/preference/records.py: TRL prompt/chosen/rejected,
-    media named by tar member) through write_records."""
-    recs = []
+    """Pair shards as the DPO area writes them (curation.preference.records.shard_record from dpo_pairs rows):
+    the same record format, read without conversion; labels are each side's answer, media in placeholder order."""
+    media = []
     for i in range(5):
-        recs.append(ShardRecord(f"pair{i}", {
-            "prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": f"Describe {i}"}]}],
-            "chosen": [{"role": "assistant", "content": [{"type": "text", "text": f"A long answer {i}."}]}],
-            "rejected": [{"role": "assistant", "content": [{"type": "text", "text": "No."}]}],
-            "images": [f"pair{i}.image0.png"], "videos": [], "meta": {"pair_id": f"set/s{i}/0"}},
-            [("image0.png", _png(i))]))
-    write_records(recs, tmp_path / "pairs", prefix="pairs", max_samples=2, max_bytes=1 << 20)
+        (tmp_path / f"m{i}.png").write_bytes(_png(i))
+        (tmp_path / f"m{i}.mp4").write_bytes(b"video bytes " * (i + 1))
+        media.append([str(tmp_path / f"m{i}.mp4"), str(tmp_path / f"m{i}.png")])
+    rows = [{"pair_id": f"set/s{i}/0", "pair_set_id": "set", "sample_id": f"s{i}", "domain": "qa",
+             "prompt": prompt_turns(f"Describe {i}", ["video", "image"]), "chosen": f"A long answer {i}.",
+             "rejected": "No.", "chosen_score": 1.0, "rejected_score": 0.0, "margin": 1.0, "chosen_reason": "c",
+             "rejected_reason": "r", "judge": "j", "checkpoint_sha256": "ck", "rejected_media_path": None,
+             "temperatures": {"chosen": 0.7, "rejected": 1.5}, "seeds": {"chosen": 1, "rejected": 2},
+             "media_kinds": ["video", "image"], "media_paths": media[i], "media_hashes": [f"v{i}", f"i{i}"]}
+            for i in range(5)]
+    write_records([shard_record(r) for r in rows], tmp_path / "pairs", prefix="pairs", max_samples=2,
+                  max_bytes=1 << 20)
     loader = build_loader(tmp_path / "pairs", ByteProcessor(), micro_size=2, dpo=True, shuffle_buffer=1,
                           max_epochs=1)
     batches = list(loader)
+    assert sorted(s for b in batches for s in b["sample_id"]) == [f"set/s{i}/0" for i in range(5)]
     for b in batches:
         for row, sid in enumerate(b["sample_id"]):
             i = int(sid.split("/")[1][1:])
             for side, text in (("chosen", f"A long answer {i}.\n"), ("rejected", "No.\n")):
-                labels = b[side]["labels"][row]
+                labels, ids = b[side]["labels"][row], b[side]["input_ids"][row]
                 assert bytes(labels[labels != -100].tolist()).decode() == text
-            assert b["chosen"]["media_bytes"][row] == len(_png(i))
+                prompt = f"<video>\n<image>\nDescribe {i}\n"
+                assert bytes(ids[:len(prompt.encode())].tolist()).decode() == prompt
+            # ByteProcessor records media sizes in order: the video first, as its placeholder comes first
+            sizes = b["chosen"]["media_bytes"].view(-1, 2)[row].tolist()
+            assert sizes == [len(b"video bytes " * (i + 1)), len(_png(i))]
     seen = [s for r in (0, 1) for b in iter_pairs_once(tmp_path / "pairs", ByteProcessor(), micro_size=2, rank=r,
                                                         world_size=2) for s in b["sample_id"]]
-    assert sorted(seen) == sorted(json.loads(json.dumps([f"set/s{i}/0" for i in range(5)])))
+    assert sorted(seen) == [f"set/s{i}/0" for i in range(5)]

@@ -4,7 +4,7 @@ The tiny model has random weights, so its text is noise: the config here makes i
 reach decisions (a log-prob judge always decides; stop strings that the noise hits often,
 "5" and ".", end generations the way EOS ends a trained model's),
 and the test checks that every input got a decision with a reason, that the pairs obey
-the rules of their domain, and that the shards read back in TRL's format.
+the rules of their domain, and that the shards hold exactly the recorded pairs (and load as TRL rows).
 
     pytest tests/preference/test_build.py -q
 """
@@ -25,7 +25,7 @@ from core.catalog import Catalog
 from curation.preference.build import build_pair_set, checkpoint_sha256, mixture_inputs, pick_backend
 from curation.preference.config import DpoConfig
 from curation.preference.records import load_preference_dataset
-from curation.stats import collect
+from pipelines.report.sections import dpo_pairs
 
 STOP = ["5", "."]
 
@@ -172,24 +172,46 @@ def test_pairs_obey_their_domain_rules(built):
                 assert shuffled.streams.video[0].frames == original.streams.video[0].frames
 
 
-def test_shards_load_as_trl_records(built):
-    n_pairs = built.cat.scalar("SELECT count(*) FROM dpo_pairs WHERE pair_set_id = ?", [built.set_id])
-    # independent reader: plain tarfile, JSON members and media next to them
+def test_pair_shards_hold_the_stored_pairs_and_load_as_trl_rows(built):
+    """Pair shards are the one shard record format, read back with plain tarfile and stock webdataset:
+    KEY.json + KEY.<i>.<ext> per medium (placeholder order), conversation and answers exactly the dpo_pairs row,
+    media the bytes of the files the row names; TRL's rows are built from them when loaded."""
+    import webdataset as wds
+
+    rows = {r["pair_id"]: r for r in built.cat.query("SELECT * FROM dpo_pairs WHERE pair_set_id = ?",
+                                                     [built.set_id])}
     members = {}
     for shard in built.shards:
         with tarfile.open(shard) as tar:
             for m in tar.getmembers():
                 members[m.name] = tar.extractfile(m).read()
-    records = {k: json.loads(v) for k, v in members.items() if k.endswith(".json")}
-    assert len(records) == n_pairs
-    for rec in records.values():
-        assert rec["prompt"][0]["role"] == "user" and rec["chosen"][0]["role"] == "assistant"
-        kinds = [part["type"] for part in rec["prompt"][0]["content"] if part["type"] != "text"]
-        assert kinds == ["image"] * len(rec["images"]) + ["video"] * len(rec["videos"])
-        assert all(name in members for name in rec["images"] + rec["videos"])
+    records = {k.removesuffix(".json"): json.loads(v) for k, v in members.items() if k.endswith(".json")}
+    assert sorted(r["pair_id"] for r in records.values()) == sorted(rows)
+    for key, rec in records.items():
+        row = rows[rec["pair_id"]]
+        prompt = json.loads(row["prompt"]) if isinstance(row["prompt"], str) else row["prompt"]
+        assert rec["conversation"] == prompt  # stored once, as LLaVA turns
+        assert (rec["chosen"], rec["rejected"], rec["sample_id"]) == (row["chosen"], row["rejected"], row["sample_id"])
+        value = rec["conversation"][0]["value"]
+        assert value.count("<image>") + value.count("<video>") == len(row["media_paths"])
+        for i, (m, kind, path) in enumerate(zip(rec["media"], row["media_kinds"], row["media_paths"])):
+            assert m["file"] == f"{i}.{Path(path).suffix.lstrip('.').lower()}" and m["kind"] == kind
+            assert members[f"{key}.{m['file']}"] == Path(path).read_bytes()
+        assert {n for n in members if n.startswith(key + ".")} == {f"{key}.json"} | {
+            f"{key}.{m['file']}" for m in rec["media"]}
+    stock = list(wds.WebDataset(built.shards, shardshuffle=False, empty_check=False))
+    assert {s["__key__"] for s in stock} == set(records)
+
     ds = load_preference_dataset(built.shards)
     assert {"prompt", "chosen", "rejected", "images", "videos"} <= set(ds.column_names)
-    assert len(ds) == n_pairs
+    assert len(ds) == len(rows)
+    for r in ds:
+        row = rows[r["meta"]["pair_id"]]
+        parts = r["prompt"][0]["content"]
+        assert [p["type"] for p in parts[:-1]] == row["media_kinds"] and parts[-1]["type"] == "text"
+        assert r["chosen"][0]["content"][0]["text"] == row["chosen"]
+        assert len(r["images"]) == row["media_kinds"].count("image")
+        assert len(r["videos"]) == row["media_kinds"].count("video")
     image_rows = [r for r in ds if r["meta"]["domain"] == "image_caption"]
     assert image_rows and all(len(r["images"]) == 1 and r["images"][0].size[0] > 0 for r in image_rows)
 
@@ -227,8 +249,8 @@ def test_rerun_same_checkpoint_adds_nothing_new_checkpoint_makes_new_set(built, 
     assert sets[1]["previous_pair_set"] == set_id
     assert cat.scalar("SELECT count(*) FROM dpo_inputs WHERE pair_set_id = ?", [set_id]) == len(built.ids)
 
-    section = next(s for s in collect(cat) if s.title.startswith("DPO"))
-    by_key = {(r[0], r[2], r[3]): r[4] for r in section.rows}
+    (_, rows), = dpo_pairs(cat).tables
+    by_key = {(r[0], r[2], r[3]): r[4] for r in rows}
     assert by_key[(set_id, "video_caption", "video_too_short")] == 1
     assert by_key[(second.pair_set_id, "video_caption", "video_too_short")] == 1
 

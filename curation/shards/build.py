@@ -1,0 +1,296 @@
+"""A mixture build: a selected mixture's stages as shards, restartable at every step.
+
+    mavors shards build manifests/mixtures/demo-stage2.yaml     # select, transcode, write
+
+Per stage: ``OUT_ROOT/<mixture>/s<stage>/<mixture>-s<stage>-NNNNNN.tar`` + ``index.json``
+(:func:`stage_dir` is the one place that knows this layout; the trainer is handed the folder,
+by the curate flow or from the ``shards`` table, :func:`recorded_stage_dirs`). Three steps:
+
+1. **media**: every video of the selected samples is transcoded once to the fixed
+   fps (:mod:`curation.transcode`), every image is decoded once; results go to
+   ``shard_media``. Media that fail quarantine their samples (stage ``shards``).
+2. **plan**: the remaining samples, in draw order, become records
+   (:func:`curation.shards.format.sample_record`) packed into shards bounded by
+   ``max_samples`` and ``max_bytes``; each member's shard is recorded in ``mixture_members.shard``.
+3. **write**: Ray tasks each write whole shards (:func:`curation.shards.writer.write_shard`)
+   and return their infos; the driver records them in ``shards``, one transaction per shard.
+
+A shard is complete only when its row exists and the file's sha256 matches it: a rerun
+after a crash skips those, deletes ``*.partial`` files and rewrites anything else.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from curation.media import MediaInfo
+from curation.mixtures import STAGES, MixtureConfig, stage_slug
+from curation.shards.format import ShardRecord, sample_record
+from curation.shards.writer import (ShardInfo, clean_partials, existing_info, is_complete, pack, record_tar_bytes,
+                                    shard_name, write_index, write_shard)
+from curation.transcode import TranscodeConfig, check_image, transcode_video
+from model.preprocessing import MediaError
+
+if TYPE_CHECKING:
+    from core.catalog import Catalog
+    from core.settings import RaySettings
+
+log = logging.getLogger(__name__)
+
+MEDIA_FIELDS = ("media_hash", "kind", "sha256", "bytes", "width", "height", "fps", "n_frames", "duration_s", "codec")
+"""What a mixture record's ``media`` entries carry of the prepared medium (``shard_media``)."""
+
+
+def record_shard(cat: Catalog, mixture: str, stage: str, info: ShardInfo, run_id: str | None, *,
+                 con=None) -> None:
+    """The ``shards`` row of a completed shard (replacing an older row of the same name)."""
+    cat.insert("shards", [{"mixture": mixture, "stage": stage, "name": info.name, "path": info.path,
+                           "sha256": info.sha256, "n_samples": info.n_samples, "bytes": info.bytes,
+                           "run_id": run_id}], on_conflict="replace", con=con)
+
+
+def recorded_stage_dirs(cat: Catalog) -> dict[str, dict[str, str]]:
+    """Mixture name -> mixture stage -> the folder its recorded shards lie in (``shards`` table).
+
+    The same mapping the curate flow returns for what it built. Rows recorded with a relative
+    path (a relative work dir) resolve against the current directory, as they were written.
+    """
+    folders: dict[tuple[str, str], set[str]] = {}
+    for r in cat.query("SELECT mixture, stage, path FROM shards"):
+        folders.setdefault((r["mixture"], r["stage"]), set()).add(str(Path(r["path"]).resolve().parent))
+    out: dict[str, dict[str, str]] = {}
+    for (mixture, stage), found in sorted(folders.items()):
+        if len(found) > 1:
+            raise ValueError(f"mixture {mixture!r} stage {stage!r}: shards recorded in several folders "
+                             f"{sorted(found)}; rebuild it (mavors shards build)")
+        out.setdefault(mixture, {})[stage] = found.pop()
+    return out
+
+
+def run_tasks(fn: Callable[..., Any], jobs: Sequence[tuple], *, parallel: bool,
+              ray_settings: RaySettings | None, on_result: Callable[[Any], None]) -> None:
+    """Run ``fn(*job)`` for every job (Ray tasks when ``parallel``); ``on_result`` runs in the driver
+    as each finishes, so results are recorded while others still run."""
+    if not parallel or len(jobs) <= 1:
+        for job in jobs:
+            on_result(fn(*job))
+        return
+    import ray
+
+    from core.ray_runtime import ensure_ray
+
+    ensure_ray(ray_settings)
+    remote = ray.remote(num_cpus=1, max_retries=2)(fn)
+    pending = [remote.remote(*job) for job in jobs]
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        on_result(ray.get(done[0]))
+
+
+# -- a mixture build ---------------------------------------------------------------------------------
+def prepare_media(kind: str, media_hash: str, src: str, cache_dir: str, cfg: TranscodeConfig
+                  ) -> tuple[str, MediaInfo | None, str | None, str | None]:
+    """Transcode a video into the cache (or check an image): (hash, info, refusal reason, detail)."""
+    try:
+        if kind == "image":
+            return media_hash, check_image(src), None, None
+        dst = Path(cache_dir) / f"{media_hash}.mp4"
+        return media_hash, transcode_video(src, dst, cfg), None, None
+    except MediaError as e:
+        return media_hash, None, e.reason, e.detail
+
+
+def _prepare_batch(jobs: list[tuple], cfg: TranscodeConfig) -> list[tuple]:
+    return [prepare_media(*job, cfg) for job in jobs]
+
+
+@dataclass
+class StageBuild:
+    """What one stage of a mixture build produced."""
+
+    stage: str
+    out_dir: Path
+    shards: list[ShardInfo]
+    written: list[str]  # shards written in this run (the others were complete already)
+    skipped: list[str]
+    removed: list[str]  # partial or stale files deleted
+    quarantined: dict[str, int]  # reason -> samples
+
+    @property
+    def n_samples(self) -> int:
+        return sum(s.n_samples for s in self.shards)
+
+
+def stage_dir(out_root: str | Path, mixture: str, stage: str) -> Path:
+    return Path(out_root) / mixture / stage_slug(stage)
+
+
+def build_shards(cat: Catalog, mixture: MixtureConfig, out_root: str | Path, *, stages: Sequence[str] | None = None,
+                 parallel: bool = True, ray_settings: RaySettings | None = None, run_id: str | None = None,
+                 media_batch: int = 8, on_shard: Callable[[ShardInfo], None] | None = None) -> list[StageBuild]:
+    """Write the shards of an already selected mixture (see :func:`curation.mixtures.select_mixture`).
+
+    Per stage: ``OUT_ROOT/<mixture>/s<stage>/<mixture>-s<stage>-NNNNNN.tar`` + ``index.json``.
+    Transcoded videos are cached in ``OUT_ROOT/.media/<profile>/``. ``on_shard`` is called
+    after each shard is recorded. Safe to rerun after any crash: finished work is skipped.
+    """
+    if not cat.scalar("SELECT count(*) FROM mixtures WHERE name = ?", [mixture.name]):
+        raise ValueError(f"mixture {mixture.name!r} is not selected in {cat.path}; select it first")
+    out_root = Path(out_root)
+    cfg = mixture.transcode.resolved()  # fps/GOP from the model config, once, in the driver
+    profile = cfg.profile_id()
+    selected = [s for s in STAGES if s in mixture.stages and (stages is None or s in stages)]
+    _prepare_media(cat, mixture.name, selected, out_root / ".media" / profile, cfg, profile,
+                   parallel=parallel, ray_settings=ray_settings, run_id=run_id, batch=media_batch)
+    builds = []
+    for stage in selected:
+        out_dir = stage_dir(out_root, mixture.name, stage)
+        prefix = f"{mixture.name}-{stage_slug(stage)}"
+        plan = _plan_stage(cat, mixture, stage, profile, out_dir, prefix)
+        builds.append(_write_stage(cat, mixture, stage, out_dir, plan, cfg, parallel=parallel,
+                                   ray_settings=ray_settings, run_id=run_id, on_shard=on_shard))
+    return builds
+
+
+def _prepare_media(cat: Catalog, mixture: str, stages: list[str], cache_dir: Path, cfg: TranscodeConfig, profile: str,
+                   *, parallel: bool, ray_settings: RaySettings | None, run_id: str | None, batch: int) -> None:
+    """Transcode/check each media of the stages' samples once (again if its cached file is gone);
+    record results, quarantine failures."""
+    rows = cat.query(
+        """SELECT DISTINCT md.media_hash, md.kind, md.storage_path, sm.path AS prepared
+           FROM mixture_members mm JOIN samples s USING (sample_id),
+                unnest(s.media_hashes) AS u(h) JOIN media md ON md.media_hash = u.h
+                LEFT JOIN shard_media sm ON sm.media_hash = md.media_hash AND sm.profile = ?
+           WHERE mm.mixture = ? AND list_contains(?, mm.stage)
+           ORDER BY md.media_hash""", [profile, mixture, stages])
+    todo = [r for r in rows if r["prepared"] is None or not os.path.exists(r["prepared"])]
+    if not todo:
+        return
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    jobs = [(r["kind"], r["media_hash"], r["storage_path"], str(cache_dir)) for r in todo]
+    chunks = [(jobs[i:i + batch], cfg) for i in range(0, len(jobs), batch)]
+
+    def record(results: list[tuple]) -> None:
+        ok = [{"media_hash": h, "profile": profile, "run_id": run_id,
+               **info.as_dict()} for h, info, _, _ in results if info is not None]
+        bad = {h: (reason, detail) for h, info, reason, detail in results if info is None}
+        with cat.transaction() as con:
+            cat.insert("shard_media", ok, on_conflict="replace", con=con)
+            if bad:
+                victims = con.execute(
+                    """SELECT DISTINCT s.source, s.item, u.h FROM mixture_members mm JOIN samples s USING (sample_id),
+                              unnest(s.media_hashes) AS u(h)
+                       WHERE mm.mixture = ? AND list_contains(?, u.h)""", [mixture, list(bad)]).fetchall()
+                cat.quarantine([{"source": src, "item": item, "reason": bad[h][0], "detail": bad[h][1],
+                                 "stage": "shards", "run_id": run_id} for src, item, h in victims], con=con)
+        for h, (reason, detail) in bad.items():
+            log.warning("media %s refused for shards: %s: %s", h[:12], reason, detail)
+
+    run_tasks(_prepare_batch, chunks, parallel=parallel, ray_settings=ray_settings, on_result=record)
+
+
+
+
+@dataclass
+class _PlannedShard:
+    path: Path
+    records: list[ShardRecord]
+
+
+def _plan_stage(cat: Catalog, mixture: MixtureConfig, stage: str, profile: str, out_dir: Path,
+                prefix: str) -> list[_PlannedShard]:
+    """Records of the stage's shardable members in draw order, packed; the plan is recorded per member."""
+    rows = cat.query(
+        """SELECT mm.sample_id, mm.source, mm.task, mm.entry, mm.dedup_policy, mm.dedup_reason,
+                  s.item, s.conversation, s.media_hashes,
+                  list(struct_pack(media_hash := sm.media_hash, original_bytes := md.bytes, path := sm.path,
+                                   ext := sm.ext, sha256 := sm.sha256, bytes := sm.bytes, kind := sm.kind,
+                                   width := sm.width, height := sm.height, fps := sm.fps, n_frames := sm.n_frames,
+                                   duration_s := sm.duration_s, codec := sm.codec) ORDER BY u.i) AS media
+           FROM mixture_members mm JOIN samples s USING (sample_id)
+           LEFT JOIN unnest(s.media_hashes) WITH ORDINALITY AS u(h, i) ON true
+           LEFT JOIN shard_media sm ON sm.media_hash = u.h AND sm.profile = $profile
+           LEFT JOIN media md ON md.media_hash = u.h
+           WHERE mm.mixture = $mixture AND mm.stage = $stage
+             AND NOT EXISTS (SELECT 1 FROM quarantine q WHERE q.source = s.source AND q.item = s.item)
+           GROUP BY ALL
+           ORDER BY min(mm.draw_key), mm.sample_id""",
+        {"mixture": mixture.name, "stage": stage, "profile": profile})
+    records = []
+    for r in rows:
+        media = [m for m in (r["media"] or []) if m["media_hash"] is not None]
+        if len(media) != len(r["media_hashes"]) or any(m["path"] is None for m in media):
+            raise RuntimeError(f"sample {r['sample_id']}: media not prepared for profile {profile} "
+                               "(the media step did not finish); rerun the build")
+        fields = {
+            "sample_id": r["sample_id"], "source": r["source"], "item": r["item"], "task": r["task"],
+            "conversation": json.loads(r["conversation"]) if isinstance(r["conversation"], str) else r["conversation"],
+            "mixture": mixture.name, "stage": stage, "entry": r["entry"],
+            "dedup": {"policy": r["dedup_policy"], "reason": r["dedup_reason"]} if r["dedup_policy"] else None,
+        }
+        records.append(sample_record(r["sample_id"], fields, [
+            (m["path"], m["ext"], {**{k: m[k] for k in MEDIA_FIELDS},
+                                   "transcode_profile": profile if m["kind"] == "video" else None})
+            for m in media]))
+    groups = pack([record_tar_bytes(rec) for rec in records], mixture.shards.max_samples, mixture.shards.max_bytes)
+    plan = [_PlannedShard(out_dir / shard_name(prefix, i), [records[j] for j in g]) for i, g in enumerate(groups)]
+    import pyarrow as pa
+
+    assignment = pa.table({"sample_id": [rec.meta["sample_id"] for p in plan for rec in p.records],
+                           "shard": [p.path.name for p in plan for _ in p.records]})
+    with cat.transaction() as con:
+        con.execute("UPDATE mixture_members SET shard = NULL WHERE mixture = ? AND stage = ?", [mixture.name, stage])
+        con.register("_plan", assignment)
+        try:
+            con.execute("""UPDATE mixture_members m SET shard = p.shard FROM _plan p
+                           WHERE m.mixture = ? AND m.stage = ? AND m.sample_id = p.sample_id""",
+                        [mixture.name, stage])
+        finally:
+            con.unregister("_plan")
+    return plan
+
+
+def _write_stage(cat: Catalog, mixture: MixtureConfig, stage: str, out_dir: Path, plan: list[_PlannedShard],
+                 cfg: TranscodeConfig, *, parallel: bool, ray_settings: RaySettings | None, run_id: str | None,
+                 on_shard: Callable[[ShardInfo], None] | None) -> StageBuild:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    removed = [p.name for p in clean_partials(out_dir)]
+    planned = {p.path.name for p in plan}
+    for stale in sorted(out_dir.glob("*.tar")):
+        if stale.name not in planned:
+            stale.unlink()
+            removed.append(stale.name)
+    recorded = {r["name"]: r["sha256"] for r in cat.query(
+        "SELECT name, sha256 FROM shards WHERE mixture = ? AND stage = ?", [mixture.name, stage])}
+    with cat.transaction() as con:  # rows of shards no longer in the plan
+        for name in set(recorded) - planned:
+            con.execute("DELETE FROM shards WHERE mixture = ? AND stage = ? AND name = ?", [mixture.name, stage, name])
+    done = {p.path.name for p in plan if is_complete(p.path, recorded.get(p.path.name))}
+    infos: dict[str, ShardInfo] = {p.path.name: existing_info(p.path, len(p.records)) for p in plan
+                                   if p.path.name in done}
+    written: list[str] = []
+
+    def record(info: ShardInfo) -> None:
+        with cat.transaction() as con:
+            record_shard(cat, mixture.name, stage, info, run_id, con=con)
+        infos[info.name] = info
+        written.append(info.name)
+        if on_shard is not None:
+            on_shard(info)
+
+    jobs = [(str(p.path), p.records) for p in plan if p.path.name not in done]
+    run_tasks(write_shard, jobs, parallel=parallel, ray_settings=ray_settings, on_result=record)
+    shards = [infos[p.path.name] for p in plan]
+    write_index(out_dir, shards, mixture=mixture.name, stage=stage, seed=mixture.seed,
+                transcode_profile=cfg.profile_id(), fps=cfg.fps, gop=cfg.gop)
+    quarantined = {r["reason"]: r["n"] for r in cat.query(
+        """SELECT q.reason, count(DISTINCT mm.sample_id) AS n FROM mixture_members mm JOIN samples s USING (sample_id)
+           JOIN quarantine q ON q.source = s.source AND q.item = s.item
+           WHERE mm.mixture = ? AND mm.stage = ? GROUP BY q.reason ORDER BY q.reason""", [mixture.name, stage])}
+    return StageBuild(stage, out_dir, shards, sorted(written), sorted(done), removed, quarantined)
+

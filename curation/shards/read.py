@@ -1,0 +1,66 @@
+"""Reading shards back: the shards a folder's ``index.json`` files list, and the samples in them.
+
+    from curation.shards.read import iter_samples, list_shards
+    for sample in iter_samples(s.url for s in list_shards("mavors-work/shards/demo-stage2/s2")):
+        meta = json.loads(sample["json"])       # sample: {"__key__", "__url__", "json", "0.mp4", ...}
+
+A sample comes out as stock ``webdataset`` yields it (``tarfile_to_samples``): a dict with
+``__key__`` (the member name up to its first dot), ``__url__`` (the shard) and one entry per
+member suffix holding the raw bytes, so code that decodes samples works on either reader.
+Nothing is parsed here: a consumer that skips samples (a resumed epoch) pays no decoding.
+The trainer's loader, DPO pair scoring, ``mavors shards verify`` and the preference
+``datasets`` loader all read through :func:`iter_samples`.
+"""
+from __future__ import annotations
+
+import json
+import tarfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from curation.shards.writer import INDEX_NAME
+
+
+@dataclass(frozen=True)
+class ShardEntry:
+    """A shard as its ``index.json`` lists it."""
+
+    url: str
+    n_samples: int
+
+
+def index_files(root: str | Path) -> list[Path]:
+    """``index.json`` of ``root`` itself, else of every shard folder below it (not the transcode cache)."""
+    root = Path(root)
+    if (root / INDEX_NAME).exists():
+        return [root / INDEX_NAME]
+    return sorted(p for p in root.rglob(INDEX_NAME) if ".media" not in p.parts)
+
+
+def list_shards(root: str | Path) -> list[ShardEntry]:
+    """Shards (path, sample count) listed by the ``index.json`` files under ``root``, in index order."""
+    entries = [ShardEntry(str(index.parent / e["name"]), int(e["n_samples"]))
+               for index in index_files(root) for e in json.loads(index.read_text())["shards"]]
+    if not entries:
+        raise FileNotFoundError(f"{root}: no shards (no index.json listing any); run `mavors shards build` first")
+    return entries
+
+
+def iter_samples(shards: Iterable[str | Path]) -> Iterator[dict[str, bytes | str]]:
+    """Every sample of ``shards`` in order: consecutive members sharing a key make one sample."""
+    for shard in shards:
+        sample: dict[str, bytes | str] = {}
+        with tarfile.open(shard, "r|") as tar:  # streaming: members in file order, read once
+            for member in tar:
+                if not member.isfile():
+                    continue
+                key, _, suffix = member.name.partition(".")
+                if sample and sample["__key__"] != key:
+                    yield sample
+                    sample = {}
+                if not sample:
+                    sample = {"__key__": key, "__url__": str(shard)}
+                sample[suffix.lower()] = tar.extractfile(member).read()
+        if sample:
+            yield sample

@@ -1,0 +1,123 @@
+"""The shard tests' corpus: a catalog of videos, images, a multi-image and a broken-video sample, and helpers.
+
+Imported by the tests of :mod:`curation.shards` (``from shard_corpus import ...``); the catalog
+itself is the ``base_catalog`` fixture of this folder's conftest.
+"""
+from __future__ import annotations
+
+import collections
+import hashlib
+import shutil
+import tarfile
+from pathlib import Path
+
+import av
+import numpy as np
+from PIL import Image
+
+from core.catalog import Catalog
+from curation.mixtures import MixtureConfig, select_mixture
+from curation.shards.build import build_shards
+
+FPS, GOP = 4.0, 4
+# (name, frames, source fps, width, height): frame counts and rates chosen so fps conversion is non-trivial.
+VIDEOS = [("v0", 30, 30, 64, 48), ("v1", 50, 25, 48, 64), ("v2", 20, 12, 40, 30), ("v3", 36, 24, 64, 36)]
+
+
+def make_video(path: Path, n: int, fps: int, w: int, h: int) -> None:
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("mpeg4", rate=fps)
+        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+        for i in range(n):
+            a = np.zeros((h, w, 3), np.uint8)
+            a[:, : (i * 3) % w + 1, 0] = 200
+            a[i % h, :, 1] = 255
+            f = av.VideoFrame.from_ndarray(a, format="rgb24")
+            f.pts = i
+            c.mux(s.encode(f))
+        c.mux(s.encode(None))
+
+
+def make_image(path: Path, i: int) -> None:
+    a = np.full((24 + i, 32, 3), (i * 30) % 255, np.uint8)
+    Image.fromarray(a).save(path, format="PNG" if i % 3 == 0 else "JPEG")
+
+
+def make_base_catalog(root: Path) -> Path:
+    """A catalog file with video, image, multi-image and broken-video samples (media on disk under ``root``)."""
+    media, samples = [], []
+
+    def add_media(path: Path, kind: str, **meta) -> str:
+        h = hashlib.sha256(path.read_bytes()).hexdigest()
+        media.append({"media_hash": h, "kind": kind, "bytes": path.stat().st_size, "storage_path": str(path), **meta})
+        return h
+
+    vids = []
+    for name, n, fps, w, h in VIDEOS:
+        make_video(root / f"{name}.mp4", n, fps, w, h)
+        vids.append(add_media(root / f"{name}.mp4", "video", fps=fps, n_frames=n, width=w, height=h))
+    imgs = []
+    for i in range(7):
+        ext = "png" if i % 3 == 0 else "jpg"
+        make_image(root / f"i{i}.{ext}", i)
+        imgs.append(add_media(root / f"i{i}.{ext}", "image"))
+    (root / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 50)
+    broken = add_media(root / "broken.mp4", "video")
+
+    def sample(source, item, task, hashes, placeholder):
+        conv = [{"from": "human", "value": f"{placeholder * len(hashes)}\nWhat is in {item}?"},
+                {"from": "gpt", "value": f"Answer about {item}."}]
+        samples.append({"sample_id": f"{source}/{item}", "source": source, "item": item, "task": task,
+                        "conversation": conv, "media_hashes": hashes, "content_sha256": item})
+
+    for i in range(6):  # v0 is used twice: transcoded once
+        sample("vid", f"q{i}", "qa", [vids[i % 4]], "<video>")
+    for i in range(7):
+        sample("img", f"c{i}", "caption", [imgs[i]], "<image>")
+    sample("img", "multi", "qa", [imgs[1], imgs[2]], "<image>")
+    sample("bad", "b0", "qa", [broken], "<video>")
+    path = root / "catalog.duckdb"
+    with Catalog(path) as cat:
+        cat.insert("sources", [{"name": n, "modality": "video", "task": "qa", "format": "llava_json", "path": "x"}
+                               for n in ("vid", "img", "bad")])
+        cat.insert("media", media)
+        cat.insert("samples", samples)
+    return path
+
+
+def mixture(**over) -> MixtureConfig:
+    data = {"name": "tm", "seed": 5,
+            "stages": {"2": [{"source": "vid", "count": "all"}, {"source": "img", "count": "all"},
+                             {"source": "bad", "count": "all"}],
+                       "1": [{"source": "img", "ratio": 0.5, "tasks": ["caption"]}]},
+            "shards": {"max_samples": 3, "max_bytes": 40960},
+            "transcode": {"fps": FPS, "gop": GOP}}
+    data.update(over)
+    return MixtureConfig.model_validate(data)
+
+
+def fresh(base: Path, tmp_path: Path, name: str = "cat") -> Catalog:
+    shutil.copy(base, tmp_path / f"{name}.duckdb")
+    return Catalog(tmp_path / f"{name}.duckdb")
+
+
+def build(cat: Catalog, out: Path, **kw):
+    m = mixture()
+    select_mixture(cat, m)
+    return build_shards(cat, m, out, **kw)
+
+
+def tar_samples(path: Path) -> dict[str, dict[str, bytes]]:
+    """key -> {suffix: bytes} read with plain tarfile (independent of the writer's own reader)."""
+    out: dict[str, dict[str, bytes]] = collections.defaultdict(dict)
+    with tarfile.open(path) as tar:
+        for m in tar.getmembers():
+            key, suffix = m.name.split(".", 1)
+            out[key][suffix] = tar.extractfile(m).read()
+    return out
+
+
+def shard_files(out: Path) -> dict[str, str]:
+    return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(out.rglob("*.tar"))}
+
