@@ -20,22 +20,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.catalog import Catalog
-from curation.media import MediaError, hash_and_probe
+from curation.media import hash_and_probe
 from core.settings import RaySettings
 from curation.sources import RawItem, SourceManifest, iter_items
+from model.preprocessing import MediaError
 
 STAGE = "ingest"
-# Fault injection for the crash-safety test: the driver stops inside this source's
-# transaction (all rows written, not committed), touches PAUSE_FILE and sleeps until killed.
-PAUSE_ENV, PAUSE_FILE_ENV = "MAVORS_INGEST_PAUSE_BEFORE_COMMIT", "MAVORS_INGEST_PAUSE_FILE"
 
 MediaKey = tuple[str, str]  # (absolute path, "image" | "video")
 Progress = Callable[[int, int], None]  # (media done, media total)
@@ -76,7 +72,7 @@ def _probe_rows(batch: dict) -> list[dict]:
         row.update(path=str(path), kind=str(kind))
         try:
             info = hash_and_probe(str(path), str(kind))
-            row.update(media_hash=info.media_hash, bytes=info.bytes, width=info.width, height=info.height,
+            row.update(media_hash=info.sha256, bytes=info.bytes, width=info.width, height=info.height,
                        duration_s=info.duration_s, fps=info.fps, n_frames=info.n_frames, codec=info.codec)
         except MediaError as e:
             row.update(reason=e.reason, detail=e.detail)
@@ -144,13 +140,6 @@ def _source_row(m: SourceManifest) -> dict:
             "manifest_sha256": m.manifest_sha256()}
 
 
-def _maybe_pause(source: str) -> None:
-    if os.environ.get(PAUSE_ENV) == source:
-        Path(os.environ[PAUSE_FILE_ENV]).touch()
-        while True:
-            time.sleep(60)
-
-
 def write_source(catalog: Catalog, manifest: SourceManifest, items: list[RawItem],
                  probed: dict[MediaKey, dict], run_id: str | None) -> SourceReport:
     """Turn one source's items + probe results into rows and write them in one transaction."""
@@ -202,27 +191,20 @@ def write_source(catalog: Catalog, manifest: SourceManifest, items: list[RawItem
             con.executemany("DELETE FROM quarantine WHERE source = ? AND stage = ? AND item = ? AND reason = ?", gone)
         catalog.quarantine(refused, con=con)
         report.stale = len(set(existing) - {s["sample_id"] for s in samples})
-        _maybe_pause(manifest.name)
     return report
 
 
 def ingest(manifests: Sequence[SourceManifest], catalog: Catalog, *, media_store: Path | None = None,
            ray_settings: RaySettings | None = None, workers: int | None = None,
-           progress: Progress | None = None) -> list[SourceReport]:
+           progress: Progress | None = None, run_id: str | None = None) -> list[SourceReport]:
     """Ingest sources (in order) into ``catalog``; returns one report per source.
 
     ``media_store``: where media packed in tars are extracted, content-addressed
     (default ``<catalog folder>/media``), so every ``media.storage_path`` is a plain file.
+    ``run_id``: the caller's run (``mavors ingest``, the curate flow), stored with the refusals.
     """
     media_store = media_store or catalog.path.parent / "media"
-    run_id = catalog.start_run("ingest", {"sources": [m.name for m in manifests], "workers": workers})
-    try:
-        read = [(m, list(iter_items(m, media_store))) for m in manifests]
-        wanted = list(dict.fromkeys(k for _, items in read for it in items if it.reason is None for k in it.media))
-        probed = probe_media(wanted, ray_settings=ray_settings, workers=workers, progress=progress)
-        reports = [write_source(catalog, m, items, probed, run_id) for m, items in read]
-    except BaseException as e:
-        catalog.finish_run(run_id, "failed", f"{type(e).__name__}: {e}")
-        raise
-    catalog.finish_run(run_id, "completed", json.dumps({r.source: r.new + r.replaced for r in reports}))
-    return reports
+    read = [(m, list(iter_items(m, media_store))) for m in manifests]
+    wanted = list(dict.fromkeys(k for _, items in read for it in items if it.reason is None for k in it.media))
+    probed = probe_media(wanted, ray_settings=ray_settings, workers=workers, progress=progress)
+    return [write_source(catalog, m, items, probed, run_id) for m, items in read]

@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +19,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from core.faults import fault_point
+from core.processes import free_port
 from trainers.batches import build_stream, data_dir, pair_batches
 from trainers.checkpointing import Checkpointer
 from trainers.export import export_stage, is_exported, module_fingerprints, read_stage_record
@@ -59,12 +59,6 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def init_distributed(device: str) -> None:
     """Join the process group the launcher set up, or make a one-process group (gloo on CPU, NCCL on GPU)."""
     import deepspeed
@@ -77,25 +71,8 @@ def init_distributed(device: str) -> None:
     deepspeed.init_distributed(dist_backend="nccl" if device == "cuda" else "gloo")
 
 
-class KillAt:
-    """Fault injection for resume tests: SIGKILL this process right after optimizer step ``step``."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_start(self, step: int) -> None:
-        pass
-
-    def on_step(self, step: int, stats: dict) -> None:
-        if step == self.step:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    def on_end(self, step: int) -> None:
-        pass
-
-
 def run_stage(spec: StageSpec, run_dir: str | Path, work_dir: str | Path = ".", source: str = "spec",
-              device: str | None = None, extra_callbacks: tuple = (), peak_flops: float | None = None,
+              device: str | None = None, peak_flops: float | None = None,
               loader=load_start) -> dict:
     """Train one stage on this rank and export it; returns the stage record (also in ``export/stage.json``).
 
@@ -121,7 +98,10 @@ def run_stage(spec: StageSpec, run_dir: str | Path, work_dir: str | Path = ".", 
     start_step = checkpointer.resume()
     seq_len = spec.data.synthetic.seq_len if spec.data.synthetic is not None else 0
     metrics = MetricsLogger(paths.metrics, module, peak_flops, seq_len)
-    final_step = fit(module, stream, [metrics, checkpointer, *extra_callbacks], start_step)
+    # The loop is the fault point trainer-<stage> (core.faults): MAVORS_FAULT_AT=trainer-<stage>@<n> hangs a
+    # callback that SIGKILLs this rank right after step n (the resume tests).
+    with fault_point(f"trainer-{spec.name}") as fault_callbacks:
+        final_step = fit(module, stream, [metrics, checkpointer, *fault_callbacks], start_step)
     record = {"stage": spec.name, "spec": spec.model_dump(mode="json"), "spec_digest": spec.digest(), "source": source,
               "world_size": world, "steps": final_step, "samples": final_step * spec.batch.global_size,
               "resumed_from_step": start_step, "init_fingerprints": init_fingerprints,
@@ -139,17 +119,13 @@ def main() -> None:
     ap.add_argument("--run-dir", type=Path, required=True)
     ap.add_argument("--work-dir", type=Path, default=Path("."))
     ap.add_argument("--local_rank", type=int, default=None, help="set by the deepspeed launcher")
-    ap.add_argument("--kill-at-step", type=int, default=None, help="fault injection: SIGKILL after this step")
     ap.add_argument("--data-json", default=None, help="replacement data section (JSON), from the chain")
     ap.add_argument("--peak-tflops", type=float, default=None, help="per-device peak, for the MFU estimate")
     args = ap.parse_args()
     if args.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
-    from trainers.chain import with_data
-
-    spec = with_data(load_stage(args.spec), json.loads(args.data_json) if args.data_json else None, str(args.spec))
-    callbacks = (KillAt(args.kill_at_step),) if args.kill_at_step else ()
-    run_stage(spec, args.run_dir, args.work_dir, str(args.spec), extra_callbacks=callbacks,
+    spec = load_stage(args.spec).with_data(json.loads(args.data_json) if args.data_json else None, str(args.spec))
+    run_stage(spec, args.run_dir, args.work_dir, str(args.spec),
               peak_flops=args.peak_tflops * 1e12 if args.peak_tflops else None)
 
 

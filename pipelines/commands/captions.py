@@ -28,20 +28,16 @@ def run_cmd(
     """Caption the media of SOURCE with every captioner, merge, and write caption samples to the catalog."""
     from curation.captions import load_roster, run_captions
     from core.catalog import Catalog
+    from core.runs import recorded_run
     from core.settings import load_settings
 
     config = load_roster(roster)
     settings = load_settings()
-    with Catalog(settings.catalog) as cat:
-        run_id = cat.start_run("captions run", {"roster": str(roster), "sources": source or config.sources,
-                                                "config": json.loads(config.model_dump_json())})
-        try:
-            report = run_captions(cat, config, source or None, use_ray=ray, run_id=run_id,
-                                  ray_settings=settings.ray)
-        except BaseException as e:
-            cat.finish_run(run_id, "failed", f"{type(e).__name__}: {e}")
-            raise
-        cat.finish_run(run_id, "completed", json.dumps(report.as_dict()))
+    with Catalog(settings.catalog) as cat, recorded_run(cat, "captions run", {
+            "roster": str(roster), "sources": source or config.sources,
+            "config": json.loads(config.model_dump_json())}) as run:
+        report = run_captions(cat, config, source or None, use_ray=ray, run_id=run.run_id, ray_settings=settings.ray)
+        run.detail = json.dumps(report.as_dict())
     r = report.as_dict()
     console.print(f"raw captions: {r['raw_new']} new ({r['raw_rejected']} rejected by gates); merged: "
                   f"{r['merged_new']} new ({r['merged_rejected']} rejected); caption samples written: "

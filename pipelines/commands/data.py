@@ -43,23 +43,28 @@ def ingest_cmd(manifests: list[Path] = typer.Argument(..., help="Source manifest
                workers: int = typer.Option(None, help="Concurrent Ray tasks for hashing/probing (default: all CPUs; 0: no Ray, in this process)."),
                ) -> None:
     """Ingest sources: hash + probe media on Ray, write samples/media/quarantine, one transaction per source."""
+    import json
+
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
     from rich.table import Table
 
     from core.catalog import Catalog
-    from curation.ingest import ingest
+    from core.runs import recorded_run
     from core.settings import load_settings
+    from curation.ingest import ingest
     from curation.sources import load_manifests
 
     settings = load_settings()
     sources = load_manifests(manifests)  # fails fast on a bad manifest, before Ray starts
-    with Catalog(settings.catalog) as cat, Progress(
+    with Catalog(settings.catalog) as cat, recorded_run(cat, "ingest", {
+            "sources": [m.name for m in sources], "workers": workers}) as run, Progress(
         "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=console, transient=True,
     ) as bar:
         task = bar.add_task("hash + probe media", total=None)
-        reports = ingest(sources, cat, media_store=settings.dir("media"), ray_settings=settings.ray,
-                         workers=workers, progress=lambda done, total: bar.update(task, completed=done, total=total))
+        reports = ingest(sources, cat, media_store=settings.dir("media"), ray_settings=settings.ray, workers=workers,
+                         progress=lambda done, total: bar.update(task, completed=done, total=total), run_id=run.run_id)
+        run.detail = json.dumps({r.source: r.new + r.replaced for r in reports})
     table = Table(title=f"Ingested into {settings.catalog}")
     for col in ("source", "items", "new", "replaced", "unchanged", "stale", "new media", "quarantined"):
         table.add_column(col, justify="left" if col in ("source", "quarantined") else "right")
@@ -72,24 +77,17 @@ def ingest_cmd(manifests: list[Path] = typer.Argument(..., help="Source manifest
 @catalog_app.command("stats")
 def stats_cmd() -> None:
     """Sources, samples, media, duplicate media groups, quarantine reasons (and each area's own sections)."""
-    from rich.table import Table
-
     from core.catalog import Catalog
     from core.settings import load_settings
-    from curation.stats import collect
+    from pipelines.report.console import print_sections
+    from pipelines.report.sections import CATALOG_STATS, build_sections
 
     settings = load_settings()
     with Catalog(settings.catalog, read_only=True) as cat:
-        sections = collect(cat)
+        sections = [s for s in build_sections(cat, CATALOG_STATS) if s.has_data]
     if not sections:
         console.print(f"{settings.catalog}: empty catalog")
-    for s in sections:
-        table = Table(title=s.title, title_justify="left")
-        for col in s.columns:
-            table.add_column(col)
-        for row in s.rows:
-            table.add_row(*("-" if v is None else str(v) for v in row))
-        console.print(table)
+    print_sections(console, sections)
 
 
 def register(app: typer.Typer) -> None:

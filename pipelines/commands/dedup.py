@@ -28,21 +28,16 @@ def score_cmd(
 ) -> None:
     """Score every sample without a score for this scorer/template/scope; bad samples are quarantined."""
     from core.catalog import Catalog
-    from curation.perplexity import TEMPLATE_VERSION, load_scorer_config, run_scoring
+    from core.runs import recorded_run
     from core.settings import load_settings
+    from curation.perplexity import TEMPLATE_VERSION, load_scorer_config, run_scoring
 
     settings = load_settings()
     config = load_scorer_config(scorer)
-    with Catalog(settings.catalog) as cat:
-        run_id = cat.start_run("ppl score", {"scorer": config.model_dump(mode="json"), "limit": limit,
-                                             "template_version": TEMPLATE_VERSION})
-        try:
-            counts = run_scoring(cat, config, use_ray=not no_ray, limit=limit, run_id=run_id,
-                                 ray_settings=settings.ray)
-        except BaseException as e:
-            cat.finish_run(run_id, "failed", f"{type(e).__name__}: {e}")
-            raise
-        cat.finish_run(run_id, "completed")
+    with Catalog(settings.catalog) as cat, recorded_run(cat, "ppl score", {
+            "scorer": config.model_dump(mode="json"), "limit": limit, "template_version": TEMPLATE_VERSION}) as run:
+        counts = run_scoring(cat, config, use_ray=not no_ray, limit=limit, run_id=run.run_id,
+                             ray_settings=settings.ray)
     console.print(f"scorer {config.name}: {counts['pending']} pending, {counts['scored']} scored, "
                   f"{counts['quarantined']} quarantined (stage ppl)")
 
@@ -69,18 +64,14 @@ def phash_cmd(
 def run_cmd(policy: Path = typer.Argument(..., help="Policy YAML (manifests/dedup/*.yaml).")) -> None:
     """Decide every sample under POLICY (replaces that policy's previous decisions atomically)."""
     from core.catalog import Catalog
-    from curation.dedup import REASONS, load_policy, run_policy
+    from core.runs import recorded_run
     from core.settings import load_settings
+    from curation.dedup import REASONS, load_policy, run_policy
 
     pol = load_policy(policy)
-    with Catalog(load_settings().catalog) as cat:
-        run_id = cat.start_run("dedup run", {"policy": pol.model_dump(mode="json"), "path": str(policy)})
-        try:
-            counts = run_policy(cat, pol, run_id=run_id)
-        except BaseException as e:
-            cat.finish_run(run_id, "failed", f"{type(e).__name__}: {e}")
-            raise
-        cat.finish_run(run_id, "completed")
+    with Catalog(load_settings().catalog) as cat, recorded_run(cat, "dedup run", {
+            "policy": pol.model_dump(mode="json"), "path": str(policy)}) as run:
+        counts = run_policy(cat, pol, run_id=run.run_id)
     table = Table(title=f"dedup policy {pol.name}: {sum(counts.values())} samples")
     for col in ("reason", "samples", "meaning"):
         table.add_column(col)

@@ -31,6 +31,7 @@ def build_cmd(
     """Generate, judge and pair; record every decision; shard the pairs in TRL's format."""
     from core.catalog import Catalog
     from core.config import load_yaml
+    from core.runs import recorded_run
     from curation.mixtures import load_mixture, select_mixture
     from curation.preference.build import build_pair_set, mixture_inputs
     from curation.preference.config import DpoConfig
@@ -42,18 +43,12 @@ def build_cmd(
     if "dpo" not in mix.stages:
         raise ValueError(f"{mixture}: the mixture has no `dpo` stage to take inputs from")
     root = out_dir or cfg.output_dir or settings.dir("dpo")
-    with Catalog(settings.catalog) as cat:
-        run_id = cat.start_run("dpo build", {"checkpoint": str(checkpoint), "mixture": str(mixture),
-                                             "config": cfg.model_dump(mode="json")})
-        try:
-            select_mixture(cat, mix, manifest_path=mixture, run_id=run_id)
-            ids, mix_sha = mixture_inputs(cat, mix.name)
-            report = build_pair_set(cat, checkpoint, ids, cfg, out_dir=root, mixture=mix.name,
-                                    mixture_sha256=mix_sha, run_id=run_id)
-        except BaseException as e:
-            cat.finish_run(run_id, "failed", f"{type(e).__name__}: {e}")
-            raise
-        cat.finish_run(run_id, "completed")
+    with Catalog(settings.catalog) as cat, recorded_run(cat, "dpo build", {
+            "checkpoint": str(checkpoint), "mixture": str(mixture), "config": cfg.model_dump(mode="json")}) as run:
+        select_mixture(cat, mix, manifest_path=mixture, run_id=run.run_id)
+        ids, mix_sha = mixture_inputs(cat, mix.name)
+        report = build_pair_set(cat, checkpoint, ids, cfg, out_dir=root, mixture=mix.name,
+                                mixture_sha256=mix_sha, run_id=run.run_id)
     table = Table(title=f"pair set {report.pair_set_id} (checkpoint {report.checkpoint_sha256[:12]}, "
                         f"backend {report.backend}; {report.decided} decided, {report.skipped} already done)")
     for col in ("domain", "reason", "inputs"):

@@ -48,18 +48,18 @@ def leakage_cmd(shards: list[Path] = typer.Argument(..., help="Shard files or fo
 @eval_app.command("run")
 def run_cmd(checkpoint: Path = typer.Option(..., help="A stage export (save_pretrained of model + processor)."),
             stage: str = typer.Option(..., help="Stage name to record the results under."),
-            run_id: Optional[str] = typer.Option(None, help="Run id to record under (default: a new eval run)."),
             limit: Optional[int] = typer.Option(None, help="At most this many docs per task.")) -> None:
-    """Evaluate a checkpoint on the held-out tasks (lmms-eval) and the held-out loss; rows go to `evals`."""
+    """Evaluate a checkpoint on the held-out tasks (lmms-eval) and the held-out loss; rows go to `evals`
+    under this command's own ``eval run``."""
     from core.catalog import Catalog
-    from evaluation.stage_eval import evaluate_export
+    from core.runs import recorded_run
     from core.settings import load_settings
+    from evaluation.stage_eval import evaluate_export
 
     settings = load_settings()
-    with Catalog(settings.catalog) as cat:
-        run_id = run_id or cat.start_run("eval run", {"checkpoint": str(checkpoint), "stage": stage})
-        rows = evaluate_export(cat, checkpoint, stage, run_id, settings.dir("eval"), limit=limit)
-        cat.finish_run(run_id)
+    with Catalog(settings.catalog) as cat, recorded_run(cat, "eval run", {
+            "checkpoint": str(checkpoint), "stage": stage, "limit": limit}) as run:
+        rows = evaluate_export(cat, checkpoint, stage, run.run_id, settings.dir("eval"), limit=limit)
     table = Table(title=f"{stage}: {checkpoint}")
     for col in ("task", "metric", "value", "samples"):
         table.add_column(col)

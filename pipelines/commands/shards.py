@@ -2,7 +2,7 @@
 
     mavors shards select manifests/mixtures/demo-stage2.yaml      # draw + requested-vs-available table
     mavors shards build manifests/mixtures/demo-stage2.yaml       # select, transcode, write shards (Ray)
-    mavors shards verify mavors-work/shards/demo-stage2           # checksums, counts, decodability
+    mavors shards verify mavors-work/shards/demo-stage2           # checksums, counts, members, decodability
 """
 from __future__ import annotations
 
@@ -39,12 +39,12 @@ def select_cmd(mixture: Path = typer.Argument(..., help="Mixture YAML (manifests
                replace: bool = typer.Option(False, help="Redraw a mixture selected before with another config.")) -> None:
     """Draw a mixture's samples into the catalog and print requested vs available per source."""
     from core.catalog import Catalog
+    from core.runs import recorded_run
     from core.settings import load_settings
 
-    with Catalog(load_settings().catalog) as cat:
-        run_id = cat.start_run("shards select", {"mixture": str(mixture), "strict": strict})
-        _select(cat, mixture, strict, replace, run_id)
-        cat.finish_run(run_id)
+    with Catalog(load_settings().catalog) as cat, recorded_run(cat, "shards select", {
+            "mixture": str(mixture), "strict": strict, "replace": replace}) as run:
+        _select(cat, mixture, strict, replace, run.run_id)
 
 
 @shards_app.command("build")
@@ -56,23 +56,19 @@ def build_cmd(mixture: Path = typer.Argument(..., help="Mixture YAML (manifests/
               serial: bool = typer.Option(False, help="Write in this process instead of Ray tasks.")) -> None:
     """Select a mixture, transcode its media and write its shards (a rerun skips finished shards)."""
     from core.catalog import Catalog
+    from core.runs import recorded_run
     from core.settings import load_settings
-    from curation.shards import build_shards
+    from curation.shards.build import build_shards
 
     settings = load_settings()
     out_root = out or settings.dir("shards")
-    with Catalog(settings.catalog) as cat:
-        run_id = cat.start_run("shards build", {"mixture": str(mixture), "out": str(out_root), "stages": stage})
-        try:
-            cfg, _ = _select(cat, mixture, strict, replace, run_id)
-            builds = build_shards(cat, cfg, out_root, stages=stage, parallel=not serial, ray_settings=settings.ray,
-                                  run_id=run_id,
-                                  on_shard=lambda s: console.print(f"  wrote {s.name}: {s.n_samples} samples, "
-                                                                   f"{s.bytes / 1e6:.1f} MB", highlight=False))
-        except BaseException as e:
-            cat.finish_run(run_id, "failed", f"{type(e).__name__}: {e}")
-            raise
-        cat.finish_run(run_id)
+    with Catalog(settings.catalog) as cat, recorded_run(cat, "shards build", {
+            "mixture": str(mixture), "out": str(out_root), "stages": stage}) as run:
+        cfg, _ = _select(cat, mixture, strict, replace, run.run_id)
+        builds = build_shards(cat, cfg, out_root, stages=stage, parallel=not serial, ray_settings=settings.ray,
+                              run_id=run.run_id,
+                              on_shard=lambda s: console.print(f"  wrote {s.name}: {s.n_samples} samples, "
+                                                               f"{s.bytes / 1e6:.1f} MB", highlight=False))
     for b in builds:
         q = ", ".join(f"{k}: {v}" for k, v in b.quarantined.items()) or "none"
         console.print(f"stage {b.stage}: {len(b.shards)} shards, {b.n_samples} samples -> {b.out_dir} "
@@ -85,7 +81,7 @@ def verify_cmd(directory: Path = typer.Argument(..., help="A shard folder (with 
                decode: bool = typer.Option(True, help="Decode every image and video."),
                catalog: bool = typer.Option(False, help="Also compare checksums with the catalog's shards table.")) -> None:
     """Check shards against their index (and the catalog): sha256, sizes, counts, members, decodability."""
-    from curation.shards import verify_shards
+    from curation.shards.verify import verify_shards
 
     recorded = None
     if catalog:

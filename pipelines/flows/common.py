@@ -1,13 +1,13 @@
-"""What every flow shares: parameters, the catalog run record, the step decorator, artifacts, fault injection.
+"""What every flow shares: parameters, the catalog run record, the step decorator, artifacts.
 
 Imported by the flow modules (``pipelines/flows/<flow>.py``); nothing here touches data.
 
 - :class:`FlowParams`: base of every flow's typed parameters (settings file, work dir, cache switch).
-- :func:`recorded_run`: one ``runs`` row per flow run (code version, parameters, status), keyed by
+- :func:`recorded_run`: one ``runs`` row per flow run (:func:`core.runs.recorded_run`), keyed by
   Prefect's flow-run id so the catalog and Prefect's UI name the same run.
 - :func:`step`: a Prefect task with retries (exponential backoff, only for transient errors), a cache
   key made from the step's inputs (file contents, upstream results, code digest, catalog lineage),
-  and the fault-injection hook the crash tests use.
+  and a fault-injection point named by the step (:mod:`core.faults`, ``MAVORS_FAULT_AT``).
 - :func:`publish_table`, :func:`publish_link`: markdown/link artifacts on the current run.
 
 Single-writer rule (DuckDB): the flow process is the only catalog writer. A step opens the catalog
@@ -20,11 +20,6 @@ import contextlib
 import functools
 import hashlib
 import json
-import os
-import signal
-import sys
-import threading
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -35,13 +30,12 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.tasks import exponential_backoff
 from pydantic import BaseModel, ConfigDict
 
+from core import runs
 from core.catalog import Catalog, CatalogError
 from core.paths import REPO_ROOT
 from core.config import ConfigModel
+from core.faults import fault_point
 from core.settings import Settings, load_settings
-
-FAULT_ENV = "MAVORS_FAULT_AT"
-"""``<step>``, ``<step>:<seconds>`` or ``<step>#<commits>``: SIGKILL this process (group) during that step."""
 
 # Exception types worth retrying: the cause is outside the inputs (a lost worker, a busy lock,
 # a flaky filesystem or network). Everything else (bad config, bad data) fails at once.
@@ -123,32 +117,24 @@ def _prefect_run_id() -> str | None:
 
 @contextlib.contextmanager
 def recorded_run(flow: str, params: FlowParams) -> Iterator[RunContext]:
-    """Record the run in the catalog's ``runs`` table for the duration of the ``with`` block.
+    """:func:`core.runs.recorded_run` for a flow, yielding the context its steps take.
 
     The run id is Prefect's flow-run id (a rerun after a crash is a new run). The catalog's
     *lineage* (its first run id) enters every cache key: a deleted and recreated catalog never
     gets results cached against the old one.
     """
     settings = params.settings()
-    logger = get_run_logger()
     record = {**params.model_dump(mode="json"), "code_digest": code_digest()}
-    with Catalog(settings.catalog) as cat:
-        run_id = cat.start_run(flow, record, run_id=_prefect_run_id())
-        lineage = cat.scalar("SELECT run_id FROM runs ORDER BY started_at, run_id LIMIT 1")
-    scope = None
-    if params.use_cache:
-        scope = _digest({"code": code_digest(), "lineage": lineage,
-                         "catalog": str(settings.catalog.resolve()), "work_dir": str(settings.work_dir.resolve())})
-    logger.info("run %s of %s: catalog %s, work dir %s", run_id, flow, settings.catalog, settings.work_dir)
-    ctx = RunContext(run_id=run_id, flow=flow, settings=settings, use_ray=params.use_ray, cache_scope=scope)
-    try:
-        yield ctx
-    except BaseException as e:
+    with runs.recorded_run(settings.catalog, flow, record, run_id=_prefect_run_id()) as run:
         with Catalog(settings.catalog) as cat:
-            cat.finish_run(run_id, "failed", detail=f"{type(e).__name__}: {e}"[:2000])
-        raise
-    with Catalog(settings.catalog) as cat:
-        cat.finish_run(run_id, "completed")
+            lineage = cat.scalar("SELECT run_id FROM runs ORDER BY started_at, run_id LIMIT 1")
+        scope = None
+        if params.use_cache:
+            scope = _digest({"code": code_digest(), "lineage": lineage, "catalog": str(settings.catalog.resolve()),
+                             "work_dir": str(settings.work_dir.resolve())})
+        get_run_logger().info("run %s of %s: catalog %s, work dir %s", run.run_id, flow, settings.catalog,
+                              settings.work_dir)
+        yield RunContext(run_id=run.run_id, flow=flow, settings=settings, use_ray=params.use_ray, cache_scope=scope)
 
 
 # -- steps ------------------------------------------------------------------------------------------
@@ -239,73 +225,14 @@ def step(name: str, *, retries: int = 2, backoff_s: float = 2.0,
 
 @step("report", retries=1)
 def write_run_report(run: RunContext, run_id: str, upstream: Any) -> str:
-    """pipelines.report.write_report: the run's HTML report (tables and plots from the catalog).
+    """pipelines.report.html.write_report: the run's HTML report (tables and plots from the catalog).
     ``run_id`` is an explicit input so that every run gets its own report (cache keys omit the run)."""
-    from pipelines.report import write_report
+    from pipelines.report.html import write_report
 
     with run.catalog() as cat:
         path = write_report(cat, run_id, run.dir("reports") / f"{run_id}.html")
     publish_link(run, "report", path, f"run report {run.run_id}")
     return str(path)
-
-
-# -- fault injection (crash tests) ------------------------------------------------------------------
-def _kill_now(step_name: str) -> None:
-    """SIGKILL this process, and its process group when it leads one (trainer subprocesses die with it,
-    as they would when a machine goes down)."""
-    message = f"fault injection: SIGKILL during step {step_name}"
-    with contextlib.suppress(Exception):  # a watcher thread has no Prefect run context
-        get_run_logger().warning(message)
-    print(message, file=sys.stderr, flush=True)  # the log handlers may not flush before the kill
-    if os.getpgid(0) == os.getpid():
-        os.killpg(os.getpid(), signal.SIGKILL)
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _fault_spec() -> tuple[str, str, str]:
-    """(step, seconds, commits) of ``MAVORS_FAULT_AT``; empty strings where not given."""
-    spec = os.environ.get(FAULT_ENV, "")
-    target, _, commits = spec.partition("#")
-    target, _, delay = target.partition(":")
-    return target, delay, commits
-
-
-def _watch_commits(catalog: Path, n: int, step_name: str) -> None:
-    """SIGKILL once the catalog file or its write-ahead log changed ``n`` times (n commits of the step's
-    units of work, observed from outside the library: no hook in library code)."""
-    files = [catalog, catalog.with_name(catalog.name + ".wal")]
-
-    def state() -> tuple:
-        return tuple((f.stat().st_size, f.stat().st_mtime_ns) if f.exists() else None for f in files)
-
-    last, seen = state(), 0
-    while True:
-        time.sleep(0.01)
-        now = state()
-        if now != last:
-            last, seen = now, seen + 1
-            if seen >= n:
-                _kill_now(step_name)
-
-
-@contextlib.contextmanager
-def fault_point(step_name: str, catalog: Path | None = None) -> Iterator[None]:
-    """Honour ``MAVORS_FAULT_AT`` for this step (crash tests).
-
-    ``<step>:<seconds>``: SIGKILL that long after the step started. ``<step>#<n>``: SIGKILL after the
-    step's n-th catalog commit (mid-step, some units of work committed). In every form, if the step's
-    library call returns first: SIGKILL then, before Prefect records the step as completed.
-    """
-    target, delay, commits = _fault_spec()
-    if target != step_name:
-        yield
-        return
-    if delay:
-        threading.Thread(target=lambda: (time.sleep(float(delay)), _kill_now(step_name)), daemon=True).start()
-    if commits and catalog is not None:
-        threading.Thread(target=_watch_commits, args=(catalog, int(commits), step_name), daemon=True).start()
-    yield
-    _kill_now(step_name)
 
 
 # -- artifacts --------------------------------------------------------------------------------------

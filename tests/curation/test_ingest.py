@@ -2,9 +2,9 @@
 
     pytest tests/test_ingest.py -q
 
-Crash safety: `mavors ingest` is killed with SIGKILL at a fixed point given by a
-fault-injection variable (every row of the source ``image_qa`` written, not committed;
-``curation.ingest.PAUSE_ENV``), rerun, and compared with an uninterrupted run.
+Crash safety: `mavors ingest` is killed with SIGKILL right after its first source is committed
+(``MAVORS_FAULT_AT=ingest#1``, core.faults: the catalog file watched from outside, no hook in
+curation/ingest.py), rerun, and compared with an uninterrupted run.
 """
 from __future__ import annotations
 
@@ -15,15 +15,14 @@ import signal
 import subprocess
 import sys
 import tarfile
-import time
-from collections import Counter
 from pathlib import Path
 
 import duckdb
 import pyarrow.parquet as pq
 
 from core.catalog import Catalog
-from curation.ingest import PAUSE_ENV, PAUSE_FILE_ENV, ingest, probe_media
+from core.faults import FAULT_ENV
+from curation.ingest import ingest, probe_media
 from curation.sources import load_manifest, load_manifests, unsafe_member_name
 
 
@@ -148,12 +147,11 @@ def test_samples_carry_conversation_task_and_stage_hints(demo_catalog, demo_corp
 def test_reingest_adds_nothing(demo_cat, demo_corpus, demo_catalog, ray_local):
     store = demo_catalog.parent / "media"
     before = dump_tables(demo_cat, store)
-    runs = demo_cat.scalar("SELECT count(*) FROM runs")
     reports = ingest(demo_manifests(demo_corpus), demo_cat, media_store=store)
     assert all(r.new == r.replaced == r.new_media == 0 for r in reports)
     assert sum(r.unchanged for r in reports) == len(before["samples"])
     assert dump_tables(demo_cat, store) == before
-    assert demo_cat.scalar("SELECT count(*) FROM runs") == runs + 1
+    assert demo_cat.scalar("SELECT count(*) FROM runs") == 0  # the library records no run: its caller does
 
 
 def test_changed_items_replace_their_rows(demo_cat, demo_corpus, tmp_path, ray_local):
@@ -209,7 +207,10 @@ def test_changed_items_replace_their_rows(demo_cat, demo_corpus, tmp_path, ray_l
 def test_ingest_without_ray_gives_the_same_catalog(demo_corpus, demo_catalog, tmp_path):
     store = demo_catalog.parent / "media"
     with Catalog(tmp_path / "c.duckdb") as c:
-        ingest(demo_manifests(demo_corpus), c, media_store=store, workers=0)
+        ingest(demo_manifests(demo_corpus), c, media_store=store, workers=0, run_id="caller-run")
+        # refusals carry the caller's run; no run row of ingest's own
+        assert c.query("SELECT DISTINCT run_id FROM quarantine") == [{"run_id": "caller-run"}]
+        assert c.scalar("SELECT count(*) FROM runs") == 0
     assert dump_tables(tmp_path / "c.duckdb", store) == dump_tables(demo_catalog, store)
 
 
@@ -225,72 +226,40 @@ def test_probe_media_on_ray_returns_every_file_even_from_all_failed_batches(demo
         truth["n_frames"], truth["width"], truth["fps"])
 
 
-def test_stats_sections_agree_with_an_independent_count(demo_catalog, demo_corpus):
-    from curation.stats import collect
-
-    truth = json.loads((demo_corpus / "corpus.json").read_text())
-    with Catalog(demo_catalog, read_only=True) as c:
-        sections = {s.title.split(" (")[0]: s for s in collect(c)}
-        samples = c.query("SELECT sample_id, source, media_hashes FROM samples")
-    by_hash: dict[str, set] = {}
-    for s in samples:
-        for h in s["media_hashes"]:
-            by_hash.setdefault(h, set()).add(s["sample_id"])
-    groups = [g for g in by_hash.values() if len(g) > 1]
-    dup = sections["Duplicate media"]
-    assert sum(r[1] for r in dup.rows) == len(groups)
-    assert sum(r[2] for r in dup.rows) == sum(len(g) for g in groups)
-    q = sections["Quarantine"]
-    assert {r[1]: r[2] for r in q.rows} == dict(Counter(truth["quarantine"].values()))
-    per_source = Counter(s["source"] for s in samples)
-    assert {r[0]: r[4] for r in sections["Sources"].rows} == dict(per_source)
+def _per_source(path: Path, table: str) -> dict[str, int]:
+    """Rows per source (``sources``: its one row) read with plain duckdb."""
+    column = "name" if table == "sources" else "source"
+    with duckdb.connect(str(path), read_only=True) as con:
+        return dict(con.execute(f"SELECT {column}, count(*) FROM {table} GROUP BY {column}").fetchall())
 
 
-def test_cli_catalog_stats(demo_catalog, tmp_path, monkeypatch):
-    from typer.testing import CliRunner
-
-    from pipelines.cli import app
-
-    (tmp_path / "settings.yaml").write_text(f"catalog_path: {demo_catalog}\nwork_dir: {tmp_path}\n")
-    monkeypatch.setenv("MAVORS_CONFIG", str(tmp_path / "settings.yaml"))
-    result = CliRunner().invoke(app, ["catalog", "stats"], env={"COLUMNS": "200"})
-    assert result.exit_code == 0, result.output
-    for text in ("Sources", "Duplicate media", "Quarantine", "decompression_bomb", "wds_images"):
-        assert text in result.output
-
-
-def test_sigkill_mid_ingest_then_rerun_equals_an_uninterrupted_run(demo_corpus, demo_catalog, ray_local, tmp_path):
+def test_sigkill_mid_ingest_then_rerun_equals_an_uninterrupted_run(demo_corpus, demo_catalog, tmp_path):
     work = tmp_path / "work"
     (tmp_path / "settings.yaml").write_text(f"work_dir: {work}\n")
-    pause_file = tmp_path / "paused"
     manifests = sorted(str(p) for p in (demo_corpus / "manifests").glob("*.yaml"))
-    env = {**os.environ, "MAVORS_CONFIG": str(tmp_path / "settings.yaml"), PAUSE_ENV: "image_qa",
-           PAUSE_FILE_ENV: str(pause_file)}
-    # The kill lands in the driver's write phase; probing in-process (--workers 0) spares a second Ray.
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "ingest", "--workers", "0", *manifests], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 240
-        while not pause_file.exists():
-            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
-            assert time.monotonic() < deadline, "ingest never reached the pause point"
-            time.sleep(0.2)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    order = [m.name for m in demo_manifests(demo_corpus)]  # the order ingest writes the sources in
+    env = {**os.environ, "MAVORS_CONFIG": str(tmp_path / "settings.yaml")}
+    # Probing in-process (--workers 0) spares a second Ray; the kill lands in the driver's write phase.
+    cmd = [sys.executable, "-m", "pipelines.cli", "ingest", "--workers", "0", *manifests]
+    killed = subprocess.run(cmd, env={**env, FAULT_ENV: "ingest#1"}, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, (killed.stdout[-3000:], killed.stderr[-3000:])
+    assert "fault injection: SIGKILL during step ingest (after 1 catalog commit(s))" in killed.stderr
 
+    # Whole sources, in order, from the first up to where the kill landed; nothing of the later ones.
     catalog_path = work / "catalog.duckdb"
-    with duckdb.connect(str(catalog_path), read_only=True) as con:  # the sources before image_qa, nothing of it
-        assert [r[0] for r in con.execute("SELECT name FROM sources ORDER BY name").fetchall()] == [
-            "composite", "image_captions", "image_captions_parquet"]
-        assert con.execute("SELECT count(*) FROM samples WHERE source NOT IN "
-                           "('composite', 'image_captions', 'image_captions_parquet')").fetchone()[0] == 0
-        assert con.execute("SELECT count(*) FROM quarantine WHERE source = 'image_qa'").fetchone()[0] == 0
-        assert con.execute("SELECT status FROM runs").fetchall() == [("running",)]  # the killed run, as it died
+    written = sorted(_per_source(catalog_path, "sources"), key=order.index)
+    assert 1 <= len(written) < len(order) and written == order[:len(written)]
+    clean_samples, clean_refused = _per_source(demo_catalog, "samples"), _per_source(demo_catalog, "quarantine")
+    assert _per_source(catalog_path, "samples") == {s: n for s, n in clean_samples.items() if s in written}
+    assert _per_source(catalog_path, "quarantine") == {s: n for s, n in clean_refused.items() if s in written}
+    with duckdb.connect(str(catalog_path), read_only=True) as con:
+        assert con.execute("SELECT command, status FROM runs").fetchall() == [("ingest", "running")]  # as it died
 
-    with Catalog(catalog_path) as cat:
-        ingest(demo_manifests(demo_corpus), cat, media_store=work / "media")
-        statuses = sorted(r[0] for r in cat.con.execute("SELECT status FROM runs").fetchall())
-    assert statuses == ["completed", "interrupted"]  # the rerun found the killed run's process gone
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    with duckdb.connect(str(catalog_path), read_only=True) as con:
+        runs = con.execute("SELECT command, status, detail FROM runs ORDER BY started_at").fetchall()
+    # One row per command: the killed one found dead by the rerun, and the rerun's, which added only the rest.
+    assert [r[:2] for r in runs] == [("ingest", "interrupted"), ("ingest", "completed")]
+    assert json.loads(runs[1][2]) == {s: 0 if s in written else clean_samples.get(s, 0) for s in order}
     assert dump_tables(catalog_path, work / "media") == dump_tables(demo_catalog, demo_catalog.parent / "media")

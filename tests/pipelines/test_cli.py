@@ -1,4 +1,5 @@
-"""The `mavors` command line: errors are one readable line (a traceback only with --debug), exit codes hold."""
+"""The `mavors` command line: errors are one readable line (a traceback only with --debug), exit codes hold,
+and every command records one `runs` row that ends completed or failed with the error's message."""
 from __future__ import annotations
 
 import os
@@ -39,3 +40,63 @@ def test_help_lists_every_area(tmp_path):
     assert proc.returncode == 0
     for command in ("ingest", "catalog", "models", "demo", "dedup", "shards", "dpo", "train", "report", "eval"):
         assert command in proc.stdout, command
+
+
+# -- run records: every command is one `runs` row, ended however the command ends -----------------------
+def _invoke(args, tmp_path, monkeypatch):
+    """The app in this process (CliRunner), on a catalog under ``tmp_path``; returns (result, runs rows)."""
+    import duckdb
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    settings = tmp_path / "settings.yaml"
+    settings.write_text(yaml.safe_dump({"work_dir": str(tmp_path / "work")}))
+    monkeypatch.setenv("MAVORS_CONFIG", str(settings))
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+    with duckdb.connect(str(tmp_path / "work" / "catalog.duckdb"), read_only=True) as con:
+        rows = con.execute("SELECT command, status, detail, parameters FROM runs").fetchall()
+    return result, rows
+
+
+def test_a_failing_eval_run_is_recorded_failed_with_its_message(tmp_path, monkeypatch):
+    # An empty catalog has no held-out set: the evaluation refuses to run.
+    result, rows = _invoke(["eval", "run", "--checkpoint", str(tmp_path / "export"), "--stage", "stage2"],
+                           tmp_path, monkeypatch)
+    assert isinstance(result.exception, RuntimeError)
+    [(command, status, detail, parameters)] = rows
+    assert (command, status) == ("eval run", "failed")
+    assert detail == f"RuntimeError: {result.exception}" and "no held-out samples" in detail
+    assert yaml.safe_load(parameters) == {"checkpoint": str(tmp_path / "export"), "stage": "stage2", "limit": None}
+
+
+def test_a_failing_shards_select_is_recorded_failed_with_its_message(tmp_path, monkeypatch):
+    from core.paths import MANIFESTS
+
+    # --strict on an empty catalog: every source of the mixture is absent.
+    result, rows = _invoke(["shards", "select", str(MANIFESTS / "mixtures" / "demo-stage2.yaml"), "--strict"],
+                           tmp_path, monkeypatch)
+    assert type(result.exception).__name__ == "MixtureError"
+    [(command, status, detail, _)] = rows
+    assert (command, status) == ("shards select", "failed")
+    assert detail.startswith("MixtureError: mixture 'demo-stage2' (--strict): stage 2 video_qa: absent")
+
+
+def test_ingest_records_one_run_with_what_each_source_added(demo_corpus, tmp_path, monkeypatch):
+    import json
+
+    import pyarrow.parquet as pq
+
+    manifests = [demo_corpus / "manifests" / f"{name}.yaml" for name in ("image_captions_parquet", "image_qa")]
+    result, rows = _invoke(["ingest", "--workers", "0", *map(str, manifests)], tmp_path, monkeypatch)
+    assert result.exit_code == 0, result.output
+    [(command, status, detail, parameters)] = rows
+    assert (command, status) == ("ingest", "completed")
+    assert yaml.safe_load(parameters) == {"sources": ["image_captions_parquet", "image_qa"], "workers": 0}
+    # samples added per source: the annotation rows (read with pyarrow / json) minus the generator's planted refusals
+    truth = json.loads((demo_corpus / "corpus.json").read_text())
+    parquet = pq.read_table(demo_corpus / "image_captions_parquet" / "captions.parquet").num_rows
+    jsonl = len((demo_corpus / "image_qa" / "annotations.jsonl").read_text().splitlines())
+    rows_in = {"image_captions_parquet": parquet, "image_qa": jsonl}
+    refused = {s: sum(1 for key in truth["quarantine"] if key.startswith(f"{s}/")) for s in rows_in}
+    assert json.loads(detail) == {s: rows_in[s] - refused[s] for s in rows_in}

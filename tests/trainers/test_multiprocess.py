@@ -1,16 +1,18 @@
 """Two gloo processes started by the real ``deepspeed`` launcher with a hostfile (--no_ssh), tiny Mavors.
 
-Train 2k steps straight vs k steps, SIGKILL (both ranks, right after step k+1), relaunch: the
-relaunched run resumes from the step-k checkpoint and the loss sequence is identical.
+Train 2k steps straight vs k steps, SIGKILL (both ranks, right after step k+1:
+``MAVORS_FAULT_AT=trainer-mp@<k+1>``, core.faults), relaunch: the relaunched run resumes from the
+step-k checkpoint and the loss sequence is identical.
 """
 from __future__ import annotations
 
 import pytest
 import yaml
 
-from trainers.launch import Launch, deepspeed_command, run_launched, world_size
+from core.faults import FAULT_ENV
+from core.processes import free_port, run_logged
+from trainers.launch import Launch, deepspeed_command, world_size
 from trainers.metrics import read_metrics
-from trainers.stage import free_port
 
 
 def test_two_process_kill_and_resume(tiny_work, tmp_path):
@@ -28,15 +30,16 @@ def test_two_process_kill_and_resume(tiny_work, tmp_path):
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("localhost slots=2\n")
 
-    def launch(run: str, *stage_args: str) -> None:
+    def launch(run: str, fault: str | None = None) -> None:
         plan = Launch(hostfile=hostfile, master_port=free_port())
         assert world_size(plan) == 2
-        cmd = deepspeed_command(spec_path, tmp_path / run, tiny_work, plan, stage_args)
-        run_launched(cmd, tmp_path / f"{run}.log")
+        cmd = deepspeed_command(spec_path, tmp_path / run, tiny_work, plan)
+        run_logged(cmd, tmp_path / f"{run}.log", env={FAULT_ENV: fault} if fault else None, what="launcher")
 
     launch("straight")
     with pytest.raises(RuntimeError, match="launcher exited"):
-        launch("killed", "--kill-at-step", str(k + 1))
+        launch("killed", fault=f"trainer-mp@{k + 1}")  # the launcher passes its environment to the ranks
+    assert "SIGKILL during step trainer-mp (after training step 3)" in (tmp_path / "killed.log").read_text()
     assert (tmp_path / "killed" / "mp" / "checkpoints" / "latest").read_text().strip() == f"step_{k:09d}"
     assert not (tmp_path / "killed" / "mp" / "export").exists()
     launch("killed")

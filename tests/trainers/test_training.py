@@ -120,31 +120,25 @@ class Crash(Exception):
     pass
 
 
-class CrashAt:
-    """Dies (exception) right after ``step``: the in-process stand-in for SIGKILL (see test_multiprocess)."""
-
-    def __init__(self, step):
-        self.step = step
-
-    def on_start(self, step):
-        pass
-
-    def on_step(self, step, stats):
-        if step == self.step:
-            raise Crash(step)
-
-    def on_end(self, step):
-        pass
+def _crash(point, why):
+    raise Crash(f"{point}: {why}")
 
 
-def test_kill_and_resume_gives_identical_losses(tmp_path):
+def test_kill_and_resume_gives_identical_losses(tmp_path, monkeypatch):
+    """The trainer's loop honours ``MAVORS_FAULT_AT=trainer-<stage>@<step>``; in this process the kill is an
+    exception (the real SIGKILL of both ranks: test_multiprocess)."""
+    import core.faults
+
     k = 2
     spec = toy_spec(budget={"steps": 2 * k}, checkpoint_every=k, modules={
         "ive": {"trainable": True, "lr_scale": 0.1}, "ifa": {"trainable": True, "lr_scale": 0.1},
         "projector": {"trainable": True}, "llm": {"trainable": True}}, schedule={"kind": "cosine", "min_ratio": 0.1})
     run_stage(spec, tmp_path / "straight", tmp_path, loader=toy_loader)
-    with pytest.raises(Crash):
-        run_stage(spec, tmp_path / "killed", tmp_path, loader=toy_loader, extra_callbacks=(CrashAt(k + 1),))
+    with monkeypatch.context() as fault:
+        fault.setenv(core.faults.FAULT_ENV, f"trainer-toy@{k + 1}")
+        fault.setattr(core.faults, "kill_process", _crash)
+        with pytest.raises(Crash, match="trainer-toy: after training step 3"):
+            run_stage(spec, tmp_path / "killed", tmp_path, loader=toy_loader)
     assert (tmp_path / "killed" / "toy" / "checkpoints" / "latest").read_text().strip() == f"step_{k:09d}"
     record = run_stage(spec, tmp_path / "killed", tmp_path, loader=toy_loader)
     assert record["resumed_from_step"] == k

@@ -1,18 +1,23 @@
-"""The flow layer's own rules: cache keys, which failures retry, typed parameters, artifacts as markdown.
+"""The flow layer's own rules: cache keys, which failures retry, typed parameters, artifacts as markdown,
+one run record per flow run.
 
     pytest tests/flows/test_common.py -q
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import duckdb
 import pytest
+from prefect import flow
+from prefect.runtime import flow_run
 
 from core.catalog import CatalogError
 from core.config import ConfigError, load_yaml
 from core.settings import Settings
-from pipelines.flows.common import RunContext, is_transient, markdown_table, step_cache_key
+from pipelines.flows.common import FlowParams, RunContext, is_transient, markdown_table, recorded_run, step_cache_key
 
 
 def _run(run_id: str = "r1", scope: str | None = "scope-a") -> RunContext:
@@ -75,3 +80,27 @@ def test_markdown_table_escapes_cells():
     text = markdown_table([{"source": "a|b", "n": 3, "ppl": 1.23456}])
     assert text.splitlines() == ["| source | n | ppl |", "|---|---|---|", "| a\\|b | 3 | 1.235 |"]
     assert markdown_table([]) == "_(none)_"
+
+
+
+@flow(name="tiny")
+def tiny(params: FlowParams, fail: bool) -> tuple[str, str | None]:
+    with recorded_run("tiny", params) as run:
+        if fail:
+            raise ValueError("the tiny flow failed")
+        return run.run_id, flow_run.get_id()
+
+
+def test_a_flow_run_is_one_runs_row_under_prefects_flow_run_id(prefect_api, tmp_path):
+    """pipelines.flows.common.recorded_run on core.runs.recorded_run: completed, or failed with the message."""
+    params = FlowParams(work_dir=tmp_path / "work", use_ray=False)
+    run_id, prefect_id = tiny(params, False)
+    with pytest.raises(ValueError, match="tiny flow failed"):
+        tiny(params, True)
+    with duckdb.connect(str(tmp_path / "work" / "catalog.duckdb"), read_only=True) as con:
+        rows = con.execute("SELECT run_id, command, status, detail, parameters FROM runs "
+                           "ORDER BY started_at").fetchall()
+    assert run_id == prefect_id
+    assert [r[:4] for r in rows] == [(prefect_id, "tiny", "completed", None),
+                                     (rows[1][0], "tiny", "failed", "ValueError: the tiny flow failed")]
+    assert rows[1][0] != prefect_id and all("code_digest" in json.loads(r[4]) for r in rows)
