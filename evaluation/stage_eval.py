@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from core.catalog import Catalog
+from core.processes import run_logged
 from curation.heldout import FAMILIES, export_heldout
 
 
@@ -67,7 +68,7 @@ def evaluate_checkpoint(checkpoint: str | Path, eval_dir: str | Path, limit: int
     lm = MavorsLmms(pretrained=str(checkpoint), mark_truncated=True)
     all_docs = [d for f in FAMILIES for d in docs[f]]
     # before lmms-eval runs: its clean-up deletes the model's nn.Module attributes when it is done
-    loss, _ = heldout_loss(lm.model, lm.processor, all_docs)
+    loss, _ = heldout_loss(lm.engine.model, lm.engine.processor, all_docs)
     out = simple_evaluate(model=lm, tasks=tasks, task_manager=_task_manager(str(eval_dir / "tasks")), limit=limit)
     rows = []
     for task in tasks:
@@ -91,15 +92,14 @@ def evaluate_in_subprocess(checkpoint: str | Path, eval_dir: str | Path, log_pat
     vLLM CPU worker pins threads and disables ``torch.set_num_threads`` for the rest of the process. A
     flow's evaluation and its rerun after a crash then write the same rows.
     """
-    from trainers.launch import run_launched
-
     out = Path(log_path).with_suffix(".rows.json")
     cmd = [sys.executable, "-m", "evaluation.stage_eval", "--checkpoint", str(Path(checkpoint).resolve()),
            "--eval-dir", str(Path(eval_dir).resolve()), "--out", str(out.resolve())]
     if limit:
         cmd += ["--limit", str(limit)]
     out.unlink(missing_ok=True)
-    run_launched(cmd, Path(log_path), cwd=Path.cwd())  # the held-out files name media relative to it
+    run_logged(cmd, Path(log_path), cwd=Path.cwd(),  # the held-out files name media relative to it
+               what="evaluation")
     return json.loads(out.read_text())
 
 

@@ -19,7 +19,6 @@ lock with backoff (``pipelines.flows.common.is_transient``).
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -27,11 +26,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from core.processes import free_port
+
 DEPLOYMENTS = ("nightly-curation", "dpo-regeneration", "training")
 SCHEDULES = {"nightly-curation": "0 2 * * *", "dpo-regeneration": "0 5 * * *", "training": "0 3 * * 0"}
-STAGE_EXPORTED = "mavors.stage.exported"
-"""Event the train flow emits when a stage writes its export (resource id ``mavors.stage.<name>``, the export
-path as ``mavors.export``); the dpo-regeneration trigger listens for its Stage-2 spec."""
 
 
 def build_deployments(*, config: Path | None = None, work_dir: Path | None = None,
@@ -48,7 +46,7 @@ def build_deployments(*, config: Path | None = None, work_dir: Path | None = Non
     from pipelines.flows.common import code_digest
     from pipelines.flows.curate import CurateParams, curate
     from pipelines.flows.dpo_regenerate import DpoParams, dpo_regenerate
-    from pipelines.flows.train import TrainParams, train
+    from pipelines.flows.train import STAGE_EXPORTED, TrainParams, train
 
     unknown = sorted(set(only or []) - set(DEPLOYMENTS))
     if unknown:
@@ -85,12 +83,6 @@ def build_deployments(*, config: Path | None = None, work_dir: Path | None = Non
 
 
 # -- a local Prefect server ----------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_healthy(api_url: str, timeout_s: float = 120.0, proc: subprocess.Popen | None = None) -> None:
     """Poll ``<api>/health`` until the server answers; fail early if its process died."""
     deadline = time.monotonic() + timeout_s

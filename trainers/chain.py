@@ -14,13 +14,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Callable
 
 from core.config import ConfigError
+from core.paths import REPO_ROOT
+from core.processes import run_logged
 from trainers.export import is_exported, read_stage_record
-from trainers.batches import data_dir, manifest_path
+from trainers.batches import data_dir
 from trainers.initialization import check_init, export_dir
-from trainers.launch import Launch, deepspeed_command, run_launched, world_size
+from trainers.launch import Launch, deepspeed_command, world_size
 from trainers.spec import StageSpec, check_world_size, load_stage
 
 
@@ -34,6 +37,14 @@ class PlannedStage:
         return self.spec.name
 
 
+def manifest_path(path: str | Path) -> Path:
+    """A manifest path as given (absolute, or relative to the current dir), else relative to the repository."""
+    p = Path(path)
+    if p.is_absolute() or p.exists():
+        return p
+    return REPO_ROOT / p
+
+
 def stage_file(stages_dir: Path, name: str) -> Path:
     """``<stages_dir>/<name>.yaml`` (a relative dir is looked up in the current dir, then the repository)."""
     stages_dir = manifest_path(str(stages_dir))
@@ -44,22 +55,45 @@ def stage_file(stages_dir: Path, name: str) -> Path:
     return path
 
 
-def with_data(spec: StageSpec, data: dict | None, source: str) -> StageSpec:
-    """The spec with its ``data`` replaced (e.g. the DPO pair set a flow just built), validated again."""
-    if not data:
-        return spec
-    try:
-        return StageSpec.model_validate({**spec.model_dump(), "data": {"seed": spec.data.seed, **data}})
-    except ValueError as e:
-        raise ConfigError(f"{source}: data override {data}: {e}") from None
+def mixture_data(names: list[str], stages_dir: Path, shard_dirs: Mapping[str, Mapping[str, str | Path]],
+                 given: Mapping[str, dict] | None = None) -> dict[str, dict]:
+    """The chain's data overrides: ``given`` (``--data STAGE=DIR``), plus ``{"shards": folder}`` for every other
+    stage of ``names`` whose spec trains on a mixture stage.
+
+    ``shard_dirs``: mixture name -> mixture stage -> the folder its shards were built into, as
+    the curate flow returns it or the catalog records it
+    (:func:`curation.shards.build.recorded_stage_dirs`). This is what a spec's ``data.mixture``
+    and ``mixture_stage`` mean: the driver resolves them here once and hands the ranks the folder.
+    """
+    from curation.mixtures import load_mixture
+
+    overrides = dict(given or {})
+    for name in names:
+        if name in overrides:
+            continue
+        path = stage_file(stages_dir, name)
+        data = load_stage(path).data
+        if data.mixture is None:
+            continue
+        mixture = load_mixture(manifest_path(data.mixture)).name
+        folder = shard_dirs.get(mixture, {}).get(data.mixture_stage)
+        if folder is None:
+            raise ConfigError(f"{path}: field 'data.mixture': no shards built for mixture {mixture!r} stage "
+                              f"{data.mixture_stage!r}; build them first (mavors shards build {data.mixture}, "
+                              "or the curate flow)")
+        overrides[name] = {"shards": str(folder)}
+    return overrides
 
 
 def check_data(spec: StageSpec, work_dir: Path, source: str) -> None:
-    """Shard data must exist before the stage starts (``mavors shards build`` writes it)."""
+    """Shard data must be a folder (``data.mixture`` resolved by :func:`mixture_data`) holding an index."""
+    if spec.data.mixture is not None:
+        raise ConfigError(f"{source}: field 'data.mixture': not resolved to the folder its shards were built into; "
+                          "the driver passes it (trainers.chain.mixture_data), or give --data STAGE=SHARD_DIR "
+                          "after mavors shards build")
     directory = data_dir(spec, work_dir)
     if directory is not None and not any(Path(directory).rglob("index.json")):
-        field = "data.shards" if spec.data.shards is not None else "data.mixture"
-        raise ConfigError(f"{source}: field '{field}': no shards (index.json) under {directory}; "
+        raise ConfigError(f"{source}: field 'data.shards': no shards (index.json) under {directory}; "
                           "build them first (mavors shards build ...)")
 
 
@@ -77,7 +111,7 @@ def plan_chain(names: list[str], stages_dir: Path, run_dir: Path, work_dir: Path
         raise ConfigError(f"data overrides for stages not in the chain: {unknown}")
     for name in names:
         path = stage_file(stages_dir, name)
-        spec = with_data(load_stage(path), data_overrides.get(name), str(path))
+        spec = load_stage(path).with_data(data_overrides.get(name), str(path))
         check_world_size(spec, world, str(path))
         check_init(spec, run_dir, work_dir, str(path), tuple(earlier))
         check_data(spec, work_dir, str(path))
@@ -118,7 +152,7 @@ def run_chain(names: list[str], stages_dir: Path, run_dir: Path, work_dir: Path 
             else:
                 cmd = deepspeed_command(stage.path, run_dir, work_dir, launch,
                                         data_args(data_overrides or {}, stage.name))
-                run_launched(cmd, Path(run_dir) / stage.name / "launcher.log")
+                run_logged(cmd, Path(run_dir) / stage.name / "launcher.log", what="launcher")
             if not is_exported(out):
                 raise RuntimeError(f"stage {stage.name} finished without an export at {out}")
             record = {**read_stage_record(out), "status": "trained"}

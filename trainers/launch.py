@@ -5,35 +5,40 @@
     # on every node:  deepspeed --hostfile H --no_ssh --node_rank N --master_addr A --master_port P \\
     #                     --module trainers.stage --spec ... --run-dir ...
 
-The world size comes from the hostfile, read with DeepSpeed's own parser, so the
-batch arithmetic is checked against exactly what the launcher will start.
+:class:`Launch` is the one declaration of the launch settings: ``mavors train`` builds its options
+from its fields and the ``train`` flow takes it as its ``launch`` parameter. The world size comes from
+the hostfile, read with DeepSpeed's own parser, so the batch arithmetic is checked against exactly
+what the launcher will start.
 """
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import ConfigDict, Field
 
-@dataclass(frozen=True)
-class Launch:
+from core.config import ConfigModel
+
+
+class Launch(ConfigModel):
     """Where a stage runs. Default: one process here (no launcher)."""
 
+    model_config = ConfigDict(frozen=True, use_attribute_docstrings=True)
+
     hostfile: Path | None = None
-    """MPI-style hostfile (``worker-0 slots=8``); None: this machine only."""
-    procs_per_node: int = 1
-    """Processes on this machine when there is no hostfile."""
+    """DeepSpeed hostfile, MPI style (``worker-0 slots=8``, see infra/deepspeed/hostfile.example); world size =
+    sum of slots. Embedded: none (this machine only). Cluster: the shared hostfile, e.g. /data/mavors/hostfile."""
+    procs_per_node: int = Field(1, ge=1)
+    """Processes on this machine when there is no hostfile; 1 trains in one process without the launcher."""
     master_addr: str = "127.0.0.1"
-    """Address of node 0 (rendezvous)."""
-    master_port: int = 29500
-    """Rendezvous port."""
-    no_ssh: bool = True
-    """Start each node's processes locally (run the same command on every node with its ``node_rank``)
-    instead of DeepSpeed's pdsh/ssh fan-out from node 0."""
-    node_rank: int = 0
-    """This node's index in the hostfile (with ``no_ssh``)."""
+    """Rendezvous address: node 0, the hostfile's first host. Embedded: 127.0.0.1. Cluster: node 0's address."""
+    master_port: int = Field(29500, ge=1, le=65535)
+    """Rendezvous port on node 0."""
+    ssh: bool = False
+    """Let DeepSpeed fan out over ssh/pdsh from node 0 (passwordless ssh to every host). Default: each node
+    starts its own processes (``--no_ssh``) and the same command runs on every node with its ``node_rank``."""
+    node_rank: int = Field(0, ge=0)
+    """This node's 0-based line in the hostfile (without ``ssh``). Node 0's driver records the stages."""
 
     @property
     def in_process(self) -> bool:
@@ -65,7 +70,7 @@ def deepspeed_command(spec_path: Path, run_dir: Path, work_dir: Path, launch: La
     cmd = [str(Path(sys.executable).with_name("deepspeed"))]
     if launch.hostfile is not None:
         cmd += ["--hostfile", str(Path(launch.hostfile).resolve())]
-        if launch.no_ssh:
+        if not launch.ssh:
             cmd += ["--no_ssh", "--node_rank", str(launch.node_rank)]
     else:
         cmd += ["--num_gpus", str(launch.procs_per_node)]
@@ -74,15 +79,3 @@ def deepspeed_command(spec_path: Path, run_dir: Path, work_dir: Path, launch: La
             "--spec", str(Path(spec_path).resolve()), "--run-dir", str(Path(run_dir).resolve()),
             "--work-dir", str(Path(work_dir).resolve()), *stage_args]
     return cmd
-
-
-def run_launched(cmd: list[str], log_path: Path, cwd: Path | None = None) -> None:
-    """Run a launcher command to completion, output to ``log_path``; raise naming the log on failure."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
-    with log_path.open("ab") as log:
-        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd or root).returncode
-    if rc != 0:
-        tail = log_path.read_text(errors="replace").splitlines()[-15:]
-        raise RuntimeError(f"launcher exited with {rc}; log {log_path}:\n" + "\n".join(tail))

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from core.config import ConfigError, ConfigModel, load_yaml
+from core.config import ConfigError, ConfigModel, load_yaml, validate
 
 # Data-flow order of Mavors' submodules: video → IVE → IFA → projector → LLM.
 MODULES: tuple[str, ...] = ("ive", "ifa", "projector", "llm")
@@ -90,10 +90,13 @@ class DataSpec(ConfigModel):
     """The stage's training data; exactly one of ``shards``, ``mixture``, ``synthetic``."""
 
     shards: str | None = None
-    """Directory of WebDataset shards (relative to the work dir or absolute), as written by ``mavors shards build``."""
+    """Directory of WebDataset shards (relative to the work dir or absolute), as written by ``mavors shards build``
+    or the DPO pair builder; the only data source a rank reads."""
     mixture: str | None = None
-    """A mixture manifest (``manifests/mixtures/*.yaml``, relative to the current dir or the repository); the stage reads the shards ``mavors shards build`` wrote
-    for ``mixture_stage`` (``<work_dir>/shards/<mixture name>/s<stage>``)."""
+    """A mixture manifest (``manifests/mixtures/*.yaml``, relative to the current dir or the repository) whose
+    ``mixture_stage`` the stage trains on. The driver resolves it once to the folder that stage's shards were
+    built into (the curate flow's result, or the catalog's ``shards`` table: ``trainers.chain.mixture_data``)
+    and hands the ranks that folder as ``shards``; ranks never derive it."""
     mixture_stage: str | None = None
     """Which stage of the mixture (``1``, ``1.5``, ``2``, ``dpo``); required with ``mixture``."""
     synthetic: SyntheticData | None = None
@@ -251,6 +254,15 @@ class StageSpec(ConfigModel):
     @property
     def trainable_modules(self) -> list[str]:
         return [m for m in MODULES if self.modules[m].trainable]
+
+    def with_data(self, data: dict[str, Any] | None, source: str | Path = "spec") -> "StageSpec":
+        """This spec with its ``data`` section replaced (e.g. the DPO pair set a flow just built), validated
+        again; the data seed is kept unless ``data`` names one. The chain's driver and its launched ranks
+        both apply the same override, so they train on the same data."""
+        if not data:
+            return self
+        return validate(StageSpec, {**self.model_dump(), "data": {"seed": self.data.seed, **data}},
+                        f"{source}: data override {data}")
 
 
 def load_stage(path: str | Path) -> StageSpec:

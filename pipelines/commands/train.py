@@ -6,78 +6,132 @@
     mavors train --stages stage2 --print-command --hostfile infra/deepspeed/hostfile
     mavors train --stages demo-dpo --data demo-dpo=mavors-work/dpo/<pair set>/shards   # DPO on a fresh pair set
 
-Finished stages (with an export) are skipped; an interrupted stage resumes from its
-newest DeepSpeed checkpoint. The driver records each stage in the catalog (``train_stages``).
+The launch options are the fields of :class:`trainers.launch.Launch` (defaults and help come from there;
+the ``train`` flow takes the same model as its ``launch`` parameter). A stage whose spec names a mixture
+stage trains on the folder the catalog's ``shards`` table records for it, unless ``--data`` names one.
+Finished stages (with an export) are skipped; an interrupted stage resumes from its newest DeepSpeed
+checkpoint. Node 0's driver records the command as one ``runs`` row and each stage in the catalog
+(``train_stages``); other nodes only train.
 """
 from __future__ import annotations
 
 import shlex
+from collections.abc import Callable
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.console import Console
 
+from trainers.launch import Launch
+
 console = Console()
+
+
+def _launch_option(field: str, *flags: str) -> Any:
+    """A typer option whose default and help are those of the ``Launch`` field it sets."""
+    info = Launch.model_fields[field]
+    return typer.Option(info.default, *flags, help=info.description)
 
 
 def train_cmd(
     stages: str = typer.Option(..., help="Comma-separated stage names (files in --stages-dir)."),
     run: str = typer.Option("default", help="Run name; outputs go to <work_dir>/train/<run>/<stage>/."),
     stages_dir: Path = typer.Option(Path("manifests/stages"), help="Where the stage YAMLs live."),
-    hostfile: Optional[Path] = typer.Option(None, help="DeepSpeed hostfile (multi-node); see infra/deepspeed/."),
-    procs: int = typer.Option(1, help="Processes on this machine when there is no hostfile."),
-    master_addr: str = typer.Option("127.0.0.1", help="Node 0's address."),
-    master_port: int = typer.Option(29500, help="Rendezvous port."),
-    node_rank: int = typer.Option(0, help="This node's index in the hostfile (no-ssh launch)."),
-    ssh: bool = typer.Option(False, help="Let DeepSpeed fan out over ssh/pdsh from node 0 instead of --no_ssh."),
+    hostfile: Optional[Path] = _launch_option("hostfile"),
+    procs_per_node: int = _launch_option("procs_per_node", "--procs"),
+    master_addr: str = _launch_option("master_addr"),
+    master_port: int = _launch_option("master_port"),
+    node_rank: int = _launch_option("node_rank"),
+    ssh: bool = _launch_option("ssh"),
     print_command: bool = typer.Option(False, help="Print the deepspeed command per stage and exit."),
     data: Optional[list[str]] = typer.Option(None, help="STAGE=SHARD_DIR: train STAGE on these shards instead of "
                                              "its spec's data (e.g. the DPO pair set just built). Repeatable."),
 ) -> None:
     """Train stages in order (Stage 1 -> 1.5 -> 2 -> DPO), skipping finished ones."""
-    from core.catalog import Catalog
+    from core.config import validate
     from core.settings import load_settings
-    from trainers.chain import data_args, plan_chain, run_chain
-    from trainers.launch import Launch, deepspeed_command
-    from trainers.records import record_stage
+    from trainers.chain import run_chain
 
     settings = load_settings()
     names = [s.strip() for s in stages.split(",") if s.strip()]
-    launch = Launch(hostfile=hostfile, procs_per_node=procs, master_addr=master_addr, master_port=master_port,
-                    no_ssh=not ssh, node_rank=node_rank)
+    launch = validate(Launch, {"hostfile": hostfile, "procs_per_node": procs_per_node, "master_addr": master_addr,
+                               "master_port": master_port, "node_rank": node_rank, "ssh": ssh}, "mavors train")
     run_dir = settings.dir("train") / run
+    given = data_overrides(data or [])
+    if print_command:
+        print_commands(names, stages_dir, run_dir, settings.work_dir, launch,
+                       stage_data(settings.catalog, names, stages_dir, given))
+    elif launch.node_rank != 0:  # other nodes train; node 0's driver records
+        run_chain(names, stages_dir, run_dir, settings.work_dir, launch,
+                  data_overrides=stage_data(settings.catalog, names, stages_dir, given))
+    else:
+        train_recorded(settings.catalog, names, run, stages_dir, run_dir, settings.work_dir, launch, given)
+
+
+def data_overrides(items: list[str]) -> dict[str, dict]:
+    """``--data STAGE=SHARD_DIR`` values as the chain's data overrides (stage -> replacement ``data``)."""
     overrides = {}
-    for item in data or []:
+    for item in items:
         stage, sep, directory = item.partition("=")
-        if not sep or not directory:
+        if not sep or not stage or not directory:
             raise typer.BadParameter(f"--data {item!r}: expected STAGE=SHARD_DIR")
         overrides[stage] = {"shards": directory}
-    if print_command:
-        for stage in plan_chain(names, stages_dir, run_dir, settings.work_dir, launch, overrides):
-            cmd = deepspeed_command(stage.path, run_dir, settings.work_dir, launch, data_args(overrides, stage.name))
-            console.print(shlex.join(cmd), soft_wrap=True)
-        return
-    if launch.node_rank != 0:  # other nodes train; node 0's driver records
-        run_chain(names, stages_dir, run_dir, settings.work_dir, launch, data_overrides=overrides)
-        return
-    with Catalog(settings.catalog) as cat:
-        run_id = cat.start_run("train", {"stages": names, "run": run, "hostfile": str(hostfile) if hostfile else None})
+    return overrides
+
+
+def stage_data(catalog: Path, names: list[str], stages_dir: Path, given: dict[str, dict]) -> dict[str, dict]:
+    """The chain's data overrides: ``--data`` as given, and for every other stage whose spec trains on a mixture
+    stage, the folder the catalog's ``shards`` table records for it (the driver resolves it; ranks are handed
+    the folder). The catalog is opened read-only, and only if it exists."""
+    from core.catalog import Catalog
+    from curation.shards.build import recorded_stage_dirs
+    from trainers.chain import mixture_data
+
+    built = {}
+    if Path(catalog).exists():
+        with Catalog(catalog, read_only=True) as cat:
+            built = recorded_stage_dirs(cat)
+    return {**mixture_data([n for n in names if n not in given], stages_dir, built), **given}
+
+
+def print_commands(names: list[str], stages_dir: Path, run_dir: Path, work_dir: Path, launch: Launch,
+                   overrides: dict[str, dict]) -> None:
+    """The ``deepspeed`` command of every stage, after the chain's checks (nothing is started)."""
+    from trainers.chain import data_args, plan_chain
+    from trainers.launch import deepspeed_command
+
+    for stage in plan_chain(names, stages_dir, run_dir, work_dir, launch, overrides):
+        cmd = deepspeed_command(stage.path, run_dir, work_dir, launch, data_args(overrides, stage.name))
+        console.print(shlex.join(cmd), soft_wrap=True)
+
+
+def train_recorded(catalog: Path, names: list[str], run: str, stages_dir: Path, run_dir: Path, work_dir: Path,
+                   launch: Launch, given: dict[str, dict]) -> None:
+    """Node 0's driver: the chain (its data resolved first) as one ``runs`` row, each stage recorded as it
+    finishes; a spec or data error fails the run with its message."""
+    from core.runs import recorded_run
+    from trainers.chain import run_chain
+
+    parameters = {"stages": names, "run": run, "hostfile": str(launch.hostfile) if launch.hostfile else None}
+    with recorded_run(catalog, "train", parameters) as recorded:
+        overrides = stage_data(catalog, names, stages_dir, given)
+        run_chain(names, stages_dir, run_dir, work_dir, launch, data_overrides=overrides,
+                  on_stage=stage_recorder(catalog, run_dir, recorded.run_id))
+
+
+def stage_recorder(catalog: Path, run_dir: Path, run_id: str) -> Callable[[str, dict], None]:
+    """The chain's ``on_stage``: print the stage's outcome and record it in ``train_stages``, opening the
+    catalog only between stages (ranks never meet a held lock)."""
+    from core.catalog import Catalog
+    from trainers.records import record_stage
 
     def on_stage(status: str, record: dict) -> None:
         console.print(f"{record['stage']}: {status}, {record['steps']} steps, final loss {record.get('final_loss')}, "
                       f"export {record['export']}", highlight=False)
-        with Catalog(settings.catalog) as cat:  # opened only between stages: ranks never hold the file
+        with Catalog(catalog) as cat:
             record_stage(cat, str(run_dir), record, run_id)
-
-    try:
-        run_chain(names, stages_dir, run_dir, settings.work_dir, launch, on_stage=on_stage, data_overrides=overrides)
-    except BaseException as e:
-        with Catalog(settings.catalog) as cat:
-            cat.finish_run(run_id, "failed", f"{type(e).__name__}: {e}")
-        raise
-    with Catalog(settings.catalog) as cat:
-        cat.finish_run(run_id)
+    return on_stage
 
 
 def register(app: typer.Typer) -> None:

@@ -1,7 +1,7 @@
 """The training flow: stages in order (Stage 1 -> 1.5 -> 2, optionally DPO), each from its predecessor's export.
 
     mavors flow run train                          # the demo stages under <work_dir>/train/demo
-    mavors flow run train --params train.yaml      # stages: [stage1, stage1_5, stage2], hostfile: ...
+    mavors flow run train --params train.yaml      # stages: [stage1, stage1_5, stage2], launch: {hostfile: ...}
 
 Each stage is one task that launches the trainer and waits: a ``python -m trainers.stage``
 subprocess on the embedded default (one process; DeepSpeed never lives in the flow process,
@@ -18,10 +18,15 @@ from typing import Any
 from prefect import flow, get_run_logger
 from pydantic import Field
 
+from core.faults import fault_point
 from core.paths import MANIFESTS
-from pipelines.deployments import STAGE_EXPORTED
-from pipelines.flows.common import (FlowParams, RunContext, fault_point, publish_table, recorded_run, step,
-                                    write_run_report)
+from core.processes import run_logged
+from pipelines.flows.common import FlowParams, RunContext, publish_table, recorded_run, step, write_run_report
+from trainers.launch import Launch
+
+STAGE_EXPORTED = "mavors.stage.exported"
+"""Event this flow emits when a stage writes its export (resource id ``mavors.stage.<name>``, the export
+path as ``mavors.export``); the dpo-regeneration deployment's trigger listens for its Stage-2 spec."""
 
 
 class TrainParams(FlowParams):
@@ -32,30 +37,20 @@ class TrainParams(FlowParams):
     stages_dir: Path = MANIFESTS / "stages"
     """Folder of the stage specs (``<name>.yaml``)."""
     data: dict[str, Path] = {}
-    """Stage name -> shard folder that replaces the spec's ``data`` (as ``mavors train --data``), e.g. the DPO
-    pair set ``dpo_regenerate`` just built for ``demo-dpo``. Default: none, every stage trains on its spec's data."""
+    """Stage name -> shard folder that replaces the spec's ``data`` (as ``mavors train --data``): the folders the
+    curate flow built (``end_to_end`` passes them), the DPO pair set ``dpo_regenerate`` just built for
+    ``demo-dpo``. Default: none; a stage whose spec names a mixture stage trains on the folder the catalog's
+    ``shards`` table records for it, any other on its spec's data."""
     run_name: str = "demo"
     """Run folder under ``<work_dir>/train`` (as ``mavors train --run``): exports, DeepSpeed checkpoints,
     metrics, logs."""
-    hostfile: Path | None = None
-    """DeepSpeed hostfile (``infra/deepspeed/``); None: this machine."""
-    procs_per_node: int = Field(1, ge=1)
-    """Ranks on this machine without a hostfile; 1 runs ``trainers.stage`` as a plain subprocess."""
-    master_addr: str = "127.0.0.1"
-    """Rendezvous address (node 0) for multi-process launches."""
-    master_port: int = 29500
-    """Rendezvous port for multi-process launches."""
-    node_rank: int = 0
-    """This node's index in the hostfile (each node runs the flow's launch with its rank)."""
+    launch: Launch = Field(default_factory=Launch)
+    """How each stage is started (:class:`trainers.launch.Launch`, the fields of ``mavors train``'s launch
+    options). Default: one ``python -m trainers.stage`` subprocess here. Cluster: ``{hostfile: ..., ssh: true,
+    master_addr: <hostfile's first host>}`` (infra/prefect/prefect.yaml)."""
     evaluate: bool = True
     """After each stage, evaluate its export on the catalog's held-out sets (lmms-eval tasks + held-out loss)
     into the ``evals`` table; skipped with a warning when the catalog has no held-out set."""
-
-    def launch(self) -> Any:
-        from trainers.launch import Launch
-
-        return Launch(hostfile=self.hostfile, procs_per_node=self.procs_per_node, master_addr=self.master_addr,
-                      master_port=self.master_port, node_rank=self.node_rank)
 
 
 def _subprocess_stage(log_dir: Path, data: dict[str, dict]):
@@ -64,42 +59,36 @@ def _subprocess_stage(log_dir: Path, data: dict[str, dict]):
     import sys
 
     from trainers.chain import data_args
-    from trainers.launch import run_launched
 
     def run_one(spec: Any, run_dir: Path, work_dir: Path, source: str) -> None:
         cmd = [sys.executable, "-m", "trainers.stage", "--spec", str(Path(source).resolve()),
                "--run-dir", str(Path(run_dir).resolve()), "--work-dir", str(Path(work_dir).resolve()),
                *data_args(data, spec.name)]
-        run_launched(cmd, log_dir / spec.name / "trainer.log")
+        run_logged(cmd, log_dir / spec.name / "trainer.log", what="trainer")
     return run_one
 
 
 # -- steps ------------------------------------------------------------------------------------------------
 @step("plan-stages", retries=0)
-def plan_stages(run: RunContext, stages: list[str], stage_files: list[Path], launch: dict[str, Any],
+def plan_stages(run: RunContext, stages: list[str], stage_files: list[Path], run_dir: Path, launch: Launch,
                 data: dict[str, dict]) -> list[str]:
     """trainers.chain.plan_chain: every spec loaded and checked before anything trains."""
     from trainers.chain import plan_chain
-    from trainers.launch import Launch
 
-    return [s.name for s in plan_chain(stages, stage_files[0].parent, _run_dir(run, launch),
-                                       run.settings.work_dir, Launch(**_launch_args(launch)), data)]
+    return [s.name for s in plan_chain(stages, stage_files[0].parent, run_dir, run.settings.work_dir, launch, data)]
 
 
 @step("train-stage", retries=1, backoff_s=10.0)
-def train_stage(run: RunContext, stage: str, spec_file: Path, data_index: list[Path], launch: dict[str, Any],
-                previous: dict[str, Any] | None, data: dict[str, dict]) -> dict[str, Any]:
+def train_stage(run: RunContext, stage: str, spec_file: Path, data_index: list[Path], run_dir: Path,
+                launch: Launch, previous: dict[str, Any] | None, data: dict[str, dict]) -> dict[str, Any]:
     """trainers.chain.run_chain for one stage: launch, wait (skipped when exported); then
     trainers.records.record_stage, with the catalog opened only once the trainer has exited."""
     from trainers.chain import run_chain
-    from trainers.launch import Launch
     from trainers.records import record_stage
 
-    run_dir = _run_dir(run, launch)
     with fault_point(f"train-{stage}"):
-        [record] = run_chain([stage], spec_file.parent, run_dir, run.settings.work_dir,
-                             Launch(**_launch_args(launch)), run_one=_subprocess_stage(run_dir, data),
-                             data_overrides=data)
+        [record] = run_chain([stage], spec_file.parent, run_dir, run.settings.work_dir, launch,
+                             run_one=_subprocess_stage(run_dir, data), data_overrides=data)
     with run.catalog() as cat:
         record_stage(cat, str(run_dir), record, run.run_id)
     _emit_exported(stage, record)
@@ -127,14 +116,6 @@ def evaluate_stage(run: RunContext, stage: str, export: str, fingerprints: Any) 
     return [{"stage": stage, **r} for r in rows]
 
 
-def _run_dir(run: RunContext, launch: dict[str, Any]) -> Path:
-    return run.dir("train") / launch["run_name"]
-
-
-def _launch_args(launch: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in launch.items() if k != "run_name"}
-
-
 def _emit_exported(stage: str, record: dict[str, Any]) -> None:
     """Tell Prefect's event system a stage export exists (the DPO deployment's trigger listens)."""
     from prefect.events import emit_event
@@ -154,23 +135,33 @@ def train(params: TrainParams = TrainParams()) -> dict[str, Any]:
     return {"run_id": run.run_id, "stages": records, "report": report}
 
 
+def stage_data(run: RunContext, params: TrainParams) -> dict[str, dict]:
+    """Stage name -> the ``data`` its ranks get: the folder ``params.data`` names, else, for a spec that trains
+    on a mixture stage, the folder the catalog's ``shards`` table records for it (trainers.chain.mixture_data)."""
+    from curation.shards.build import recorded_stage_dirs
+    from trainers.chain import mixture_data
+
+    given = {name: {"shards": str(path)} for name, path in params.data.items()}
+    with run.catalog() as cat:
+        built = recorded_stage_dirs(cat)
+    return mixture_data(params.stages, params.stages_dir, built, given)
+
+
 def train_stages(run: RunContext, params: TrainParams) -> list[dict[str, Any]]:
     """The stage tasks of ``params`` in order (also used by the end-to-end flow inside its own run)."""
     from trainers.batches import data_dir
-    from trainers.chain import with_data
     from trainers.spec import load_stage
 
-    launch = {"run_name": params.run_name, "hostfile": params.hostfile, "procs_per_node": params.procs_per_node,
-              "master_addr": params.master_addr, "master_port": params.master_port, "node_rank": params.node_rank}
+    run_dir = run.dir("train") / params.run_name
     files = [params.stages_dir / f"{name}.yaml" for name in params.stages]
-    data = {name: {"shards": str(path)} for name, path in params.data.items()}
-    plan_stages(run, params.stages, files, launch, data)
+    data = stage_data(run, params)
+    plan_stages(run, params.stages, files, run_dir, params.launch, data)
     records, previous, evals = [], None, []
     for name, spec_file in zip(params.stages, files):
-        shards = data_dir(with_data(load_stage(spec_file), data.get(name), str(spec_file)), run.settings.work_dir)
+        shards = data_dir(load_stage(spec_file).with_data(data.get(name), str(spec_file)), run.settings.work_dir)
         index = sorted(shards.rglob("index.json")) if shards is not None else []
         previous = train_stage.with_options(task_run_name=f"train-{name}")(
-            run, name, spec_file, index, launch, previous, {name: data[name]} if name in data else {})
+            run, name, spec_file, index, run_dir, params.launch, previous, {name: data[name]} if name in data else {})
         get_run_logger().info("stage %s: %s, %s steps, final loss %s", name, previous["status"],
                               previous["steps"], previous["final_loss"])
         records.append(previous)

@@ -11,15 +11,20 @@ import io
 import json
 
 import numpy as np
+import pytest
 import torch
 import yaml
 from PIL import Image
 from safetensors.torch import load_file
 
 from conftest import STAGES_DIR
-from curation.shards import ShardRecord, write_records
-from trainers.chain import run_chain
+from core.config import ConfigError
+from curation.preference.records import prompt_turns
+from curation.shards.format import sample_record
+from curation.shards.writer import write_records
+from trainers.chain import check_data, mixture_data, run_chain
 from trainers.initialization import load_start
+from trainers.spec import load_stage
 from trainers.stage import run_stage
 
 NAMES = ["demo-stage1", "demo-stage1_5", "demo-stage2", "demo-dpo"]
@@ -34,18 +39,16 @@ def _png(i: int) -> bytes:
 
 
 def _shards(root):
-    sft = [ShardRecord(f"s{i:03d}", {
-        "sample_id": f"demo/{i}", "media": [{"file": "png", "kind": "image"}],
+    sft = [sample_record(f"demo/{i}", {
+        "sample_id": f"demo/{i}",
         "conversation": [{"from": "human", "value": "<image>\nDescribe the picture."},
                          {"from": "gpt", "value": f"A {WORDS[i % 8]} {WORDS[(i + 3) % 8]} shape."}]},
-        [("png", _png(i))]) for i in range(8)]
+        [(_png(i), "png", {"kind": "image"})]) for i in range(8)]
     write_records(sft, root / "sft", prefix="sft", max_samples=4, max_bytes=1 << 22)
-    pairs = [ShardRecord(f"p{i:03d}", {
-        "prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe it."}]}],
-        "chosen": [{"role": "assistant", "content": [{"type": "text", "text": f"A {WORDS[i % 8]} circle moves left."}]}],
-        "rejected": [{"role": "assistant", "content": [{"type": "text", "text": "Blue."}]}],
-        "images": ["image0.png"], "videos": [], "meta": {"pair_id": f"pairs/{i}"}},
-        [("image0.png", _png(100 + i))]) for i in range(4)]
+    pairs = [sample_record(f"pairs/{i}", {
+        "pair_id": f"pairs/{i}", "sample_id": f"demo/{i}", "conversation": prompt_turns("Describe it.", ["image"]),
+        "chosen": f"A {WORDS[i % 8]} circle moves left.", "rejected": "Blue."},
+        [(_png(100 + i), "png", {"kind": "image"})]) for i in range(4)]
     write_records(pairs, root / "pairs", prefix="pairs", max_samples=4, max_bytes=1 << 22)
     return {**{n: {"shards": str(root / "sft")} for n in NAMES[:3]}, "demo-dpo": {"shards": str(root / "pairs")}}
 
@@ -102,3 +105,22 @@ def test_demo_chain_end_to_end(tiny_work, tmp_path, catalog):
     rows = catalog.query("SELECT stage, steps, world_size FROM train_stages ORDER BY started_at")
     budgets = {n: yaml.safe_load((STAGES_DIR / f"{n}.yaml").read_text())["budget"]["steps"] for n in NAMES}
     assert [(r["stage"], r["steps"], r["world_size"]) for r in rows] == [(n, budgets[n], 1) for n in NAMES]
+
+
+def test_mixture_stages_resolve_to_the_folders_they_were_built_into(tmp_path):
+    """What a spec's data.mixture + mixture_stage mean: the driver hands the ranks the folder that mixture stage was
+    built into (the curate flow's result or the catalog's shards table); unbuilt or unresolved fails before training."""
+    built = {"demo-stage1": {"1": str(tmp_path / "s1")}, "demo-stage2": {"2": str(tmp_path / "s2")}}
+    names = ["demo-stage1", "demo-stage2", "demo-dpo"]  # demo-dpo: synthetic data, nothing to resolve
+    assert mixture_data(names, STAGES_DIR, built) == {"demo-stage1": {"shards": str(tmp_path / "s1")},
+                                                      "demo-stage2": {"shards": str(tmp_path / "s2")}}
+    given = {"demo-stage1": {"shards": "/given"}, "demo-stage2": {"shards": "/given2"}}  # --data wins, nothing looked up
+    assert mixture_data(names, STAGES_DIR, {}, given) == given
+    with pytest.raises(ConfigError, match="demo-stage1_5.yaml.*'data.mixture'.*stage '1.5'"):
+        mixture_data(["demo-stage1_5"], STAGES_DIR, built)
+    spec = load_stage(STAGES_DIR / "demo-stage1.yaml")
+    with pytest.raises(ConfigError, match="'data.mixture': not resolved"):
+        check_data(spec, tmp_path, "demo-stage1.yaml")
+    with pytest.raises(ConfigError, match="'data.shards': no shards"):
+        check_data(spec.with_data({"shards": str(tmp_path / "s1")}), tmp_path, "demo-stage1.yaml")
+

@@ -98,3 +98,25 @@ def test_missing_shards_fail_before_training(tmp_path):
         plan_chain(["demo-stage1"], STAGES_DIR, tmp_path / "run", tmp_path, Launch())
     msg = str(err.value)
     assert "demo-stage1.yaml" in msg and "'data.mixture'" in msg and "shards build" in msg
+
+
+def test_data_override_replaces_the_data_section_and_keeps_its_seed():
+    """What ``mavors train --data`` and the flows' ``data`` do to a spec (driver and ranks alike)."""
+    from conftest import toy_spec
+
+    spec = toy_spec(data={"synthetic": {"n_samples": 16, "seq_len": 10, "answer_len": 4}, "seed": 7,
+                          "shuffle_buffer": 5})
+    assert spec.with_data(None, "toy.yaml") is spec and spec.with_data({}, "toy.yaml") is spec
+    moved = spec.with_data({"shards": "/pairs/shards"}, "toy.yaml")
+    assert moved.data.model_dump() == {"shards": "/pairs/shards", "mixture": None, "mixture_stage": None,
+                                       "synthetic": None, "seed": 7, "shuffle_buffer": 1000}
+    assert moved.model_dump(exclude={"data"}) == spec.model_dump(exclude={"data"})
+    assert spec.with_data({"shards": "/p", "seed": 3}, "toy.yaml").data.seed == 3
+
+
+def test_data_override_is_validated_and_names_its_source():
+    from conftest import toy_spec
+
+    expected = r"toy\.yaml: data override .*: field 'data': .*give exactly one of shards, mixture, synthetic"
+    with pytest.raises(ConfigError, match=expected):
+        toy_spec().with_data({"shards": "/p", "mixture": "m.yaml", "mixture_stage": "2"}, "toy.yaml")

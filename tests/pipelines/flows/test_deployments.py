@@ -10,11 +10,13 @@ catalog's ``runs`` table under Prefect's flow-run id, completed.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import duckdb
 import pytest
@@ -37,6 +39,22 @@ def test_deployments_are_scheduled_and_typed():
     assert trigger.expect == {"mavors.stage.exported"}
     quick = build_deployments(only=["training"], interval_s=60)
     assert [s.schedule.interval.total_seconds() for s in quick[0].schedules] == [60]
+
+
+def test_training_deployment_passes_the_launch_settings_through():
+    """``launch`` travels as a JSON object among the flow's parameters and comes back as the same ``Launch``."""
+    from pipelines.deployments import build_deployments
+    from pipelines.flows.train import train
+    from trainers.launch import Launch
+
+    given = {"hostfile": "/data/mavors/hostfile", "master_addr": "worker-0", "ssh": True}
+    [deployment] = build_deployments(only=["training"], parameters={"training": {"launch": given}})
+    stored = json.loads(json.dumps(deployment.parameters))
+    assert stored["params"]["launch"] == {"hostfile": "/data/mavors/hostfile", "procs_per_node": 1,
+                                          "master_addr": "worker-0", "master_port": 29500, "ssh": True,
+                                          "node_rank": 0}
+    params = train.validate_parameters(stored)["params"]
+    assert params.launch == Launch(hostfile=Path("/data/mavors/hostfile"), master_addr="worker-0", ssh=True)
 
 
 @pytest.mark.slow

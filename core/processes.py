@@ -1,0 +1,39 @@
+"""Child processes the platform starts (trainer launchers, evaluation children, servers): a free port to
+rendezvous on, and a command run to completion with its output in a log file.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+
+from core.paths import REPO_ROOT
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def project_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment with the checkout first on ``PYTHONPATH``, so a child started as
+    ``python -m trainers.stage`` (or by a launcher) imports this very code."""
+    path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, **(extra or {})}
+
+
+def run_logged(cmd: list[str], log_path: Path, *, cwd: Path | None = None,
+               env: Mapping[str, str] | None = None, what: str = "command") -> None:
+    """Run ``cmd`` to completion, stdout and stderr appended to ``log_path``; on a non-zero exit raise
+    naming the log and showing its last lines."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=project_env(env),
+                            cwd=cwd or REPO_ROOT).returncode
+    if rc != 0:
+        tail = log_path.read_text(errors="replace").splitlines()[-15:]
+        raise RuntimeError(f"{what} exited with {rc}; log {log_path}:\n" + "\n".join(tail))

@@ -1,0 +1,55 @@
+"""Child processes: a free rendezvous port, a command run into a log file, the checkout on the child's path."""
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+from core.processes import free_port, project_env, run_logged
+
+CHECKOUT = Path(__file__).resolve().parents[2]  # tests/core/ -> the repository root
+
+
+def test_free_port_is_bindable():
+    port = free_port()
+    assert 1024 <= port <= 65535
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))  # raises if something holds it
+        s.listen()
+
+
+def test_run_logged_appends_output_and_runs_in_the_checkout(tmp_path):
+    log = tmp_path / "logs" / "child.log"
+    log.parent.mkdir()
+    log.write_text("earlier run\n")
+    script = "import os, sys; print('out', flush=True); print('err', file=sys.stderr, flush=True); print(os.getcwd())"
+    run_logged([sys.executable, "-c", script], log)
+    run_logged([sys.executable, "-c", "print('second')"], log)
+    assert log.read_text().splitlines() == ["earlier run", "out", "err", str(CHECKOUT), "second"]
+
+
+def test_run_logged_failure_names_the_log_and_shows_its_tail(tmp_path):
+    log = tmp_path / "new" / "eval.log"  # its folder does not exist yet
+    script = "import sys\nfor i in range(1, 21): print(f'line {i:02d}')\nsys.exit(3)"
+    with pytest.raises(RuntimeError) as err:
+        run_logged([sys.executable, "-c", script], log, cwd=tmp_path, what="evaluation")
+    message = str(err.value)
+    assert message.splitlines()[0] == f"evaluation exited with 3; log {log}:"
+    assert message.splitlines()[1:] == [f"line {i:02d}" for i in range(6, 21)]  # the last 15 lines
+    assert len(log.read_text().splitlines()) == 20
+
+
+def test_project_env_puts_the_checkout_first_on_pythonpath(monkeypatch, tmp_path):
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")
+    env = project_env({"MAVORS_X": "1"})
+    assert env["PYTHONPATH"].split(os.pathsep) == [str(CHECKOUT), "/elsewhere"]
+    assert env["MAVORS_X"] == "1" and env["PATH"] == os.environ["PATH"]
+    monkeypatch.delenv("PYTHONPATH")
+    assert project_env()["PYTHONPATH"] == str(CHECKOUT)
+    # a child started elsewhere imports this checkout's code
+    log = tmp_path / "import.log"
+    run_logged([sys.executable, "-c", "import core.processes as p; print(p.__file__)"], log, cwd=tmp_path)
+    assert log.read_text().strip() == str(CHECKOUT / "core" / "processes.py")
