@@ -60,13 +60,17 @@ def default_device() -> str:
 
 
 def init_distributed(device: str) -> None:
-    """Join the process group the launcher set up, or make a one-process group (gloo on CPU, NCCL on GPU)."""
+    """Join the process group the launcher set up, or make a one-process group (gloo on CPU, NCCL on GPU).
+
+    The rank variables are set first, also when a group exists already: an in-process vLLM engine (the
+    CPU build) makes a one-process group of its own without them, and DeepSpeed's engine then refuses to
+    start for want of ``LOCAL_RANK``."""
     import deepspeed
 
-    if dist.is_initialized():
-        return
     for key, value in (("MASTER_ADDR", "127.0.0.1"), ("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
         os.environ.setdefault(key, value)
+    if dist.is_initialized():
+        return
     os.environ.setdefault("MASTER_PORT", str(free_port()))
     deepspeed.init_distributed(dist_backend="nccl" if device == "cuda" else "gloo")
 
