@@ -56,7 +56,7 @@ def stage_file(stages_dir: Path, name: str) -> Path:
 
 
 def mixture_data(names: list[str], stages_dir: Path, shard_dirs: Mapping[str, Mapping[str, str | Path]],
-                 given: Mapping[str, dict] | None = None) -> dict[str, dict]:
+                 work_dir: Path, given: Mapping[str, dict] | None = None) -> dict[str, dict]:
     """The chain's data overrides: ``given`` (``--data STAGE=DIR``), plus ``{"shards": folder}`` for every other
     stage of ``names`` whose spec trains on a mixture stage.
 
@@ -64,6 +64,8 @@ def mixture_data(names: list[str], stages_dir: Path, shard_dirs: Mapping[str, Ma
     the curate flow returns it or the catalog records it
     (:func:`curation.shards.build.recorded_stage_dirs`). This is what a spec's ``data.mixture``
     and ``mixture_stage`` mean: the driver resolves them here once and hands the ranks the folder.
+    A folder inside ``work_dir`` is given relative to it (as ``data.shards`` allows), so the resolved
+    spec, and the digest an export is checked against, stay the same when the work dir moves.
     """
     from curation.mixtures import load_mixture
 
@@ -81,7 +83,8 @@ def mixture_data(names: list[str], stages_dir: Path, shard_dirs: Mapping[str, Ma
             raise ConfigError(f"{path}: field 'data.mixture': no shards built for mixture {mixture!r} stage "
                               f"{data.mixture_stage!r}; build them first (mavors shards build {data.mixture}, "
                               "or the curate flow)")
-        overrides[name] = {"shards": str(folder)}
+        folder, root = Path(folder).resolve(), Path(work_dir).resolve()
+        overrides[name] = {"shards": str(folder.relative_to(root) if folder.is_relative_to(root) else folder)}
     return overrides
 
 

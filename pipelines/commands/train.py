@@ -11,7 +11,7 @@ the ``train`` flow takes the same model as its ``launch`` parameter). A stage wh
 stage trains on the folder the catalog's ``shards`` table records for it, unless ``--data`` names one.
 Finished stages (with an export) are skipped; an interrupted stage resumes from its newest DeepSpeed
 checkpoint. Node 0's driver records the command as one ``runs`` row and each stage in the catalog
-(``train_stages``); other nodes only train.
+(``train_stages``); other nodes only train, and never open the catalog (a mixture stage needs ``--data`` there).
 """
 from __future__ import annotations
 
@@ -61,10 +61,10 @@ def train_cmd(
     given = data_overrides(data or [])
     if print_command:
         print_commands(names, stages_dir, run_dir, settings.work_dir, launch,
-                       stage_data(settings.catalog, names, stages_dir, given))
+                       stage_data(settings.catalog, names, stages_dir, settings.work_dir, given))
     elif launch.node_rank != 0:  # other nodes train; node 0's driver records
         run_chain(names, stages_dir, run_dir, settings.work_dir, launch,
-                  data_overrides=stage_data(settings.catalog, names, stages_dir, given))
+                  data_overrides=other_node_data(names, stages_dir, given, launch.node_rank))
     else:
         train_recorded(settings.catalog, names, run, stages_dir, run_dir, settings.work_dir, launch, given)
 
@@ -80,7 +80,8 @@ def data_overrides(items: list[str]) -> dict[str, dict]:
     return overrides
 
 
-def stage_data(catalog: Path, names: list[str], stages_dir: Path, given: dict[str, dict]) -> dict[str, dict]:
+def stage_data(catalog: Path, names: list[str], stages_dir: Path, work_dir: Path,
+               given: dict[str, dict]) -> dict[str, dict]:
     """The chain's data overrides: ``--data`` as given, and for every other stage whose spec trains on a mixture
     stage, the folder the catalog's ``shards`` table records for it (the driver resolves it; ranks are handed
     the folder). The catalog is opened read-only, and only if it exists."""
@@ -92,7 +93,23 @@ def stage_data(catalog: Path, names: list[str], stages_dir: Path, given: dict[st
     if Path(catalog).exists():
         with Catalog(catalog, read_only=True) as cat:
             built = recorded_stage_dirs(cat)
-    return {**mixture_data([n for n in names if n not in given], stages_dir, built), **given}
+    return {**mixture_data([n for n in names if n not in given], stages_dir, built, work_dir), **given}
+
+
+def other_node_data(names: list[str], stages_dir: Path, given: dict[str, dict], node_rank: int) -> dict[str, dict]:
+    """Another node's data overrides: ``--data`` only. The catalog is node 0's (DuckDB lets one process open the
+    file, even read-only), so a mixture stage needs the folder node 0 trains on, given as ``--data``."""
+    from core.config import ConfigError
+    from trainers.chain import stage_file
+    from trainers.spec import load_stage
+
+    for name in names:
+        path = stage_file(stages_dir, name)
+        if name not in given and load_stage(path).data.mixture is not None:
+            raise ConfigError(f"{path}: field 'data.mixture': node {node_rank} does not open the catalog (node 0's "
+                              f"driver holds it); pass --data {name}=DIR with the folder that "
+                              "`mavors train --print-command` shows on node 0")
+    return given
 
 
 def print_commands(names: list[str], stages_dir: Path, run_dir: Path, work_dir: Path, launch: Launch,
@@ -115,7 +132,7 @@ def train_recorded(catalog: Path, names: list[str], run: str, stages_dir: Path, 
 
     parameters = {"stages": names, "run": run, "hostfile": str(launch.hostfile) if launch.hostfile else None}
     with recorded_run(catalog, "train", parameters) as recorded:
-        overrides = stage_data(catalog, names, stages_dir, given)
+        overrides = stage_data(catalog, names, stages_dir, work_dir, given)
         run_chain(names, stages_dir, run_dir, work_dir, launch, data_overrides=overrides,
                   on_stage=stage_recorder(catalog, run_dir, recorded.run_id))
 

@@ -76,7 +76,7 @@ def on_curated(params: TrainParams, shard_dirs: dict[str, dict[str, str]]) -> Tr
     from trainers.chain import mixture_data
 
     given = {name: {"shards": str(path)} for name, path in params.data.items()}
-    data = mixture_data(params.stages, params.stages_dir, shard_dirs, given)
+    data = mixture_data(params.stages, params.stages_dir, shard_dirs, params.settings().work_dir, given)
     return params.model_copy(update={"data": {name: Path(d["shards"]) for name, d in data.items()}})
 
 

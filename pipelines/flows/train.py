@@ -144,7 +144,7 @@ def stage_data(run: RunContext, params: TrainParams) -> dict[str, dict]:
     given = {name: {"shards": str(path)} for name, path in params.data.items()}
     with run.catalog() as cat:
         built = recorded_stage_dirs(cat)
-    return mixture_data(params.stages, params.stages_dir, built, given)
+    return mixture_data(params.stages, params.stages_dir, built, run.settings.work_dir, given)
 
 
 def train_stages(run: RunContext, params: TrainParams) -> list[dict[str, Any]]:

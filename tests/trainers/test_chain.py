@@ -112,12 +112,16 @@ def test_mixture_stages_resolve_to_the_folders_they_were_built_into(tmp_path):
     built into (the curate flow's result or the catalog's shards table); unbuilt or unresolved fails before training."""
     built = {"demo-stage1": {"1": str(tmp_path / "s1")}, "demo-stage2": {"2": str(tmp_path / "s2")}}
     names = ["demo-stage1", "demo-stage2", "demo-dpo"]  # demo-dpo: synthetic data, nothing to resolve
-    assert mixture_data(names, STAGES_DIR, built) == {"demo-stage1": {"shards": str(tmp_path / "s1")},
-                                                      "demo-stage2": {"shards": str(tmp_path / "s2")}}
+    elsewhere = tmp_path / "work-elsewhere"
+    assert mixture_data(names, STAGES_DIR, built, elsewhere) == {"demo-stage1": {"shards": str(tmp_path / "s1")},
+                                                                 "demo-stage2": {"shards": str(tmp_path / "s2")}}
+    # inside the work dir: relative to it (the resolved spec and its digest survive moving the work dir)
+    assert mixture_data(names, STAGES_DIR, built, tmp_path) == {"demo-stage1": {"shards": "s1"},
+                                                                "demo-stage2": {"shards": "s2"}}
     given = {"demo-stage1": {"shards": "/given"}, "demo-stage2": {"shards": "/given2"}}  # --data wins, nothing looked up
-    assert mixture_data(names, STAGES_DIR, {}, given) == given
+    assert mixture_data(names, STAGES_DIR, {}, tmp_path, given) == given
     with pytest.raises(ConfigError, match="demo-stage1_5.yaml.*'data.mixture'.*stage '1.5'"):
-        mixture_data(["demo-stage1_5"], STAGES_DIR, built)
+        mixture_data(["demo-stage1_5"], STAGES_DIR, built, tmp_path)
     spec = load_stage(STAGES_DIR / "demo-stage1.yaml")
     with pytest.raises(ConfigError, match="'data.mixture': not resolved"):
         check_data(spec, tmp_path, "demo-stage1.yaml")

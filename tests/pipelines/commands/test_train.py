@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from core.config import ConfigError
 from core.paths import MANIFESTS
 from pipelines.cli import app
-from pipelines.commands.train import data_overrides, stage_data
+from pipelines.commands.train import data_overrides, other_node_data, stage_data
 from trainers.launch import Launch
 from trainers.spec import load_stage
 
@@ -149,12 +149,23 @@ def test_a_mixture_stage_trains_on_the_folder_the_catalog_records(tmp_path):
 
     stages, path = MANIFESTS / "stages", tmp_path / "catalog.duckdb"
     with pytest.raises(ConfigError, match="demo-stage1.yaml: field 'data.mixture': no shards built"):
-        stage_data(path, ["demo-stage1"], stages, {})  # no catalog yet: nothing was built
+        stage_data(path, ["demo-stage1"], stages, tmp_path / "work", {})  # no catalog yet: nothing was built
     folder = tmp_path / "shards" / "demo-stage1" / "s1"
     with Catalog(path) as cat:
         cat.insert("shards", [{"mixture": "demo-stage1", "stage": "1", "name": f"demo-s1-{i:06d}.tar",
                                "path": str(folder / f"demo-s1-{i:06d}.tar"), "sha256": "0" * 64, "n_samples": 4,
                                "bytes": 1024, "run_id": None} for i in range(2)])
-    assert stage_data(path, ["demo-stage1"], stages, {}) == {"demo-stage1": {"shards": str(folder)}}
+    assert stage_data(path, ["demo-stage1"], stages, tmp_path / "work", {}) == {"demo-stage1": {"shards": str(folder)}}
+    assert stage_data(path, ["demo-stage1"], stages, tmp_path, {}) == {"demo-stage1": {"shards": "shards/demo-stage1/s1"}}
     given = {"demo-stage1": {"shards": "/elsewhere"}}
-    assert stage_data(path, ["demo-stage1", "demo-dpo"], stages, given) == given  # --data wins; no mixture in dpo
+    assert stage_data(path, ["demo-stage1", "demo-dpo"], stages, tmp_path, given) == given  # --data wins; no mixture in dpo
+
+
+def test_other_nodes_need_data_for_a_mixture_stage_and_never_open_the_catalog(tmp_path):
+    """DuckDB lets one process open the catalog, so a node other than 0 is handed node 0's folder as --data."""
+    stages = MANIFESTS / "stages"
+    with pytest.raises(ConfigError, match=r"demo-stage1.yaml: field 'data.mixture': node 2 does not open the catalog"
+                                          r".*--data demo-stage1=DIR"):
+        other_node_data(["demo-stage1"], stages, {}, node_rank=2)
+    given = {"demo-stage1": {"shards": "/shared/shards/demo-stage1/s1"}}
+    assert other_node_data(["demo-stage1", "demo-dpo"], stages, given, node_rank=2) == given
