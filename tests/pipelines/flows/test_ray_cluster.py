@@ -20,6 +20,7 @@ import duckdb
 import pytest
 import yaml
 
+from core.processes import free_port
 from flows_helpers import copy_workspace
 
 BIN = Path(sys.executable).parent
@@ -28,16 +29,10 @@ BIN = Path(sys.executable).parent
 AUTH = {"RAY_AUTH_MODE": "token"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def ray_head():
     """A Ray head in its own process group (killed as a group, so the session's own Ray is untouched)."""
-    port = _free_port()
+    port = free_port()
     temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's unix socket paths must fit 107 chars
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **AUTH}
     env.pop("RAY_ADDRESS", None)
