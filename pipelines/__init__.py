@@ -1,1 +1,1 @@
-"""Prefect flows and deployments composing the library; the `mavors` CLI."""
+"""The top layer: Prefect flows and deployments composing the library, the `mavors` CLI, the run report."""

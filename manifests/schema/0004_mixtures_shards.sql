@@ -1,5 +1,5 @@
 -- Stage mixtures (manifests/mixtures/*.yaml), the samples each one drew, the media transcoded for shards,
--- and the WebDataset shards written from them. Written by curation/mixtures.py and curation/shards.py.
+-- and the WebDataset shards written from them. Written by curation/mixtures.py and curation/shards/.
 -- Trace of a shard sample: shards.name -> mixture_members (mixture, stage, source, dedup decision)
 -- -> samples / dedup_decisions.
 

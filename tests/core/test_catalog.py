@@ -1,6 +1,6 @@
 """Catalog: versioned migrations, transactions, insert modes, quarantine and run records.
 
-    pytest tests/test_catalog.py -q
+    pytest tests/core/test_catalog.py -q
 """
 from __future__ import annotations
 

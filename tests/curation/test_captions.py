@@ -1,6 +1,6 @@
 """Caption synthesis end to end on the demo catalog with tiny random models, on Ray Data.
 
-    pytest tests/test_captions.py -q
+    pytest tests/curation/test_captions.py -q
 
 Engines are wrapped (``Recorder``) to count their calls through a log file (Ray
 actors live in other processes), to inject a failure for one media, and to make

@@ -1,6 +1,6 @@
 """Tests of the PPL dedup policy (curation/dedup.py) on hand-built groups, and of near-duplicate grouping.
 
-    pytest tests/test_dedup.py -q
+    pytest tests/curation/test_dedup.py -q
 
 Expected decisions are worked out by hand here; the random pick is recomputed
 independently with ``hashlib.md5('<seed>:<sample_id>')``.

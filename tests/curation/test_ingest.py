@@ -1,6 +1,6 @@
 """Ingest of the demo corpus, checked against the annotation files read with stock readers and the generator's truth.
 
-    pytest tests/test_ingest.py -q
+    pytest tests/curation/test_ingest.py -q
 
 Crash safety: `mavors ingest` is killed with SIGKILL right after its first source is committed
 (``MAVORS_FAULT_AT=ingest#1``, core.faults: the catalog file watched from outside, no hook in

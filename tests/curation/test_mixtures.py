@@ -1,6 +1,6 @@
 """Mixture manifests and the seeded draw, checked against a selection recomputed here with hashlib.
 
-    pytest tests/test_mixtures.py -q
+    pytest tests/curation/test_mixtures.py -q
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Tests of PPL scoring (curation/perplexity.py) against a plain transformers forward on the tiny Qwen2-VL.
 
-    pytest tests/test_perplexity.py -q        # ~1.5 min: tiny models, Ray actor pool, import vllm
+    pytest tests/curation/test_perplexity.py -q        # ~1.5 min: tiny models, Ray actor pool, import vllm
 
 The reference renders each conversation with the processor's chat template,
 runs ``Qwen2VLForConditionalGeneration`` once per sample, applies

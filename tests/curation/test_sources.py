@@ -1,6 +1,6 @@
 """Source manifests (validation, errors naming file and field) and the format readers, against stock readers.
 
-    pytest tests/test_ingest_sources.py -q
+    pytest tests/curation/test_sources.py -q
 """
 from __future__ import annotations
 

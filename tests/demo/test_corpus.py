@@ -1,6 +1,6 @@
 """Demo corpus: deterministic, shaped like the paper's mixtures, videos decodable frame by frame as recorded.
 
-    pytest tests/test_demo_data.py -q
+    pytest tests/demo/test_corpus.py -q
 """
 from __future__ import annotations
 

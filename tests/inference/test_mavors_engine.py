@@ -1,6 +1,6 @@
 """The Mavors backend: vision in torch, LLM in vLLM via prompt embeddings, against the model's own torch path.
 
-    pytest tests/engines/test_mavors.py -q
+    pytest tests/inference/test_mavors_engine.py -q
 """
 from __future__ import annotations
 

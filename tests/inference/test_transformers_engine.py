@@ -1,6 +1,6 @@
 """The transformers backend against plain transformers calls; the loader's refusals.
 
-    pytest tests/engines/test_transformers.py -q
+    pytest tests/inference/test_transformers_engine.py -q
 """
 from __future__ import annotations
 

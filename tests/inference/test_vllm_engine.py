@@ -1,6 +1,6 @@
 """vLLM (CPU build, in-process) agrees with transformers on the same tiny checkpoints, in float32.
 
-    pytest tests/engines/test_vllm.py -q     # ~1.5 min: import vllm + two tiny engines
+    pytest tests/inference/test_vllm_engine.py -q     # ~1.5 min: import vllm + two tiny engines
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ reach decisions (a log-prob judge always decides; stop strings that the noise hi
 and the test checks that every input got a decision with a reason, that the pairs obey
 the rules of their domain, and that the shards hold exactly the recorded pairs (and load as TRL rows).
 
-    pytest tests/preference/test_build.py -q
+    pytest tests/curation/preference/test_build.py -q
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """QA acceptance, image-caption ranking and judges on hand-built generations (no model).
 
-    pytest tests/preference/test_decisions.py -q
+    pytest tests/curation/preference/test_decisions.py -q
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Uses a scripted policy engine (no model): the pairs of an interrupted-then-resumed build
 must equal those of an uninterrupted build, row for row.
 
-    pytest tests/preference/test_resume.py -q
+    pytest tests/curation/preference/test_resume.py -q
 """
 from __future__ import annotations
 

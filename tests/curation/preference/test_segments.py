@@ -1,6 +1,6 @@
 """Shuffled-segment videos: the four parts are the original's parts permuted, frame for frame.
 
-    pytest tests/preference/test_segments.py -q
+    pytest tests/curation/preference/test_segments.py -q
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The flow layer's own rules: cache keys, which failures retry, typed parameters, artifacts as markdown,
 one run record per flow run.
 
-    pytest tests/flows/test_common.py -q
+    pytest tests/pipelines/flows/test_common.py -q
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Scheduled deployments served against a real Prefect server on 127.0.0.1, triggered once.
 
-    pytest tests/flows/test_deployments.py -x -q
+    pytest tests/pipelines/flows/test_deployments.py -x -q
 
 ``mavors serve`` runs in a subprocess against ``prefect server start`` on a free port (schedules
 need a real server, not the test harness's). The nightly-curation deployment is triggered once;

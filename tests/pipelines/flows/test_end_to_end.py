@@ -1,6 +1,6 @@
 """The end-to-end flow on the demo corpus under Prefect's test harness, and its crash safety.
 
-    pytest tests/flows/test_end_to_end.py -x -q
+    pytest tests/pipelines/flows/test_end_to_end.py -x -q
 
 One uninterrupted run (in this process) is the reference. Its outputs are checked with
 independent readers (``tarfile``, ``safetensors``, plain SQL). A second run in a subprocess is
