@@ -57,8 +57,7 @@ def reserve_heldout(cat: Catalog, per_family: int = 8, seed: int = 0) -> Heldout
         counts = {r["family"]: r["n"] for r in cat.query(
             "SELECT family, count(DISTINCT sample_id) AS n FROM heldout GROUP BY family")}
         return HeldoutSplit(name, seed, counts, created=False)
-    if cat.scalar("SELECT count(*) FROM information_schema.tables WHERE table_name = 'mixture_members'") and \
-            cat.scalar("SELECT count(*) FROM mixture_members"):
+    if cat.has_table("mixture_members") and cat.scalar("SELECT count(*) FROM mixture_members"):
         raise HeldoutError(f"{cat.path}: mixtures were already sampled; reserve the held-out set first "
                            "(mavors eval split), then sample mixtures")
     rows = []

@@ -27,7 +27,7 @@ from typing import Literal
 from pydantic import Field
 
 from core.config import ConfigModel
-from curation.media import MediaInfo, file_sha256
+from curation.media import MediaInfo, file_sha256, probe_image
 from model.preprocessing import MediaError
 
 DEFAULT_FPS = 2.0
@@ -82,18 +82,17 @@ _IMAGE_EXT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": 
 
 
 def check_image(path: str | Path) -> MediaInfo:
-    """Decode an image fully (truncated files fail here, not in training); the bytes stay as they are."""
-    from PIL import Image, UnidentifiedImageError
-
+    """Decode an image fully with ingest's probe (one verdict on what decodes: truncated files and bombs fail
+    here, not in training, whatever another library did to Pillow's globals); the bytes stay as they are."""
     path = Path(path)
     try:
-        with Image.open(path) as im:
-            im.load()
-            fmt, (w, h) = im.format, im.size
-    except (OSError, UnidentifiedImageError, ValueError) as e:
-        raise MediaError("undecodable_image", f"{path}: {e}") from None
+        probe = probe_image(path)
+    except MediaError as e:
+        raise MediaError(e.reason, f"{path}: {e.detail}") from None
+    fmt = probe["codec"]
     ext = _IMAGE_EXT.get(fmt or "", path.suffix.lstrip(".").lower() or "img")
-    return MediaInfo("image", str(path), ext, file_sha256(path), path.stat().st_size, w, h, fmt or ext)
+    return MediaInfo("image", str(path), ext, file_sha256(path), path.stat().st_size, probe["width"],
+                     probe["height"], fmt or ext)
 
 
 def output_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
