@@ -50,6 +50,7 @@ from core.catalog import Catalog
 from core.config import ConfigModel, read_yaml, validate
 from inference import ChatRequest, EngineConfig, GenerationResult, SamplingParams, load_engine
 from inference.chat import load_image, load_video
+from inference.isolation import error_text, per_request
 from inference.pool import EngineStage, MapStage, Stage, run_stages
 
 STAGE = "captions"
@@ -239,30 +240,11 @@ EngineFactory = Callable[[EngineConfig], Any]
 
 def generate_with_retries(engine, requests: list[ChatRequest], params: SamplingParams, *, max_retries: int,
                           backoff_s: float) -> list[GenerationResult | str]:
-    """Results in request order; an item that keeps failing gets its error text instead.
-
-    The whole batch is tried once; on an error each item is retried alone with backoff, so one bad
-    item costs only itself.
-    """
-    try:
-        return list(engine.generate(requests, params))
-    except Exception:  # noqa: BLE001 - isolate the failing item below
-        pass
-    out: list[GenerationResult | str] = []
-    for request in requests:
-        delay, error = backoff_s, ""
-        for attempt in range(max_retries + 1):
-            try:
-                out.append(engine.generate([request], params)[0])
-                break
-            except Exception as e:  # noqa: BLE001 - recorded per item
-                error = f"{type(e).__name__}: {e}"
-                if attempt < max_retries:
-                    time.sleep(delay)
-                    delay *= 2
-        else:
-            out.append(error)
-    return out
+    """Results in request order; an item that keeps failing alone (``inference.isolation.per_request``, retried
+    with backoff) gets its error text instead."""
+    results = per_request(lambda batch: engine.generate(batch, params), requests, retries=max_retries,
+                          backoff_s=backoff_s)
+    return [error_text(r) if isinstance(r, Exception) else r for r in results]
 
 
 # -- pool stages (inference.pool: Ray Data or in-process) ---------------------------------------

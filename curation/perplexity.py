@@ -36,6 +36,7 @@ from core.catalog import Catalog
 from core.config import ConfigModel, load_yaml
 from core.settings import RaySettings
 from inference import ChatRequest, EngineConfig, PromptScore
+from inference.isolation import per_request
 from inference.pool import EngineStage, run_stages
 
 # Bump when the LLaVA -> chat conversion changes: scores keyed by an older version are not reused.
@@ -157,20 +158,13 @@ def probe_media(kind: str, path: str) -> str | None:
 def score_requests(engine, requests: list[ChatRequest], text_scope: str) -> list[dict[str, Any]]:
     """Score a batch; one result dict per request: ``{sample_id, ok, mean_nll, ppl, n_tokens, reason, detail}``.
 
-    If the batch fails, each request is retried alone so one bad sample does not sink the others; a
+    If the batch fails, each request runs alone (``inference.isolation.per_request``) so one bad sample does
+    not sink the others; a
     request that fails alone is refused with ``media_decode_failed`` when one of its media does not
     decode, else ``score_failed`` with the engine's error.
     """
     roles = SCORE_ROLES[text_scope]
-    try:
-        scores: list[PromptScore | Exception] = list(engine.score(requests, score_roles=roles))
-    except Exception:  # noqa: BLE001 - isolate the failing request(s) below
-        scores = []
-        for request in requests:
-            try:
-                scores.append(engine.score([request], score_roles=roles)[0])
-            except Exception as e:  # noqa: BLE001
-                scores.append(e)
+    scores = per_request(lambda batch: engine.score(batch, score_roles=roles), requests)
     out = []
     for request, score in zip(requests, scores, strict=True):
         row: dict[str, Any] = dict.fromkeys(RESULT_KEYS) | {"sample_id": request.request_id, "ok": False}

@@ -25,6 +25,7 @@ from core.catalog import Catalog
 from inference import (
     ChatRequest, Engine, EngineConfig, EngineError, GenerationResult, SamplingParams, load_engine,
 )
+from inference.isolation import error_text, per_request
 from curation.preference.config import DpoConfig
 from curation.preference.decisions import DOMAINS, Candidate, DpoInput, Outcome, derive_seed
 from curation.preference.image_captions import decide_image_captions, refuse_empty
@@ -36,6 +37,7 @@ from curation.preference.video_captions import decide_video_captions, shuffle_fo
 from curation.preference.segments import SegmentRefusal
 
 log = logging.getLogger(__name__)
+
 STAGE = "dpo"
 # Input-level reasons that mean the media itself is bad (quarantined), not just unfit for DPO.
 QUARANTINE_REASONS = {"undecodable_video", "missing_media"}
@@ -138,21 +140,13 @@ def _request(inp: DpoInput, tag: str, text: str | None = None, media: list[tuple
 
 def generate_each(engine: Engine, requests: list[ChatRequest],
                   params: SamplingParams) -> list[GenerationResult | str]:
-    """Generate a batch; when it fails, retry one by one so a bad input fails alone (its entry: why, a str).
+    """Generate a batch; a request that fails alone (``inference.isolation.per_request``) gets its error text.
 
     When every request of a batch fails on its own too, the fault is the engine's, not
     the inputs': that raises, nothing of the batch is recorded, and a rerun retries it.
     """
-    try:
-        return list(engine.generate(requests, params))
-    except Exception as batch_error:  # noqa: BLE001 - isolate the failing request below
-        log.warning("generation batch of %d failed (%s); retrying one by one", len(requests), batch_error)
-    out: list[GenerationResult | str] = []
-    for r in requests:
-        try:
-            out.append(engine.generate([r], params)[0])
-        except Exception as e:  # noqa: BLE001
-            out.append(f"{type(e).__name__}: {e}")
+    out = [error_text(r) if isinstance(r, Exception) else r
+           for r in per_request(lambda batch: engine.generate(batch, params), requests)]
     if all(isinstance(o, str) for o in out):
         raise EngineError(f"every request of a batch of {len(requests)} failed, e.g. {requests[0].request_id}: "
                           f"{out[0]}")
