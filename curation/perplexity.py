@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,6 +34,7 @@ from pydantic import Field
 from core.catalog import Catalog
 from core.config import ConfigModel, load_yaml
 from core.settings import RaySettings
+from model.conversation import ConversationError, conversation_to_messages
 from inference import ChatRequest, EngineConfig, PromptScore
 from inference.isolation import per_request
 from inference.pool import EngineStage, run_stages
@@ -42,8 +42,6 @@ from inference.pool import EngineStage, run_stages
 # Bump when the LLaVA -> chat conversion changes: scores keyed by an older version are not reused.
 TEMPLATE_VERSION = "llava2chat-v1"
 STAGE = "ppl"
-_ROLE = {"human": "user", "gpt": "assistant", "system": "system"}
-_PLACEHOLDER = re.compile(r"<(image|video)>")
 SCORE_ROLES = {"answer": ("assistant",), "all": ("system", "user", "assistant")}
 RESULT_KEYS = ("sample_id", "ok", "mean_nll", "ppl", "n_tokens", "reason", "detail")
 """What :func:`score_requests` returns per request."""
@@ -76,43 +74,14 @@ class SampleRefused(ValueError):
 
 def to_chat_request(sample_id: str, conversation: list[dict[str, str]],
                     media: list[tuple[str, str]]) -> ChatRequest:
-    """A LLaVA conversation + its media ``[(kind, path)]`` (placeholder order) as a ``ChatRequest``.
-
-    Each ``<image>``/``<video>`` placeholder becomes a media part in place; the text around it is kept
-    verbatim (empty pieces dropped). Raises :class:`SampleRefused` on unknown roles or when placeholders
-    and media disagree in number or kind.
-    """
-    messages: list[dict[str, Any]] = []
-    remaining = list(media)
-    for turn_no, turn in enumerate(conversation):
-        role = _ROLE.get(turn.get("from", ""))
-        if role is None:
-            raise SampleRefused("bad_conversation", f"{sample_id}: turn {turn_no} has role {turn.get('from')!r}")
-        value = turn.get("value") or ""
-        parts: list[dict[str, Any]] = []
-        pos = 0
-        for m in _PLACEHOLDER.finditer(value):
-            if m.start() > pos:
-                parts.append({"type": "text", "text": value[pos:m.start()]})
-            kind = m.group(1)
-            if not remaining:
-                raise SampleRefused("placeholder_mismatch",
-                                    f"{sample_id}: more <image>/<video> placeholders than media ({len(media)})")
-            media_kind, path = remaining.pop(0)
-            if media_kind != kind:
-                raise SampleRefused("placeholder_mismatch",
-                                    f"{sample_id}: placeholder <{kind}> but the media is a {media_kind} ({path})")
-            parts.append({"type": kind, kind: path})
-            pos = m.end()
-        if pos < len(value):
-            parts.append({"type": "text", "text": value[pos:]})
-        if all(p["type"] == "text" for p in parts):
-            messages.append({"role": role, "content": "".join(p["text"] for p in parts)})
-        else:
-            messages.append({"role": role, "content": parts})
-    if remaining:
-        raise SampleRefused("placeholder_mismatch",
-                            f"{sample_id}: {len(remaining)} media without a placeholder in the conversation")
+    """A LLaVA conversation + its media ``[(kind, path)]`` (placeholder order) as a ``ChatRequest``
+    (:func:`model.conversation.conversation_to_messages`). Raises :class:`SampleRefused` on unknown roles
+    or when placeholders and media disagree in number or kind."""
+    try:
+        messages = conversation_to_messages(conversation, [path for _, path in media], sample_id,
+                                            kinds=[kind for kind, _ in media])
+    except ConversationError as e:
+        raise SampleRefused(e.reason, e.detail) from None
     return ChatRequest(request_id=sample_id, messages=messages)
 
 

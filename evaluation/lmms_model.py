@@ -19,7 +19,7 @@ from lmms_eval.api.model import lmms
 from curation.sources import VIDEO_EXTENSIONS
 from evaluation.metrics import TRUNCATION_MARK
 from inference import ChatRequest, EngineConfig, SamplingParams, load_engine
-from model.processing import MavorsProcessor
+from model.conversation import conversation_to_messages
 
 
 def manifest():
@@ -64,7 +64,7 @@ class MavorsLmms(lmms):
         if answer is not None:
             conv.append({"from": "gpt", "value": answer})
         media = [str(v) if isinstance(v, Path) else v for v in visuals]
-        return ChatRequest(name, MavorsProcessor.conversation_to_messages(conv, media, name))
+        return ChatRequest(name, conversation_to_messages(conv, media, name))
 
     def _visuals(self, doc_to_visual, task: str, split: str, doc_id: int) -> list:
         visuals = doc_to_visual(self.task_dict[task][split][doc_id])

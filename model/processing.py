@@ -24,7 +24,6 @@ frame dropping beyond max_chunks. An image: thumbnail + Eq. 8 sub-images, each r
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import numpy as np
@@ -32,13 +31,12 @@ import torch
 from torch.nn import functional as F
 
 from model.configuration import MavorsConfig
+from model.conversation import ROLES, conversation_to_messages
 from model.media import MediaSource, describe, load_image, read_video
 from model.preprocessing import MediaError, dynamic_resolution, image_partition, pooled_grid
 
 IGNORE_INDEX = -100
 PROCESSOR_FILE = "mavors_processor.json"
-ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
-PLACEHOLDER = re.compile(r"(<image>|<video>)")
 SIGLIP_MEAN = (0.5, 0.5, 0.5)
 SIGLIP_STD = (0.5, 0.5, 0.5)
 
@@ -164,31 +162,6 @@ class MavorsProcessor:
         return dict(tubelets=tubelets, grids=grids, positions=positions, sequences=sequences, n_tokens=n_tokens)
 
     # ---- text ----------------------------------------------------------------------------------
-    @staticmethod
-    def conversation_to_messages(conversation: list[dict], media: list[MediaSource] | None,
-                                 name: str = "sample") -> list[dict]:
-        """LLaVA-style turns with <image>/<video> placeholders -> engine-style messages with parts."""
-        media = list(media or [])
-        messages, used = [], 0
-        for turn in conversation:
-            role = ROLES.get(turn.get("from", turn.get("role")))
-            if role is None:
-                raise ValueError(f"{name}: unknown speaker {turn.get('from')!r}")
-            parts = []
-            for piece in PLACEHOLDER.split(turn["value"]):
-                if piece in ("<image>", "<video>"):
-                    if used >= len(media):
-                        raise ValueError(f"{name}: more {piece} placeholders than media items ({len(media)})")
-                    kind = piece[1:-1]
-                    parts.append({"type": kind, kind: media[used]})
-                    used += 1
-                elif piece:
-                    parts.append({"type": "text", "text": piece})
-            messages.append({"role": role, "content": parts})
-        if used != len(media):
-            raise ValueError(f"{name}: {len(media)} media items but {used} placeholders")
-        return messages
-
     def _text_ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
@@ -230,7 +203,7 @@ class MavorsProcessor:
     def encode(self, conversation: list[dict], media: list[MediaSource] | None = None,
                add_generation_prompt: bool = False, name: str = "sample") -> dict:
         """One LLaVA-style conversation (catalog format) -> one sample (see `encode_messages`)."""
-        return self.encode_messages(self.conversation_to_messages(conversation, media, name),
+        return self.encode_messages(conversation_to_messages(conversation, media, name),
                                     add_generation_prompt, name)
 
     def _sample(self, ids: list[int], labels: list[int], visual: list[dict]) -> dict:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from model.conversation import conversation_to_messages
 from model import MediaError, MavorsProcessor
 from demo.tiny_models import CHAT_TEMPLATE
 from tests.model.conftest import write_video
@@ -32,8 +33,9 @@ def test_rendering_equals_shared_chat_template(processor, rng):
     image = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
     video = rng.integers(0, 255, (6, 64, 64, 3), dtype=np.uint8)
     sample = processor.encode(CONV, [image, video])
-    messages = [{"role": m["role"], "content": [p if p["type"] == "text" else {"type": p["type"]} for p in m["content"]]}
-                for m in MavorsProcessor.conversation_to_messages(CONV, [image, video])]
+    messages = [{"role": m["role"], "content": [{"type": "text", "text": m["content"]}] if isinstance(m["content"], str)
+                 else [p if p["type"] == "text" else {"type": p["type"]} for p in m["content"]]}
+                for m in conversation_to_messages(CONV, [image, video])]
     tok = processor.tokenizer
     assert tok.chat_template == CHAT_TEMPLATE
     expected = tok(tok.apply_chat_template(messages, tokenize=False), add_special_tokens=False)["input_ids"]
@@ -135,7 +137,7 @@ def test_media_errors_name_the_item(processor, tmp_path):
         processor.encode([{"from": "human", "value": "<image>"}], [np.zeros((12, 10, 3), np.uint8)])
     with pytest.raises(MediaError, match="image #1: cannot decode image"):
         processor.encode([{"from": "human", "value": "<image>"}], [b"not an image"])
-    with pytest.raises(ValueError, match="more <image> placeholders than media"):
+    with pytest.raises(ValueError, match="more <image>/<video> placeholders than media"):
         processor.encode([{"from": "human", "value": "<image>"}], [])
 
 
