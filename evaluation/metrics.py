@@ -7,7 +7,7 @@ matching live in :mod:`core.text`, which the DPO judges use too.
 """
 from __future__ import annotations
 
-from core.text import contains_answer, normalize_answer, words
+from core.text import normalize_answer, words
 
 TRUNCATION_MARK = "<|truncated|>"
 """Appended by the Mavors lmms-eval model (``mark_truncated=true``) to outputs cut by the token limit,
