@@ -38,12 +38,23 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Mavors: curate video/image training data and train Mavors stage by stage.")
 
 
+def _print_version(requested: bool) -> None:
+    """``mavors --version``: the installed package's version (eager: runs before any command is needed)."""
+    if requested:
+        from importlib.metadata import version as installed_version
+
+        print(f"mavors {installed_version('mavors')}")
+        raise typer.Exit(0)
+
+
 @app.callback()
 def _global(
     ctx: typer.Context,
     config: Optional[Path] = typer.Option(None, "--config", envvar="MAVORS_CONFIG",
                                           help="Settings YAML (work dir, catalog, Ray address)."),
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks."),
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                 help="Print the installed version and exit."),
 ) -> None:
     if config is not None:
         os.environ["MAVORS_CONFIG"] = str(config)
@@ -53,6 +64,16 @@ def _global(
 
 for _name in COMMAND_MODULES:
     importlib.import_module(_name).register(app)
+
+
+def error_line(e: BaseException) -> str:
+    """The message a user reads: the error's own text, without its Python class name.
+
+    A KeyError's str() is the repr of its key (quoted, escapes doubled): its argument is the message.
+    """
+    if isinstance(e, KeyError) and len(e.args) == 1 and isinstance(e.args[0], str):
+        return e.args[0]
+    return str(e) or type(e).__name__
 
 
 def main() -> None:
@@ -73,7 +94,7 @@ def main() -> None:
             sys.exit(e.exit_code)
         if os.environ.get("MAVORS_DEBUG") == "1":
             raise
-        console.print(f"[red]error:[/red] {type(e).__name__}: {e}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/red] {error_line(e)}", highlight=False, markup=True, soft_wrap=True)
         sys.exit(1)
 
 

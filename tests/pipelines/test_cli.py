@@ -23,6 +23,15 @@ def test_library_errors_are_one_line_and_exit_1(tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "no-such-run" in lines[0] and "is not in the catalog" in lines[0]
     assert "Traceback" not in proc.stderr
+    # the message itself, no Python class prefix and no KeyError repr quoting around it
+    assert lines[0].startswith("error: run 'no-such-run'") and "KeyError" not in lines[0]
+
+
+def test_version_prints_the_installed_package_version(tmp_path):
+    from importlib.metadata import version
+
+    proc = run(["--version"], tmp_path)
+    assert proc.returncode == 0 and proc.stdout.strip() == f"mavors {version('mavors')}"
 
 
 def test_debug_shows_the_traceback(tmp_path):
