@@ -24,7 +24,7 @@ def describe(source: MediaSource, fallback: str) -> str:
 
 
 def load_image(source: MediaSource, name: str) -> np.ndarray:
-    """RGB uint8 (H, W, 3)."""
+    """RGB uint8 (H, W, 3), writable."""
     from PIL import Image, UnidentifiedImageError
 
     if isinstance(source, np.ndarray):
@@ -38,7 +38,8 @@ def load_image(source: MediaSource, name: str) -> np.ndarray:
             img = Image.open(io.BytesIO(source))
         else:
             img = Image.open(source)
-        return np.asarray(img.convert("RGB"))
+        # np.array, not asarray: PIL exposes a read-only buffer, and torch.from_numpy on it warns later
+        return np.array(img.convert("RGB"))
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise MediaError("undecodable_image", f"{name}: cannot decode image ({exc})") from exc
 
