@@ -3,7 +3,7 @@
     from model.processing import MavorsProcessor
     loader = build_loader("mavors-work/shards/demo-stage2/s2", MavorsProcessor.from_pretrained(ckpt),
                           micro_size=2, rank=rank, world_size=world, seed=0, num_workers=2)
-    for batch in loader:            # {"sample_id": [...], "input_ids" (B, T), "attention_mask", "labels", visual...}
+    for batch in loader:            # {"sample_id": [...], "skipped": [...], "input_ids" (B, T), "labels", visual...}
         ...
         save({"data": loader.state_dict()})          # {"epoch": e, "consumed": n}
     loader.load_state_dict(state["data"])            # continues with exactly the next sample
@@ -30,6 +30,10 @@ for that epoch (:meth:`ShardLoader.epoch_plan` says how many samples). Resuming 
 their samples *before* decoding (raw tar bytes only), so the stream continues with
 exactly the batch an uninterrupted run would have produced next.
 
+A sample the processor refuses (:class:`model.preprocessing.MediaError`) is left out of its micro-batch
+and listed in the batch's ``skipped`` (and in :attr:`ShardLoader.skipped`) with its id and reason; it keeps
+its place in the plan, so step counts and resume positions do not depend on what decoding finds.
+
 The processor is anything with ``encode(conversation, media, name=...) -> dict`` (tensors
 of one sample: ``input_ids``, ``attention_mask``, ``labels`` with -100 outside the
 answers, visual tensors) and ``collate(samples) -> dict`` (padding, answer-only labels
@@ -53,6 +57,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from curation.shards.format import PREFERENCE_SIDES, answered, media_bytes
 from curation.shards.read import ShardEntry, iter_samples, list_shards
+from model.preprocessing import MediaError
 
 
 class SampleProcessor(Protocol):
@@ -167,6 +172,32 @@ def decode_sample(raw: dict[str, Any], processor: SampleProcessor, dpo: bool) ->
     return {"sample_id": sid, "features": processor.encode(record["conversation"], media, name=sid)}
 
 
+def sample_name(raw: dict[str, Any]) -> str:
+    """The id of a read sample for error reports (its record's ``sample_id``/``pair_id``, else its tar key)."""
+    try:
+        record = json.loads(raw["json"])
+        return str(record.get("sample_id") or record.get("pair_id"))
+    except (KeyError, ValueError, AttributeError):
+        return str(raw.get("__key__"))
+
+
+def decode_batch(raws: list[dict[str, Any]], processor: SampleProcessor, dpo: bool) -> dict[str, Any]:
+    """One planned micro-batch of read samples -> the collated batch of those the processor accepts.
+
+    A sample whose media the processor refuses (:class:`model.preprocessing.MediaError`: smaller than one
+    patch, an undecodable frame) is left out and listed in ``skipped`` as ``{"sample_id", "reason"}``; it still
+    occupies its place in the epoch plan, so every rank keeps its step count and resume positions. A batch
+    whose every sample was refused has ``sample_id == []`` and no tensors (the trainer steps it as empty)."""
+    kept, skipped = [], []
+    for raw in raws:
+        try:
+            kept.append(decode_sample(raw, processor, dpo))
+        except MediaError as e:
+            skipped.append({"sample_id": sample_name(raw), "reason": e.reason})
+    batch = collate(kept, processor, dpo) if kept else {"sample_id": []}
+    return {**batch, "skipped": skipped}
+
+
 def collate(samples: list[dict[str, Any]], processor: SampleProcessor, dpo: bool) -> dict[str, Any]:
     """Micro-batch: the processor pads; ``sample_id`` lists the samples (chosen/rejected batched apart)."""
     ids = [s["sample_id"] for s in samples]
@@ -195,9 +226,8 @@ class _EpochStream(IterableDataset):
                                       seed=_seed(self.seed, self.plan.epoch, self.rank, worker)))
         skip = self.skips[worker]
         stages.append(lambda samples: itertools.islice(samples, skip, None))  # resume: skip before decoding
-        stages.append(wds.map(lambda raw: decode_sample(raw, self.processor, self.dpo)))
-        stages.append(wds.batched(self.plan.micro_size, partial=True,
-                                  collation_fn=lambda samples: collate(samples, self.processor, self.dpo)))
+        stages.append(wds.batched(self.plan.micro_size, partial=True,  # batches of the plan, decoded together
+                                  collation_fn=lambda raws: decode_batch(raws, self.processor, self.dpo)))
         return wds.DataPipeline(*stages)
 
     def __iter__(self):
@@ -226,6 +256,7 @@ class ShardLoader:
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.shuffle_buffer, self.num_workers, self.dpo, self.max_epochs = shuffle_buffer, num_workers, dpo, max_epochs
         self.epoch, self.consumed = 0, 0
+        self.skipped: list[dict[str, Any]] = []  # refused samples handed out so far: {"epoch", "sample_id", "reason"}
 
     # -- resumable state -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, int]:
@@ -271,9 +302,11 @@ class ShardLoader:
                                            "index.json says (run `mavors shards verify`)") from None
                     pending[w].append(batch)
                 batch = pending[worker].popleft()
-                if len(batch["sample_id"]) != size:
-                    raise RuntimeError(f"{self.root}: batch of {len(batch['sample_id'])} samples where the index "
+                got = len(batch["sample_id"]) + len(batch["skipped"])
+                if got != size:
+                    raise RuntimeError(f"{self.root}: batch of {got} samples where the index "
                                        f"implies {size} (run `mavors shards verify`)")
+                self.skipped += [{"epoch": plan.epoch, **s} for s in batch["skipped"]]
                 self.consumed += size
                 yield batch
         finally:

@@ -21,7 +21,7 @@ from trainers.schedule import build_scheduler
 from trainers.spec import StageSpec
 
 # Batch keys that are bookkeeping or targets, not model inputs.
-NON_INPUT_KEYS = frozenset({"labels", "sample_id", "__key__", "ref_chosen_logps", "ref_rejected_logps"})
+NON_INPUT_KEYS = frozenset({"labels", "sample_id", "skipped", "__key__", "ref_chosen_logps", "ref_rejected_logps"})
 
 
 def run_without_grad(module: nn.Module) -> None:

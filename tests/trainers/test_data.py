@@ -184,3 +184,36 @@ def test_dpo_records_and_pairs_once(tmp_path):
     seen = [s for r in (0, 1) for b in iter_pairs_once(tmp_path / "pairs", ByteProcessor(), micro_size=2, rank=r,
                                                         world_size=2) for s in b["sample_id"]]
     assert sorted(seen) == [f"set/s{i}/0" for i in range(5)]
+
+
+class NarrowRefusingProcessor(ByteProcessor):
+    """ByteProcessor that refuses images 20 px wide (samples n % 5 == 0) as the Mavors processor refuses media."""
+
+    def encode(self, conversation, media, *, name):
+        from model.preprocessing import MediaError
+
+        if any(Image.open(io.BytesIO(m)).width == 20 for m in media):
+            raise MediaError("image_too_small", f"{name}: 20 px wide")
+        return super().encode(conversation, media, name=name)
+
+
+def test_refused_samples_are_skipped_counted_and_keep_the_plan(shard_root):
+    def make(proc, workers=2):
+        return build_loader(shard_root, proc, micro_size=3, seed=11, shuffle_buffer=6, num_workers=workers,
+                            max_epochs=2)
+
+    full = ids_of(make(ByteProcessor()))
+    loader = make(NarrowRefusingProcessor())
+    batches = list(loader)
+    refused = {f"src/{i:03d}" for i in range(0, 32, 5)}
+    assert len(batches) == len(full)  # same step count: a refusal never shortens or ends the epoch
+    assert [b["sample_id"] for b in batches] == [[s for s in b if s not in refused] for b in full]
+    assert [sorted(s["sample_id"] for s in b["skipped"]) for b in batches] == \
+        [sorted(s for s in b if s in refused) for b in full]
+    assert sorted(s["sample_id"] for s in loader.skipped) == sorted(list(refused) * 2)
+    assert {s["reason"] for s in loader.skipped} == {"image_too_small"}
+    first = make(NarrowRefusingProcessor())
+    head = ids_of(first, 5)
+    resumed = make(NarrowRefusingProcessor())
+    resumed.load_state_dict(first.state_dict())
+    assert head + ids_of(resumed) == [b["sample_id"] for b in batches]
