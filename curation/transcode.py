@@ -10,8 +10,8 @@ frames (default F), no B-frames and no scene-cut keyframes: a chunk starts on a
 keyframe and decodes without seeking back. The frame-rate change follows the usual
 "nearest earlier frame" rule (FFmpeg's ``fps`` filter): output frame k at time k/fps
 shows the last source frame whose timestamp is <= k/fps, so the output lasts as long
-as the source, ``ceil(duration * fps)`` frames. Encoding is single-threaded and so
-bit-reproducible: the same input and profile give the same bytes (shards stay
+as the source: ``model.preprocessing.resampled_frame_count`` frames, the processor's
+own rule. Encoding is single-threaded and so bit-reproducible: the same input and profile give the same bytes (shards stay
 byte-identical across rebuilds). Images are checked to decode and kept as they are.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pydantic import Field
 
 from core.config import ConfigModel
 from curation.media import MediaInfo, file_sha256, probe_image
-from model.preprocessing import MediaError
+from model.preprocessing import MediaError, resampled_frame_count
 
 DEFAULT_FPS = 2.0
 """Fixed frame rate of shard videos when neither the mixture nor the model config says otherwise: the
@@ -181,8 +181,8 @@ def _fixed_rate_frames(inp, ist, step: Fraction, width: int, height: int, fallba
         last_t = t
     if held is None:
         raise MediaError("undecodable_video", f"{src}: no frame decodes")
-    end = last_t - t0 + Fraction(1) / Fraction(src_rate)
-    while n * step < end:
+    n_total = resampled_frame_count(float(last_t - t0 + Fraction(1) / Fraction(src_rate)), float(1 / step))
+    while n < n_total:
         yield held
         n += 1
 

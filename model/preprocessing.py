@@ -118,8 +118,16 @@ def plan_video(n_resampled: int, frames_per_chunk: int, max_chunks: int, name: s
     return VideoPlan(frame_indices=indices, chunk_positions=positions, dropped=dropped)
 
 
+def resampled_frame_count(duration_s: float, fps: float) -> int:
+    """Frames of a clip lasting ``duration_s`` resampled to ``fps``: one per instant k / fps inside the clip
+    (k / fps < duration, FFmpeg's ``fps`` filter rule), at least one. The one rule of the shard transcoder and
+    the processor, so a clip and its shard copy give the same frames and chunks: 4.004 s at 2 fps is 9 frames
+    (instants 0 .. 4.0 s), and its 9-frame copy lasts 4.5 s, again 9. The 1e-6 tolerance absorbs float error
+    in durations summed from frame timestamps (a 9-frame 2 fps copy measured as 4.5000001 s stays 9)."""
+    return max(1, math.ceil(duration_s * fps - 1e-6))
+
+
 def resample_times(duration_s: float, fps: float) -> list[float]:
-    """Timestamps (s, from the first frame) of the fixed-fps resampling: k / fps for k < duration*fps
-    (at least one frame)."""
-    n = max(1, math.floor(duration_s * fps + 1e-6))
-    return [k / fps for k in range(n)]
+    """Timestamps (s, from the first frame) of the fixed-fps resampling: k / fps for
+    k < `resampled_frame_count`."""
+    return [k / fps for k in range(resampled_frame_count(duration_s, fps))]
