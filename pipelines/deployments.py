@@ -2,7 +2,8 @@
 
     mavors serve                          # starts a Prefect server on 127.0.0.1 if none is configured, serves all
     mavors deploy                         # registers them on the server at PREFECT_API_URL (for workers, infra/prefect)
-    prefect deployment run 'curate/nightly-curation'
+    prefect deployment run 'curate/nightly-curation'   # in a shell with the PREFECT_API_URL serve printed
+    mavors ui                             # the Prefect UI over the runs recorded under the work dir (the demo's)
 
 Three deployments:
 
@@ -11,6 +12,10 @@ Three deployments:
 - ``dpo-regeneration`` (cron, 05:00, and on the event ``mavors.stage.exported`` that the ``train``
   flow emits for the Stage-2 spec the DPO parameters name): ``dpo_regenerate`` on the newest export.
 - ``training`` (cron, Sundays 03:00): the ``train`` flow over the configured stages.
+
+The defaults of the flow parameters are the demo's (demo manifests, tiny models): building the
+deployments against a cluster settings file (one with a Ray address) while any parameter still
+holds such a default is refused (:func:`demo_defaults`) unless the caller allows it.
 
 Every deployment has a concurrency limit of one: two runs of the same flow never hold the
 catalog at once (DuckDB has one writer process); different flows on one catalog retry a busy
@@ -32,14 +37,38 @@ DEPLOYMENTS = ("nightly-curation", "dpo-regeneration", "training")
 SCHEDULES = {"nightly-curation": "0 2 * * *", "dpo-regeneration": "0 5 * * *", "training": "0 3 * * 0"}
 
 
+class DemoDefaultsError(ValueError):
+    """A deployment for a cluster would run on the demo's manifests or tiny models."""
+
+
+def demo_defaults(params: Any) -> list[str]:
+    """The parameters of a flow's ``params`` still at a default that names the demo's data or models.
+
+    The flows' defaults are the embedded world's: values mentioning ``demo`` or ``tiny`` (the demo
+    manifests, stage specs and tiny engines). Overridden values are the user's and never listed.
+    """
+    found = []
+    for name, field in type(params).model_fields.items():
+        value = getattr(params, name)
+        default = field.get_default(call_default_factory=True)
+        if value == default and any(word in str(default) for word in ("demo", "tiny")):
+            found.append(f"{name}={default}")
+    return found
+
+
 def build_deployments(*, config: Path | None = None, work_dir: Path | None = None,
                       only: list[str] | None = None, interval_s: float | None = None,
-                      parameters: dict[str, dict[str, Any]] | None = None) -> list[Any]:
+                      parameters: dict[str, dict[str, Any]] | None = None,
+                      allow_demo_defaults: bool = False) -> list[Any]:
     """The deployments as Prefect ``RunnerDeployment`` objects (not yet applied or served).
 
     ``interval_s`` replaces every cron with an interval (local smoke runs); ``parameters`` maps a
-    deployment name to extra flow parameters merged over the defaults.
+    deployment name to extra flow parameters merged over the defaults. With a cluster settings file
+    (``ray.address`` set), parameters left at the demo's defaults raise :class:`DemoDefaultsError`
+    unless ``allow_demo_defaults``.
     """
+    from core.settings import load_settings
+
     from prefect.deployments.runner import EntrypointType
     from prefect.events import DeploymentEventTrigger
 
@@ -54,9 +83,17 @@ def build_deployments(*, config: Path | None = None, work_dir: Path | None = Non
     base = {"config": config, "work_dir": work_dir}
     extra = parameters or {}
 
+    on_cluster = load_settings(config).ray.address is not None
+
     def params(model: Any, name: str) -> dict[str, Any]:
         merged = {**{k: v for k, v in base.items() if v is not None}, **extra.get(name, {})}
-        return {"params": model.model_validate(merged).model_dump(mode="json")}
+        validated = model.model_validate(merged)
+        demo = demo_defaults(validated) if on_cluster and not allow_demo_defaults else []
+        if demo:
+            raise DemoDefaultsError(
+                f"deployment {name!r} would run the demo's defaults ({', '.join(demo)}) against the cluster "
+                f"settings {config or 'from MAVORS_CONFIG'}: set them with --params, or pass --allow-demo-defaults")
+        return {"params": validated.model_dump(mode="json")}
 
     def when(name: str) -> dict[str, Any]:
         return {"interval": interval_s} if interval_s else {"cron": SCHEDULES[name]}
@@ -99,15 +136,23 @@ def wait_healthy(api_url: str, timeout_s: float = 120.0, proc: subprocess.Popen 
     raise TimeoutError(f"the Prefect server at {api_url} did not become healthy within {timeout_s:.0f} s")
 
 
+def ui_url(api_url: str) -> str:
+    """The UI's address on a Prefect server: its API URL without the ``/api`` suffix."""
+    return api_url.rstrip("/").removesuffix("/api")
+
+
 def start_local_server(port: int | None = None, log_path: Path | None = None) -> tuple[subprocess.Popen, str]:
-    """``prefect server start`` on 127.0.0.1 (schedules need a real server, not the ephemeral one).
+    """``prefect server start`` on 127.0.0.1 with its UI (schedules need a real server, not the ephemeral one).
 
     Returns the process and its API URL; the caller terminates the process. Its database lives in
-    ``PREFECT_HOME`` (``<work_dir>/prefect`` when set by :func:`pipelines.flows.configure_prefect`).
+    ``PREFECT_HOME`` (``<work_dir>/prefect`` when set by :func:`pipelines.flows.configure_prefect`, which is
+    also where the ephemeral mode of ``mavors demo`` and ``mavors flow run`` records its runs). The UI is
+    told the API's real port: by default it calls ``127.0.0.1:4200`` and shows nothing on any other port.
     """
     port = port or free_port()
     api_url = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false"}
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "true",
+           "PREFECT_SERVER_UI_API_URL": api_url}
     env.pop("PREFECT_API_URL", None)
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - lives as long as the server
     proc = subprocess.Popen(

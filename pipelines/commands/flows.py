@@ -5,6 +5,7 @@
     mavors flow run end-to-end --work-dir /data/mavors
     mavors serve                                  # local Prefect server on 127.0.0.1 + scheduled deployments
     PREFECT_API_URL=http://host:4200/api mavors deploy
+    mavors ui                                     # Prefect's UI over the runs recorded under the work dir
 
 Without ``PREFECT_API_URL`` flows run in Prefect's ephemeral mode (state under
 ``<work_dir>/prefect``). Prefect and the flows are imported inside the commands,
@@ -12,8 +13,12 @@ after :func:`pipelines.flows.configure_prefect` set its environment.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
 
@@ -111,6 +116,10 @@ def demo_cmd(
     console.print(f"demo finished in {time.monotonic() - started:.0f} s")
 
 
+ALLOW_DEMO_HELP = ("Deploy against a cluster settings file even where a flow parameter is still the demo's "
+                   "default (demo manifests, tiny models).")
+
+
 def deploy_cmd(
     work_dir: Optional[Path] = typer.Option(None, "--work-dir", help="Work dir the deployed flows use."),
     only: Optional[list[str]] = typer.Option(None, "--only", help="Deployment name (repeatable)."),
@@ -118,6 +127,7 @@ def deploy_cmd(
     work_pool: Optional[str] = typer.Option(None, "--work-pool",
                                             help="Work pool whose workers run the flows (infra/prefect/); "
                                                  "without one, `mavors serve` must run them."),
+    allow_demo: bool = typer.Option(False, "--allow-demo-defaults", help=ALLOW_DEMO_HELP),
 ) -> None:
     """Register the scheduled deployments on the Prefect server at PREFECT_API_URL."""
     if not os.environ.get("PREFECT_API_URL"):
@@ -130,7 +140,7 @@ def deploy_cmd(
 
     config = os.environ.get("MAVORS_CONFIG")
     for d in build_deployments(config=Path(config) if config else None, work_dir=work_dir, only=only,
-                               interval_s=interval):
+                               interval_s=interval, allow_demo_defaults=allow_demo):
         deployment_id = d.apply(work_pool_name=work_pool)
         console.print(f"registered {d.flow_name}/{d.name} ({deployment_id})")
 
@@ -142,32 +152,75 @@ def serve_cmd(
     port: Optional[int] = typer.Option(None, "--port", help="Port of the local server (default: a free one)."),
     params_file: Optional[Path] = typer.Option(None, "--params",
                                                help="YAML {deployment name: {flow parameter: value}}."),
+    allow_demo: bool = typer.Option(False, "--allow-demo-defaults", help=ALLOW_DEMO_HELP),
 ) -> None:
     """Serve the deployments; without PREFECT_API_URL, start a Prefect server on 127.0.0.1 first."""
+    from core.config import read_yaml
+
+    config = os.environ.get("MAVORS_CONFIG")
+    extra = read_yaml(params_file) if params_file else None
+    with _prefect_server(work_dir, port):
+        from prefect import serve
+
+        from pipelines.deployments import build_deployments
+
+        deployments = build_deployments(config=Path(config) if config else None, work_dir=work_dir, only=only,
+                                        interval_s=interval, parameters=extra, allow_demo_defaults=allow_demo)
+        serve(*deployments)
+
+
+def ui_cmd(
+    work_dir: Optional[Path] = typer.Option(None, "--work-dir", help="Work dir whose runs to show (the demo's: "
+                                                                       "mavors-work)."),
+    port: Optional[int] = typer.Option(None, "--port", help="Port of the server (default: a free one)."),
+) -> None:
+    """Prefect's UI over the flow runs recorded under a work dir (``mavors demo``'s, ``mavors flow run``'s), until Ctrl-C.
+
+    Flows without PREFECT_API_URL run in Prefect's ephemeral mode with their database in
+    ``<work_dir>/prefect``; this starts a server on that database, so the UI lists those runs.
+    """
+    if os.environ.get("PREFECT_API_URL"):
+        from pipelines.deployments import ui_url
+
+        console.print(f"the runs are on the server at PREFECT_API_URL: open {ui_url(os.environ['PREFECT_API_URL'])}")
+        return
+    with _prefect_server(work_dir, port):
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+
+
+@contextlib.contextmanager
+def _prefect_server(work_dir: Optional[Path], port: Optional[int]) -> Iterator[str]:
+    """The API URL to use: PREFECT_API_URL's, else a server started on 127.0.0.1 over ``<work_dir>/prefect``.
+
+    Prints the UI's address and the ``export`` another shell needs to reach the same server. A SIGTERM
+    (a service manager's stop) ends the command like Ctrl-C, so the server it started goes with it.
+    """
     from pipelines.flows import configure_prefect
 
     wd = _work_dir(work_dir)
     configure_prefect(wd)
-    from pipelines.deployments import build_deployments, start_local_server
+    from pipelines.deployments import start_local_server, ui_url
 
     server = None
-    if not os.environ.get("PREFECT_API_URL"):
+    api_url = os.environ.get("PREFECT_API_URL")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    if not api_url:
         wd.mkdir(parents=True, exist_ok=True)
         server, api_url = start_local_server(port, log_path=wd / "prefect-server.log")
         os.environ["PREFECT_API_URL"] = api_url
-        console.print(f"Prefect server on {api_url} (log: {wd / 'prefect-server.log'})")
+        console.print(f"Prefect server on 127.0.0.1 (log: {wd / 'prefect-server.log'})")
+    console.print(f"Prefect UI: {ui_url(api_url)}  (deployments: {ui_url(api_url)}/deployments, "
+                  f"runs: {ui_url(api_url)}/runs)")
+    console.print(f"in another shell: export PREFECT_API_URL={api_url}", highlight=False)
     try:
-        from core.config import read_yaml
-        from prefect import serve
-
-        config = os.environ.get("MAVORS_CONFIG")
-        extra = read_yaml(params_file) if params_file else None
-        deployments = build_deployments(config=Path(config) if config else None, work_dir=work_dir, only=only,
-                                        interval_s=interval, parameters=extra)
-        serve(*deployments)
+        yield api_url
     finally:
         if server is not None:
-            server.terminate()
+            os.killpg(server.pid, signal.SIGTERM)
             server.wait(timeout=30)
 
 
@@ -194,3 +247,4 @@ def register(app: typer.Typer) -> None:
     app.command("demo")(demo_cmd)
     app.command("deploy")(deploy_cmd)
     app.command("serve")(serve_cmd)
+    app.command("ui")(ui_cmd)

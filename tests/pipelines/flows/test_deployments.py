@@ -57,6 +57,69 @@ def test_training_deployment_passes_the_launch_settings_through():
     assert params.launch == Launch(hostfile=Path("/data/mavors/hostfile"), master_addr="worker-0", ssh=True)
 
 
+def test_demo_defaults_are_refused_against_cluster_settings(tmp_path):
+    """With a settings file naming a Ray cluster, a parameter left at the demo's default stops the deployment."""
+    from pipelines.deployments import DemoDefaultsError, build_deployments
+
+    cluster = tmp_path / "cluster.yaml"
+    cluster.write_text("work_dir: /data/mavors\nray:\n  address: auto\n")
+    with pytest.raises(DemoDefaultsError) as err:
+        build_deployments(config=cluster, only=["training"])
+    message = str(err.value)
+    assert "'training'" in message and "stages=['demo-stage1', 'demo-stage1_5', 'demo-stage2']" in message
+    assert "run_name=demo" in message and "--allow-demo-defaults" in message and "\n" not in message
+    with pytest.raises(DemoDefaultsError, match="dpo-regeneration.*mixture=.*demo-dpo.yaml"):
+        build_deployments(config=cluster, only=["dpo-regeneration"],
+                          parameters={"dpo-regeneration": {"stage": "stage2"}})
+    # the user's own values pass; so does the demo when asked for, and the embedded settings never refuse
+    [ok] = build_deployments(config=cluster, only=["training"],
+                             parameters={"training": {"stages": ["stage1"], "run_name": "paper"}})
+    assert ok.parameters["params"]["stages"] == ["stage1"]
+    assert len(build_deployments(config=cluster, allow_demo_defaults=True)) == 3
+    assert len(build_deployments()) == 3
+
+
+@pytest.mark.timeout(300)
+def test_ui_command_shows_the_runs_recorded_in_the_work_dir(tmp_path):
+    """``mavors ui`` serves Prefect's UI over the ephemeral runs of a work dir, wired to its own API port."""
+    import urllib.request
+
+    work = tmp_path / "mavors-work"
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_HOME")}
+    # a flow run in ephemeral mode, as `mavors demo` makes them: its database is <work_dir>/prefect
+    made = subprocess.run(
+        [sys.executable, "-c", "import sys; from pipelines.flows import configure_prefect; "
+         "configure_prefect(sys.argv[1]); from prefect import flow; "
+         "flow(name='ui-probe')(lambda: 7)()", str(work)],
+        env=env, capture_output=True, text=True, timeout=240)
+    assert made.returncode == 0, made.stderr[-3000:]
+    ui = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "ui", "--work-dir", str(work)], env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        lines = []
+        while not any("export PREFECT_API_URL=" in line for line in lines):
+            line = ui.stdout.readline()
+            assert line, "".join(lines)
+            lines.append(line)
+        api_url = lines[-1].split("export PREFECT_API_URL=")[1].strip()
+        ui_line = next(line for line in lines if line.startswith("Prefect UI: "))
+        base = ui_line.split()[2]
+        assert base == api_url.removesuffix("/api") and base.startswith("http://127.0.0.1:")
+        for page in ("", "/deployments", "/runs"):
+            with urllib.request.urlopen(base + page, timeout=30) as r:
+                assert r.status == 200 and b"<!DOCTYPE html>" in r.read(200)
+        with urllib.request.urlopen(base + "/ui-settings", timeout=30) as r:
+            assert json.load(r)["api_url"] == api_url  # the UI calls this server, not 127.0.0.1:4200
+        request = urllib.request.Request(f"{api_url}/flow_runs/filter", data=b"{}", method="POST",
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as r:
+            runs = json.load(r)
+        assert [(run["state_type"]) for run in runs] == ["COMPLETED"]
+    finally:
+        os.killpg(ui.pid, signal.SIGTERM)
+        ui.wait(timeout=60)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
 def test_served_deployment_runs_into_the_catalog(reference, tmp_path):
