@@ -68,7 +68,7 @@ def main() -> None:
     rows = [("sha256sum (coreutils)", timed(lambda: subprocess.run(["sha256sum", *paths], check=True,
                                                                     stdout=subprocess.DEVNULL)))]
     rows.append(("sha256 in Python, 1 MiB chunks", timed(lambda: [file_sha256(p) for p in paths])))
-    rows.append(("hash + probe, in-process (--workers 0)", timed(lambda: probe_media(media, workers=0))))
+    rows.append(("hash + probe, in-process (--no-ray)", timed(lambda: probe_media(media, workers=0))))
 
     import ray
 

@@ -14,6 +14,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from pipelines.commands import no_ray_option
+
 console = Console()
 captions_app = typer.Typer(no_args_is_help=True, help="Caption synthesis (several VLMs + a merger).")
 
@@ -23,7 +25,7 @@ def run_cmd(
     roster: Path = typer.Argument(..., help="Roster YAML (manifests/captioners/*.yaml)."),
     source: Optional[list[str]] = typer.Option(None, "--source", help="Source to caption (repeatable); "
                                                                        "default: the roster's sources."),
-    ray: bool = typer.Option(True, "--ray/--no-ray", help="Ray Data actor pools, or one process."),
+    no_ray: bool = no_ray_option("Run the captioners and the merger"),
 ) -> None:
     """Caption the media of SOURCE with every captioner, merge, and write caption samples to the catalog."""
     from curation.captions import load_roster, run_captions
@@ -36,7 +38,7 @@ def run_cmd(
     with Catalog(settings.catalog) as cat, recorded_run(cat, "captions run", {
             "roster": str(roster), "sources": source or config.sources,
             "config": json.loads(config.model_dump_json())}) as run:
-        report = run_captions(cat, config, source or None, use_ray=ray, run_id=run.run_id, ray_settings=settings.ray)
+        report = run_captions(cat, config, source or None, use_ray=not no_ray, run_id=run.run_id, ray_settings=settings.ray)
         run.detail = json.dumps(report.as_dict())
     r = report.as_dict()
     console.print(f"raw captions: {r['raw_new']} new ({r['raw_rejected']} rejected by gates); merged: "

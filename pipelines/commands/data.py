@@ -7,9 +7,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.console import Console
+
+from pipelines.commands import no_ray_option
 
 console = Console()
 models_app = typer.Typer(no_args_is_help=True, help="Model checkpoints.")
@@ -40,7 +43,9 @@ def demo_data_cmd(out_dir: Path = typer.Argument(Path("mavors-work/demo"), help=
 
 
 def ingest_cmd(manifests: list[Path] = typer.Argument(..., help="Source manifest YAML files."),
-               workers: int = typer.Option(None, help="Concurrent Ray tasks for hashing/probing (default: all CPUs; 0: no Ray, in this process)."),
+               workers: Optional[int] = typer.Option(None, min=1, help="Concurrent Ray tasks for hashing/probing "
+                                                                        "(default: all CPUs)."),
+               no_ray: bool = no_ray_option("Hash and probe"),
                ) -> None:
     """Ingest sources: hash + probe media on Ray, write samples/media/quarantine, one transaction per source."""
     import json
@@ -57,12 +62,13 @@ def ingest_cmd(manifests: list[Path] = typer.Argument(..., help="Source manifest
     settings = load_settings()
     sources = load_manifests(manifests)  # fails fast on a bad manifest, before Ray starts
     with Catalog(settings.catalog) as cat, recorded_run(cat, "ingest", {
-            "sources": [m.name for m in sources], "workers": workers}) as run, Progress(
+            "sources": [m.name for m in sources], "workers": 0 if no_ray else workers}) as run, Progress(
         "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=console, transient=True,
     ) as bar:
         task = bar.add_task("hash + probe media", total=None)
-        reports = ingest(sources, cat, media_store=settings.dir("media"), ray_settings=settings.ray, workers=workers,
+        reports = ingest(sources, cat, media_store=settings.dir("media"), ray_settings=settings.ray,
+                         workers=0 if no_ray else workers,
                          progress=lambda done, total: bar.update(task, completed=done, total=total), run_id=run.run_id)
         run.detail = json.dumps({r.source: r.new + r.replaced for r in reports})
     table = Table(title=f"Ingested into {settings.catalog}")

@@ -15,6 +15,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from pipelines.commands import no_ray_option
+
 console = Console()
 ppl_app = typer.Typer(no_args_is_help=True, help="Perplexity of sample texts under a VLM.")
 dedup_app = typer.Typer(no_args_is_help=True, help="Deduplicate samples sharing media, by PPL.")
@@ -24,7 +26,7 @@ dedup_app = typer.Typer(no_args_is_help=True, help="Deduplicate samples sharing 
 def score_cmd(
     scorer: Path = typer.Argument(..., help="Scorer YAML (manifests/dedup/scorers/*.yaml)."),
     limit: Optional[int] = typer.Option(None, help="Score at most this many pending samples."),
-    no_ray: bool = typer.Option(False, "--no-ray", help="One engine in this process instead of a Ray actor pool."),
+    no_ray: bool = no_ray_option("Run one engine"),
 ) -> None:
     """Score every sample without a score for this scorer/template/scope; bad samples are quarantined."""
     from core.catalog import Catalog

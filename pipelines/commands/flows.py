@@ -26,6 +26,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from pipelines.commands import no_ray_option
+
 console = Console()
 flow_app = typer.Typer(no_args_is_help=True, help="Run one Prefect flow.")
 
@@ -71,7 +73,7 @@ def run_cmd(
     params_file: Optional[Path] = typer.Option(None, "--params", help="YAML with the flow's parameters."),
     work_dir: Optional[Path] = typer.Option(None, "--work-dir", help="Overrides the settings' work dir."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Run every step (ignore Prefect's step cache)."),
-    no_ray: bool = typer.Option(False, "--no-ray", help="Parallel steps in this process instead of on Ray."),
+    no_ray: bool = no_ray_option("Run the parallel steps"),
 ) -> None:
     """Run one flow (curate, train, dpo, end-to-end) in this process and print its summary."""
     from pipelines.flows import configure_prefect
@@ -96,13 +98,12 @@ def params_cmd(name: str = typer.Argument(..., help=f"One of: {', '.join(FLOWS)}
 
 def demo_cmd(
     seed: int = typer.Option(0, help="Seed of the demo corpus and the tiny models."),
-    ray: bool = typer.Option(False, "--ray/--no-ray",
-                             help="Run the parallel steps on a local Ray (on 2 cores its start-up costs more "
-                                  "than it saves on the tiny corpus; results are the same)."),
 ) -> None:
     """The whole platform on generated demo media and tiny random models under ./mavors-work, in minutes on 2 cores.
 
     Always ./mavors-work: the shipped demo engine configs name the tiny models as mavors-work/models/...
+    The parallel steps run in this process: on the tiny corpus Ray's start-up costs more than it saves
+    (results are the same); ``mavors flow run end-to-end`` afterwards runs the same flow on Ray.
     """
     from pipelines.flows import configure_prefect
 
@@ -111,7 +112,7 @@ def demo_cmd(
     from pipelines.flows.end_to_end import demo
 
     started = time.monotonic()
-    summary = demo(work_dir, seed=seed, use_ray=ray)
+    summary = demo(work_dir, seed=seed, use_ray=False)
     _print_summary(summary)
     console.print(f"demo finished in {time.monotonic() - started:.0f} s")
 

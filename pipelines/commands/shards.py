@@ -12,6 +12,8 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from pipelines.commands import no_ray_option
+
 console = Console()
 shards_app = typer.Typer(no_args_is_help=True, help="Stage mixtures and WebDataset shards.")
 
@@ -53,7 +55,7 @@ def build_cmd(mixture: Path = typer.Argument(..., help="Mixture YAML (manifests/
               stage: Optional[list[str]] = typer.Option(None, help="Only these stages (repeatable)."),
               strict: bool = typer.Option(False, help="A source absent from the catalog or short of its count fails."),
               replace: bool = typer.Option(False, help="Redraw a mixture selected before with another config."),
-              serial: bool = typer.Option(False, help="Write in this process instead of Ray tasks.")) -> None:
+              no_ray: bool = no_ray_option("Transcode and write")) -> None:
     """Select a mixture, transcode its media and write its shards (a rerun skips finished shards)."""
     from core.catalog import Catalog
     from core.runs import recorded_run
@@ -65,7 +67,7 @@ def build_cmd(mixture: Path = typer.Argument(..., help="Mixture YAML (manifests/
     with Catalog(settings.catalog) as cat, recorded_run(cat, "shards build", {
             "mixture": str(mixture), "out": str(out_root), "stages": stage}) as run:
         cfg, _ = _select(cat, mixture, strict, replace, run.run_id)
-        builds = build_shards(cat, cfg, out_root, stages=stage, parallel=not serial, ray_settings=settings.ray,
+        builds = build_shards(cat, cfg, out_root, stages=stage, parallel=not no_ray, ray_settings=settings.ray,
                               run_id=run.run_id,
                               on_shard=lambda s: console.print(f"  wrote {s.name}: {s.n_samples} samples, "
                                                                f"{s.bytes / 1e6:.1f} MB", highlight=False))

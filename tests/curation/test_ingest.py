@@ -239,8 +239,8 @@ def test_sigkill_mid_ingest_then_rerun_equals_an_uninterrupted_run(demo_corpus, 
     manifests = sorted(str(p) for p in (demo_corpus / "manifests").glob("*.yaml"))
     order = [m.name for m in demo_manifests(demo_corpus)]  # the order ingest writes the sources in
     env = {**os.environ, "MAVORS_CONFIG": str(tmp_path / "settings.yaml")}
-    # Probing in-process (--workers 0) spares a second Ray; the kill lands in the driver's write phase.
-    cmd = [sys.executable, "-m", "pipelines.cli", "ingest", "--workers", "0", *manifests]
+    # Probing in-process (--no-ray) spares a second Ray; the kill lands in the driver's write phase.
+    cmd = [sys.executable, "-m", "pipelines.cli", "ingest", "--no-ray", *manifests]
     killed = subprocess.run(cmd, env={**env, FAULT_ENV: "ingest#1"}, capture_output=True, text=True, timeout=300)
     assert killed.returncode == -signal.SIGKILL, (killed.stdout[-3000:], killed.stderr[-3000:])
     assert "fault injection: SIGKILL during step ingest (after 1 catalog commit(s))" in killed.stderr

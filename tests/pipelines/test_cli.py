@@ -97,7 +97,7 @@ def test_ingest_records_one_run_with_what_each_source_added(demo_corpus, tmp_pat
     import pyarrow.parquet as pq
 
     manifests = [demo_corpus / "manifests" / f"{name}.yaml" for name in ("image_captions_parquet", "image_qa")]
-    result, rows = _invoke(["ingest", "--workers", "0", *map(str, manifests)], tmp_path, monkeypatch)
+    result, rows = _invoke(["ingest", "--no-ray", *map(str, manifests)], tmp_path, monkeypatch)
     assert result.exit_code == 0, result.output
     [(command, status, detail, parameters)] = rows
     assert (command, status) == ("ingest", "completed")
@@ -109,3 +109,27 @@ def test_ingest_records_one_run_with_what_each_source_added(demo_corpus, tmp_pat
     rows_in = {"image_captions_parquet": parquet, "image_qa": jsonl}
     refused = {s: sum(1 for key in truth["quarantine"] if key.startswith(f"{s}/")) for s in rows_in}
     assert json.loads(detail) == {s: rows_in[s] - refused[s] for s in rows_in}
+
+
+def test_ray_is_switched_off_by_one_spelling_everywhere():
+    """``--no-ray`` and nothing else (no ``--ray``, ``--serial``, ``--workers 0``) turns Ray off, in every command."""
+    import typer
+
+    from pipelines.cli import app
+
+    def commands(group, prefix: str = ""):
+        for name, command in getattr(group, "commands", {}).items():
+            yield from commands(command, f"{prefix}{name} ")
+            if not hasattr(command, "commands"):
+                yield f"{prefix}{name}", command
+
+    switches = {}
+    for name, command in commands(typer.main.get_command(app)):
+        spellings = {opt for param in command.params for opt in (*param.opts, *param.secondary_opts)}
+        assert not spellings & {"--ray", "--serial", "--in-process", "--local"}, (name, spellings)
+        switches[name] = "--no-ray" in spellings
+        if "--workers" in spellings:
+            [workers] = [p for p in command.params if "--workers" in p.opts]
+            assert workers.min == 1, f"{name}: --workers 0 must not be a second way to say --no-ray"
+    assert {name for name, has in switches.items() if has} == {
+        "ingest", "captions run", "ppl score", "shards build", "flow run"}
