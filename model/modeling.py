@@ -160,6 +160,29 @@ class MavorsForConditionalGeneration(MavorsPreTrainedModel):
             out_s.append(torch.full_like(p, seq))
         return torch.cat(out_f), torch.cat(out_p), torch.cat(out_s), [f.shape[0] for f in out_f]
 
+    def _trains_visual(self) -> bool:
+        """Training with autograd while some parameter of the vision path (IVE, IFA, projector) trains."""
+        return self.training and torch.is_grad_enabled() and any(
+            p.requires_grad for m in (self.ive, self.ifa, self.projector) for p in m.parameters())
+
+    def _zero_contribution_visual(self) -> torch.Tensor:
+        """0.0 x the projected tokens of one all-zero single-patch chunk: a scalar that is exactly 0 and whose
+        gradient reaches every vision-path parameter (with value 0). A text-only batch in training adds it to its
+        token embeddings, so it enters every loss computed from the logits (next-token, DPO).
+
+        A text-only batch would otherwise leave IVE/IFA/projector out of the backward pass. Under DeepSpeed
+        ZeRO-2 every rank fills its gradient buckets parameter by parameter as their gradient hooks fire, then
+        reduces them slice by slice; a rank that skips the vision modules reduces other slices than its peers
+        (gloo: "collective mismatch", NCCL: a hang until the timeout). DeepSpeed has no counterpart of DDP's
+        ``find_unused_parameters``, so every rank runs every trainable module on every micro-step instead; the
+        chunk is computed before the token embeddings, as real media are, so hooks fire in the same order on
+        every rank. Forward values and the other gradients are unchanged bit for bit (x + 0.0 == x)."""
+        device, dtype = self.projector.fc1.weight.device, self.ive.patch_embedding.weight.dtype
+        pixels = torch.zeros(1, self.ive.tubelet_size, device=device, dtype=dtype)  # (1 patch, C*F*p*p)
+        one = torch.ones(1, 2, dtype=torch.long, device=device)  # chunk grid (h, w) = (1, 1)
+        zero = torch.zeros(1, dtype=torch.long, device=device)  # C-RoPE position 0, IFA sequence 0
+        return self.encode_visual(pixels, one, zero, zero).tokens.sum() * 0.0
+
     def get_inputs_embeds(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                           pixel_values: torch.Tensor | None = None, chunk_grids: torch.Tensor | None = None,
                           chunk_positions: torch.Tensor | None = None, chunk_sequences: torch.Tensor | None = None,
@@ -184,7 +207,11 @@ class MavorsForConditionalGeneration(MavorsPreTrainedModel):
         if pixel_values is None or pixel_values.shape[0] == 0:
             if n_placeholders:
                 raise ValueError(f"input_ids hold {n_placeholders} visual placeholders but no pixel_values were given")
-            return MavorsInputs(self.get_input_embeddings()(input_ids), attention_mask, input_ids, visual_mask, 0.0)
+            zero = self._zero_contribution_visual() if self._trains_visual() else None
+            embeds = self.get_input_embeddings()(input_ids)  # after the visual graph, as on the visual path
+            if zero is not None:
+                embeds = embeds + zero.to(embeds.dtype)
+            return MavorsInputs(embeds, attention_mask, input_ids, visual_mask, 0.0)
         visual = self.encode_visual(pixel_values, chunk_grids, chunk_positions, chunk_sequences, threshold)
         if n_placeholders != sum(visual.sequence_counts):
             raise ValueError(f"input_ids hold {n_placeholders} visual placeholders but the media produce "

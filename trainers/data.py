@@ -324,8 +324,10 @@ def build_loader(root: str | Path, processor: SampleProcessor, *, micro_size: in
 def iter_pairs_once(root: str | Path, processor: SampleProcessor, *, micro_size: int, rank: int = 0,
                     world_size: int = 1) -> Iterator[dict[str, Any]]:
     """Every DPO pair once, in shard order (rank's share: pairs rank, rank+world, ...), in micro-batches;
-    for scoring the reference model before training."""
-    raw = iter_samples(s.url for s in list_shards(root))
-    mine = (decode_sample(s, processor, dpo=True) for s in itertools.islice(raw, rank, None, world_size))
-    while batch := list(itertools.islice(mine, micro_size)):
-        yield collate(batch, processor, dpo=True)
+    for scoring the reference model before training. A pair the processor refuses is left out, as training
+    leaves it out (:func:`decode_batch`), so it needs no reference log-probs."""
+    mine = itertools.islice(iter_samples(s.url for s in list_shards(root)), rank, None, world_size)
+    while raws := list(itertools.islice(mine, micro_size)):
+        batch = decode_batch(raws, processor, dpo=True)
+        if batch["sample_id"]:
+            yield batch

@@ -2,8 +2,10 @@
 
     MetricsLogger(run_dir / "metrics.jsonl", module, peak_flops=None)   # a loop callback
 
-Rank 0 writes; losses and throughput are reduced over ranks first. On resume the
-file is cut back to the checkpoint's step, so the log reads like one uninterrupted run.
+Rank 0 writes; losses and throughput are reduced over ranks first (a rank's ``loss`` is its share of the
+global-batch mean: they add up). Samples the processor refused are listed in the record of their step
+(``skipped``: ``{"sample_id", "reason", "rank"}``; held until the next written record when ``log_every`` > 1).
+On resume the file is cut back to the checkpoint's step, so the log reads like one uninterrupted run.
 MFU uses the usual estimate (PaLM appendix B / torchtitan): 6·N FLOPs per token for
 trainable weights, 4·N for frozen weights on the gradient path (forward + input
 gradient), 2·N for frozen weights before the first trainable module, plus attention.
@@ -41,12 +43,22 @@ def flops_per_token(model: torch.nn.Module, spec, seq_len: int) -> float:
 
 
 def all_reduce(values: list[float], mean: bool) -> list[float]:
-    """Sum (or mean) of each value over ranks; identity in a single process."""
+    """Sum (or mean) of each value over ranks; identity in a single process. (NCCL reduces GPU tensors only.)"""
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return values
-    t = torch.tensor(values, dtype=torch.float64)
+    device = f"cuda:{torch.cuda.current_device()}" if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return (t / dist.get_world_size() if mean else t).tolist()
+
+
+def gather_lists(items: list) -> list:
+    """Every rank's ``items`` concatenated in rank order (all ranks call it); ``items`` in a single process."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return list(items)
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, items)
+    return [x for part in parts for x in part]
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -66,6 +78,7 @@ class MetricsLogger:
         self.seq_len = seq_len
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.last = time.perf_counter()
+        self.skipped: list[dict] = []  # refused samples of the steps since the last written record
 
     def on_start(self, step: int) -> None:
         """Drop records past ``step`` (a crashed run's steps that resume will redo)."""
@@ -78,14 +91,19 @@ class MetricsLogger:
     def on_step(self, step: int, stats: dict) -> None:
         now = time.perf_counter()
         elapsed, self.last = now - self.last, now
-        loss, *extra = all_reduce([stats["loss"]] + [stats[k] for k in ("reward_margin", "reward_accuracy")
-                                                      if k in stats], mean=True)
-        samples, tokens = all_reduce([stats["samples"], stats["tokens"]], mean=False)
+        skipped = stats.get("skipped", [])
+        loss, samples, tokens, n_skipped, *extra = all_reduce(
+            [stats["loss"], stats["samples"], stats["tokens"], len(skipped)]
+            + [stats[k] for k in ("reward_margin", "reward_accuracy") if k in stats], mean=False)
+        if n_skipped:  # every rank sees the same sum, so all of them take part in the gather
+            self.skipped += gather_lists([{**s, "rank": self.rank} for s in skipped])
         if self.rank != 0 or step % self.module.spec.log_every:
             return
         record = {"step": step, "loss": loss, "lr": stats["lr"], "grad_norm": stats["grad_norm"],
                   "samples": int(samples), "tokens": int(tokens),
-                  "samples_per_s": samples / elapsed, "tokens_per_s": tokens / elapsed, "mfu": None}
+                  "samples_per_s": samples / elapsed, "tokens_per_s": tokens / elapsed, "mfu": None,
+                  "skipped": self.skipped}
+        self.skipped = []
         if "reward_margin" in stats:
             record["reward_margin"], record["reward_accuracy"] = extra
         if self.peak_flops:

@@ -5,6 +5,13 @@
 
 It knows the objective (next-token or DPO) and nothing about data order, logging
 or checkpoint cadence; those hang off the loop as callbacks.
+
+The loss of a step is the mean over the whole global batch (all ranks x accumulation steps): the mean
+over its answer tokens for next-token prediction, over its pairs for DPO. A step first counts them
+(one all-reduce over this rank's planned micro-batches), then each micro-batch contributes
+sum / global count; a rank with 3 answer tokens weighs 3/300 of one with 300, as in one process.
+A micro-batch whose every sample the processor refused still runs forward and backward, on a
+one-token stand-in whose loss is multiplied by 0, so every rank steps in lockstep.
 """
 from __future__ import annotations
 
@@ -15,7 +22,8 @@ import torch
 from torch import nn
 
 from trainers.deepspeed_config import build_ds_config, check_engine_matches_spec
-from trainers.losses import dpo_loss, ntp_loss, sequence_logprobs
+from trainers.losses import IGNORE_INDEX, answer_mask, dpo_loss, ntp_loss, sequence_logprobs
+from trainers.metrics import all_reduce
 from trainers.param_groups import build_optimizer, frozen_prefix
 from trainers.schedule import build_scheduler
 from trainers.spec import StageSpec
@@ -49,6 +57,30 @@ def count_tokens(batch: dict) -> int:
     return int(mask.sum()) if mask is not None else batch["input_ids"].numel()
 
 
+def loss_units(batch: dict, dpo: bool) -> int:
+    """What the stage's loss averages over, in one micro-batch: pairs (DPO) or answer tokens (next-token)."""
+    if dpo or not batch["sample_id"]:
+        return len(batch["sample_id"])
+    n = int(answer_mask(batch["labels"]).sum())
+    if n == 0:
+        raise ValueError(f"micro-batch {batch['sample_id'][:3]} has no answer tokens (all labels are -100); "
+                         "check the collator's answer mask")
+    return n
+
+
+def stand_in(batch: dict, dpo: bool, pad_id: int) -> dict:
+    """The batch to run for a micro-batch whose every sample was refused: one text-only token, no answer
+    (its loss is multiplied by 0; running it keeps this rank's collectives in step with the others)."""
+    if batch["sample_id"]:
+        return batch
+    side = {"input_ids": torch.full((1, 1), pad_id), "attention_mask": torch.ones(1, 1, dtype=torch.long),
+            "labels": torch.full((1, 1), IGNORE_INDEX)}
+    if dpo:
+        return {**batch, "chosen": side, "rejected": side, "ref_chosen_logps": torch.zeros(1),
+                "ref_rejected_logps": torch.zeros(1)}
+    return {**batch, **side}
+
+
 class TrainModule:
     """Model + AdamW(per-module groups) + LambdaLR wrapped by ``deepspeed.initialize``, checked against the spec."""
 
@@ -65,6 +97,8 @@ class TrainModule:
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self.ds_config)
         check_engine_matches_spec(self.engine, spec)
+        text_config = getattr(model.config, "text_config", model.config)
+        self.pad_id = getattr(text_config, "pad_token_id", None) or 0
 
     @property
     def model(self) -> nn.Module:
@@ -75,41 +109,56 @@ class TrainModule:
         """Optimizer steps taken (restored by checkpoint loading)."""
         return self.engine.global_steps
 
+    @property
+    def dpo(self) -> bool:
+        return self.spec.loss.kind == "dpo"
+
     def lrs(self) -> dict[str, float]:
         """Current LR of every trainable module (its groups share one)."""
         return {g["module"]: g["lr"] for g in self.engine.optimizer.param_groups}
 
-    def loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
-        """The stage objective on one micro-batch: (scalar loss, float stats)."""
+    def loss(self, batch: dict, normaliser: int) -> tuple[torch.Tensor, dict]:
+        """This micro-batch's share of the global-batch loss (sum over its tokens or pairs / ``normaliser``) and
+        its float stats, shares of global means too (they add up over micro-batches and ranks)."""
         device = self.engine.device
-        if self.spec.loss.kind == "ntp":
-            out = self.engine(**model_inputs(batch, device))
-            loss, n_answer = ntp_loss(out.logits, batch["labels"].to(device))
-            return loss, {"answer_tokens": n_answer}
+        run = stand_in(batch, self.dpo, self.pad_id)
+        empty = 0.0 if not batch["sample_id"] else 1.0
+        if not self.dpo:
+            out = self.engine(**model_inputs(run, device))
+            loss, _ = ntp_loss(out.logits, run["labels"].to(device), normaliser)
+            return loss * empty, {}
         logps = {}
         for side in ("chosen", "rejected"):
-            out = self.engine(**model_inputs(batch[side], device))
-            logps[side] = sequence_logprobs(out.logits, batch[side]["labels"].to(device))  # (B,)
-        terms = dpo_loss(logps["chosen"], logps["rejected"], batch["ref_chosen_logps"].to(device),
-                         batch["ref_rejected_logps"].to(device), self.spec.loss.beta)
-        return terms["loss"], {"reward_margin": float((terms["chosen_reward"] - terms["rejected_reward"]).mean()),
-                               "reward_accuracy": float(terms["accuracy"])}
+            out = self.engine(**model_inputs(run[side], device))
+            logps[side] = sequence_logprobs(out.logits, run[side]["labels"].to(device))  # (B,)
+        terms = dpo_loss(logps["chosen"], logps["rejected"], run["ref_chosen_logps"].to(device),
+                         run["ref_rejected_logps"].to(device), self.spec.loss.beta, normaliser)
+        margin = terms["chosen_reward"] - terms["rejected_reward"]  # (B,)
+        return terms["loss"] * empty, {"reward_margin": empty * float(margin.sum()) / normaliser,
+                                       "reward_accuracy": empty * float((margin > 0).sum()) / normaliser}
 
     def train_step(self, micro_batches: Iterator[dict]) -> dict:
-        """One optimizer step over ``gradient_accumulation_steps`` micro-batches; returns this rank's stats."""
+        """One optimizer step over ``gradient_accumulation_steps`` micro-batches; returns this rank's stats.
+
+        ``loss`` (and DPO's ``reward_*``) are this rank's shares: summed over ranks they give the global batch's
+        mean. DeepSpeed averages gradients over the data-parallel ranks, so each share is backpropagated times
+        the world size, without its own division by the accumulation steps (``scale_wrt_gas=False``)."""
         self.engine.train()
         lrs = self.lrs()  # the LRs this step uses (the scheduler advances inside engine.step)
-        losses, samples, tokens, extra = [], 0, 0, {}
-        for _ in range(self.engine.gradient_accumulation_steps()):
-            batch = next(micro_batches)
-            loss, stats = self.loss(batch)
-            self.engine.backward(loss)
+        batches = [next(micro_batches) for _ in range(self.engine.gradient_accumulation_steps())]
+        local = sum(loss_units(b, self.dpo) for b in batches)
+        normaliser = max(1, int(all_reduce([float(local)], mean=False)[0]))
+        loss_share, samples, tokens, extra = 0.0, 0, 0, {}
+        for batch in batches:
+            loss, stats = self.loss(batch, normaliser)
+            self.engine.backward(loss * self.engine.dp_world_size, scale_wrt_gas=False)
             self.engine.step()
-            losses.append(float(loss.detach()))
+            loss_share += float(loss.detach())
             samples += len(batch["sample_id"])
-            tokens += count_tokens(batch)
+            tokens += count_tokens(batch) if batch["sample_id"] else 0
             for k, v in stats.items():
-                extra[k] = extra.get(k, 0.0) + v / self.engine.gradient_accumulation_steps()
+                extra[k] = extra.get(k, 0.0) + v
         grad_norm = self.engine.get_global_grad_norm()
-        return {"loss": sum(losses) / len(losses), "lr": lrs, "samples": samples, "tokens": tokens,
+        return {"loss": loss_share, "lr": lrs, "samples": samples, "tokens": tokens,
+                "skipped": [s for b in batches for s in b.get("skipped", [])],
                 "grad_norm": None if grad_norm is None else float(grad_norm), **extra}

@@ -97,5 +97,6 @@ class WithReference:
             if missing:
                 raise KeyError(f"{self.source}: no reference log-probs for {missing[:3]}; "
                                "the pairs changed after scoring — delete the file to rescore")
-            refs = torch.tensor([self.table[s] for s in batch["sample_id"]], dtype=torch.float32)  # (B, 2)
+            refs = torch.tensor([self.table[s] for s in batch["sample_id"]], dtype=torch.float32)
+            refs = refs.view(-1, 2)  # (B, 2); B is 0 when the processor refused the whole micro-batch
             yield {**batch, "ref_chosen_logps": refs[:, 0], "ref_rejected_logps": refs[:, 1]}

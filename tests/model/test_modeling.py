@@ -106,6 +106,26 @@ def test_trainable_forward_backward_reaches_every_module(mavors_dir, batch):
     assert all(p.grad is None for p in model.llm.parameters())
 
 
+def test_text_only_training_step_reaches_the_vision_path_with_zero(mavors_dir, tiny_models, processor):
+    """Training on a text-only batch runs IVE/IFA/projector on a zero chunk (what keeps DeepSpeed ranks in step,
+    tests/trainers/test_mixed_ranks.py): logits equal the plain Qwen2's, every vision parameter gets a gradient
+    of exactly 0, and the LLM's gradients equal those of the same backward without that path."""
+    model = MavorsForConditionalGeneration.from_pretrained(mavors_dir).train()
+    qwen = Qwen2ForCausalLM.from_pretrained(tiny_models["qwen2"]).eval()
+    sample = processor.collate([processor.encode([{"from": "human", "value": "Name a colour."},
+                                                  {"from": "gpt", "value": "red"}])])
+    logits = model(**sample).logits
+    torch.testing.assert_close(logits, qwen(input_ids=sample["input_ids"]).logits, rtol=0, atol=0)
+    logits.logsumexp(-1).sum().backward()
+    for name in ("ive", "ifa", "projector"):
+        assert all(p.grad is not None and not p.grad.any() for p in getattr(model, name).parameters()), name
+    plain = MavorsForConditionalGeneration.from_pretrained(mavors_dir).eval()  # eval: no zero chunk
+    plain(**sample).logits.logsumexp(-1).sum().backward()
+    assert all(p.grad is None for m in ("ive", "ifa", "projector") for p in getattr(plain, m).parameters())
+    for (name, p), q in zip(model.llm.named_parameters(), plain.llm.parameters()):
+        assert torch.equal(p.grad, q.grad), name
+
+
 def test_placeholder_count_mismatch_is_an_error(mavors, batch):
     ids = batch["input_ids"].clone()
     ids[0, (ids[0] == mavors.config.video_token_id).nonzero()[0]] = 0  # drop one placeholder

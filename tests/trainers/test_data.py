@@ -185,6 +185,18 @@ def test_dpo_records_and_pairs_once(tmp_path):
                                                         world_size=2) for s in b["sample_id"]]
     assert sorted(seen) == [f"set/s{i}/0" for i in range(5)]
 
+    class RefusingFirstVideo(ByteProcessor):
+        def encode(self, conversation, media, *, name):
+            from model.preprocessing import MediaError
+
+            if media[0] == b"video bytes ":  # pair s0's video
+                raise MediaError("undecodable_video", f"{name}: not a video")
+            return super().encode(conversation, media, name=name)
+
+    scored = [s for b in iter_pairs_once(tmp_path / "pairs", RefusingFirstVideo(), micro_size=2) for s in
+              b["sample_id"]]
+    assert sorted(scored) == [f"set/s{i}/0" for i in range(1, 5)]  # the refused pair is left out, not fatal
+
 
 class NarrowRefusingProcessor(ByteProcessor):
     """ByteProcessor that refuses images 20 px wide (samples n % 5 == 0) as the Mavors processor refuses media."""
