@@ -268,8 +268,8 @@ def _image_captions(c: _Corpus) -> None:
         c.quarantine[f"image_captions/{sid}"] = reason
     lines.insert(3, '{"id": "cap-bad-utf8", "media": "images/cap_03.jpg", "caption": "caf\xe9"}'.encode("latin-1"))
     lines.insert(6, b'{"id": "cap-bad-json", "media": "images/cap_04.jpg", "caption": ')
-    c.quarantine["image_captions/row000003"] = "not_utf8"
-    c.quarantine["image_captions/row000006"] = "bad_json"
+    c.quarantine["image_captions/captions.jsonl:4"] = "not_utf8"  # FILE:LINE of a line that does not parse
+    c.quarantine["image_captions/captions.jsonl:7"] = "bad_json"
     _write_jsonl(root / "image_captions" / "captions.jsonl", lines)
     _manifest(root, "image_captions", modality="image", task="caption", format="caption_jsonl",
               path="../image_captions/captions.jsonl", stage_hints=["1"], license="CC-BY-4.0 (synthetic demo)",
