@@ -227,7 +227,7 @@ def _video_qa(c: _Corpus) -> None:
     for sid, rel, data, reason in (
         ("vqa-bad-truncated", "video_qa/videos/bad_truncated.mp4", None, "undecodable_video"),
         ("vqa-bad-notvideo", "video_qa/videos/bad_notvideo.mp4", b"this is a text file, not an mp4\n" * 20,
-         "undecodable_video"),
+         "not_a_video"),
         ("vqa-bad-zero", "video_qa/videos/bad_zero.mp4", b"", "zero_byte"),
         ("vqa-bad-missing", "video_qa/videos/does_not_exist.mp4", None, "missing_media"),
     ):

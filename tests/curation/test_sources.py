@@ -180,3 +180,14 @@ def test_llava_item_with_one_media_path_outside_media_root_is_refused_whole(tmp_
     assert [p for p, _ in items["in"].media] == [str(tmp_path / "root" / "x.jpg"), str(tmp_path / "root" / "y.jpg")]
     assert (items["out"].reason, items["out"].media) == ("path_escape", [])
     assert f"'../y.jpg' resolves to {tmp_path / 'y.jpg'}, outside {tmp_path / 'root'}" in items["out"].detail
+
+
+@pytest.mark.parametrize("fmt", ["llava_json", "caption_jsonl"])
+def test_a_line_that_does_not_parse_is_recorded_as_file_and_line(tmp_path, fmt):
+    good = {"id": "a", "media": "x.jpg", "caption": "A picture.", "image": "x.jpg",
+            "conversations": [{"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}]}
+    lines = [json.dumps(good).encode(), b"", b'{"id": "b", "media": ', '{"id": "caf\xe9"}'.encode("latin-1")]
+    (tmp_path / "ann.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    m = SourceManifest(name="s", modality="image", task="qa", format=fmt, path=str(tmp_path / "ann.jsonl"))
+    items = {it.item: it.reason for it in iter_items(m, tmp_path)}
+    assert items == {"a": None, "ann.jsonl:3": "bad_json", "ann.jsonl:4": "not_utf8"}  # line 2 is blank
