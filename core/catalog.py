@@ -70,6 +70,13 @@ def code_version() -> str:
             return "unknown"
 
 
+def _unwritable(path: Path, cause: str) -> str:
+    """The error for a catalog whose file or folder cannot be written (read-only filesystem, permissions)."""
+    folder = next((p for p in [path.parent, *path.parents] if p.exists()), path.parent)
+    return (f"{path}: cannot write the catalog: the work folder {folder} is read-only or not writable ({cause}); "
+            "point work_dir / catalog_path (mavors --config) at a writable folder, or open it read-only")
+
+
 class Catalog:
     """A connection to the catalog file, migrated to the newest schema on open.
 
@@ -81,12 +88,19 @@ class Catalog:
                  schema_dir: Path = SCHEMA_DIR):
         self.path = Path(path)
         if not read_only:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise CatalogError(_unwritable(self.path, e.strerror)) from e
         elif not self.path.exists():
             raise CatalogError(f"{self.path}: no catalog here (run an ingest first)")
         try:
             self.con = duckdb.connect(str(self.path), read_only=read_only)
         except duckdb.IOException as e:
+            if not read_only and not os.access(self.path if self.path.exists() else self.path.parent, os.W_OK):
+                raise CatalogError(_unwritable(self.path, str(e))) from e
+            if "lock" not in str(e).lower():
+                raise CatalogError(f"{self.path}: cannot open the catalog ({e})") from e
             raise CatalogError(
                 f"{self.path}: cannot open the catalog ({e}). DuckDB lets one process hold the file; "
                 "stop the other process (another flow or CLI command) or use another catalog path."

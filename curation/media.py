@@ -3,7 +3,8 @@
 A probe decodes for real (an image fully; a video's first and last frame), so a file
 that passes can be trained on. Failures raise :class:`model.preprocessing.MediaError` with a short
 countable ``reason`` (``zero_byte``, ``truncated_image``, ``decompression_bomb``, ``undecodable_image``,
-``undecodable_video``, ``missing_media``) and a detail for people. :class:`MediaInfo` is what a file
+``undecodable_video``: a video container that does not decode, truncated or damaged; ``not_a_video``: no video
+container at all, e.g. a text file named ``.mp4``; ``missing_media``) and a detail for people. :class:`MediaInfo` is what a file
 holds, for the ``media`` rows of ingest and the ``shard_media`` rows of a shard build alike.
 
     python -m curation.media some.jpg other.mp4
@@ -91,6 +92,39 @@ def probe_image(path: str | os.PathLike) -> dict:
     return {"width": width, "height": height, "n_frames": 1, "codec": fmt, "duration_s": None, "fps": None}
 
 
+def video_container(head: bytes) -> str | None:
+    """The container a file's first bytes announce (ISO BMFF: mp4/mov/m4v, Matroska/WebM, AVI, MPEG-TS/PS, FLV,
+    Ogg), or None: then it is no video file at all, whatever its name says."""
+    if head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip", b"pnot"):
+        return "mp4"
+    if head[:4] == b"\x1aE\xdf\xa3":
+        return "matroska"
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return "avi"
+    if head[:4] == b"\x00\x00\x01\xba":
+        return "mpeg-ps"
+    if head[:1] == head[188:189] == b"G":  # a sync byte every 188-byte packet
+        return "mpeg-ts"
+    if head[:3] == b"FLV":
+        return "flv"
+    if head[:4] == b"OggS":
+        return "ogg"
+    return None
+
+
+def _unopenable_video(path: str | os.PathLike, error: Exception) -> MediaError:
+    """Why FFmpeg could not read a video: ``not_a_video`` when no container signature is there (a text file
+    named .mp4), else ``undecodable_video`` (a real container, truncated or damaged)."""
+    with open(path, "rb") as f:
+        head = f.read(189)
+    container = video_container(head)
+    if container is None:
+        return MediaError("not_a_video", f"no video container signature (starts with {head[:16]!r}); "
+                                         f"{type(error).__name__}: {error}")
+    return MediaError("undecodable_video", f"{container} container, truncated or damaged: "
+                                           f"{type(error).__name__}: {error}")
+
+
 def probe_video(path: str | os.PathLike) -> dict:
     """width, height, fps, n_frames, duration_s, codec of a video whose first and last frames decode.
 
@@ -142,7 +176,7 @@ def probe_video(path: str | os.PathLike) -> dict:
     except MediaError:
         raise
     except (av.FFmpegError, OSError, ValueError, IndexError) as e:
-        raise MediaError("undecodable_video", f"{type(e).__name__}: {e}") from None
+        raise _unopenable_video(path, e) from None
 
 
 def hash_and_probe(path: str | os.PathLike, kind: str) -> MediaInfo:

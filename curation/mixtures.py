@@ -223,7 +223,8 @@ def resolve_dedup_policy(cat: Catalog, requested: str | None) -> tuple[str | Non
 
 
 def _eligible_sql(cat: Catalog, policy: str | None) -> str:
-    """FROM/WHERE clause of eligible samples of one entry (parameters: source, then stage for the exclusion)."""
+    """FROM/WHERE clause of eligible samples of one entry (parameters: source, tasks, policy, and mixture, stage
+    and entry for the exclusion of samples earlier entries drew)."""
     joins = ["FROM samples s"]
     if policy is not None:
         joins.append("JOIN dedup_decisions d ON d.sample_id = s.sample_id AND d.policy = $policy AND d.kept")
@@ -231,8 +232,9 @@ def _eligible_sql(cat: Catalog, policy: str | None) -> str:
         "s.source = $source",
         "($tasks IS NULL OR list_contains($tasks, s.task))",
         "NOT EXISTS (SELECT 1 FROM quarantine q WHERE q.source = s.source AND q.item = s.item)",
-        "NOT EXISTS (SELECT 1 FROM mixture_members m "
-        "            WHERE m.mixture = $mixture AND m.stage = $stage AND m.sample_id = s.sample_id)",
+        # drawn once per stage: not by an earlier entry of the stage (entries draw in order)
+        "NOT EXISTS (SELECT 1 FROM mixture_members m WHERE m.mixture = $mixture AND m.stage = $stage"
+        "            AND m.entry < $entry AND m.sample_id = s.sample_id)",
     ]
     # Held-out evaluation samples (eval area's `heldout` table) are never drawn, by id or by shared media.
     if cat.has_table("heldout"):
@@ -249,22 +251,24 @@ def select_mixture(cat: Catalog, mixture: MixtureConfig, *, strict: bool = False
     """Draw the mixture's samples and record them (one transaction); a rerun of the same config reuses them.
 
     ``strict``: a source absent from the catalog or an entry with fewer eligible samples
-    than its count is an error (nothing is written). ``replace``: a mixture of the same
-    name selected with a different config is dropped (with its shard rows) and redrawn;
-    without it that is an error.
+    than its count is an error (nothing is written). ``replace``: the mixture is dropped (with
+    its shard rows) and redrawn from the catalog as it is now, whether or not its config changed;
+    without it a changed config is an error. A reused draw reports the availability of now, with
+    a warning per entry whose eligible samples changed since the draw.
     """
     policy, warnings = resolve_dedup_policy(cat, mixture.dedup_policy)
     sha = mixture.selection_sha256(policy)
     existing = cat.query("SELECT config_sha256 FROM mixtures WHERE name = ?", [mixture.name])
-    if existing and existing[0]["config_sha256"] == sha:
-        return Selection(mixture.name, policy, _recorded_entries(cat, mixture.name), warnings, reused=True)
-    if existing and not replace:
+    if existing and existing[0]["config_sha256"] != sha and not replace:
         raise MixtureError(f"mixture {mixture.name!r} was selected with a different config; "
                            "rename it or pass --replace to redraw it (its shard rows are dropped)")
-
     eligible = _eligible_sql(cat, policy)
     known_sources = {r["name"] for r in cat.query("SELECT name FROM sources")}
     known_sources |= {r["source"] for r in cat.query("SELECT DISTINCT source FROM samples")}
+    if existing and not replace:
+        entries, changed = _reused_entries(cat, mixture, policy, eligible, known_sources)
+        return Selection(mixture.name, policy, entries, warnings + changed, reused=True)
+
     with cat.transaction() as con:
         _drop_mixture(con, mixture.name)
         entries = [_draw_entry(con, mixture, stage, i, entry, policy, eligible, known_sources)
@@ -285,21 +289,35 @@ def _drop_mixture(con, name: str) -> None:
         con.execute(f"DELETE FROM {table} WHERE {'name' if table == 'mixtures' else 'mixture'} = ?", [name])
 
 
+def _entry_params(mixture: MixtureConfig, stage: str, i: int, entry: SourceEntry, policy: str | None) -> dict:
+    params = {"source": entry.source, "tasks": entry.tasks, "mixture": mixture.name, "stage": stage, "entry": i}
+    if policy is not None:
+        params["policy"] = policy
+    return params
+
+
+def _available(con, entry: SourceEntry, params: dict, eligible: str, known_sources: set[str]) -> int | None:
+    """Eligible samples of an entry in the catalog as it is now; None for a source the catalog does not know."""
+    if entry.source not in known_sources:
+        return None
+    return int(con.execute(f"SELECT count(*) {eligible}", params).fetchone()[0])
+
+
+def _status(entry: SourceEntry, available: int | None, selected: int) -> str:
+    if available is None:
+        return "absent"
+    return "short" if isinstance(entry.count, int) and selected < entry.count else "ok"
+
+
 def _draw_entry(con, mixture: MixtureConfig, stage: str, i: int, entry: SourceEntry, policy: str | None,
                 eligible: str, known_sources: set[str]) -> EntryAvailability:
     """Count the entry's eligible samples and insert the first ``entry.take(available)`` of them in draw order
     (``md5('<seed>:<sample_id>')``, ties by id) into ``mixture_members``, with the dedup decision of each."""
-    params = {"source": entry.source, "tasks": entry.tasks, "mixture": mixture.name, "stage": stage}
-    if policy is not None:
-        params["policy"] = policy
-    if entry.source not in known_sources:
-        available, status = 0, "absent"
-    else:
-        available = con.execute(f"SELECT count(*) {eligible}", params).fetchone()[0]
-        status = "ok"
+    params = _entry_params(mixture, stage, i, entry, policy)
+    found = _available(con, entry, params, eligible, known_sources)
+    available = found or 0
     n = entry.take(available)
-    if status == "ok" and isinstance(entry.count, int) and n < entry.count:
-        status = "short"
+    status = _status(entry, found, n)
     if n:
         con.execute(
             f"""INSERT INTO mixture_members (mixture, stage, sample_id, source, task, entry, draw_key,
@@ -328,9 +346,25 @@ def _record_selection(cat: Catalog, con, mixture: MixtureConfig, entries: list[E
     }], con=con)
 
 
-def _recorded_entries(cat: Catalog, mixture: str) -> list[EntryAvailability]:
-    rows = cat.query("SELECT * FROM mixture_sources WHERE mixture = ? ORDER BY stage, entry", [mixture])
-    order = {s: i for i, s in enumerate(STAGES)}
-    rows.sort(key=lambda r: (order[r["stage"]], r["entry"]))
-    return [EntryAvailability(r["stage"], r["entry"], r["source"], r["tasks"], r["requested"], r["available"],
-                              r["selected"], r["status"]) for r in rows]
+def _reused_entries(cat: Catalog, mixture: MixtureConfig, policy: str | None, eligible: str,
+                    known_sources: set[str]) -> tuple[list[EntryAvailability], list[str]]:
+    """The recorded draw's entries with the availability of now, and one warning per entry whose eligible
+    count differs from the one at the draw (ingest, quarantine or dedup changed since)."""
+    drawn = {(r["stage"], r["entry"]): r for r in cat.query(
+        "SELECT stage, entry, available FROM mixture_sources WHERE mixture = ?", [mixture.name])}
+    selected = {(r["stage"], r["entry"]): r["n"] for r in cat.query(
+        "SELECT stage, entry, count(*) AS n FROM mixture_members WHERE mixture = ? GROUP BY ALL", [mixture.name])}
+    entries, warnings = [], []
+    for stage in STAGES:
+        for i, entry in enumerate(mixture.stages.get(stage, [])):
+            found = _available(cat.con, entry, _entry_params(mixture, stage, i, entry, policy), eligible,
+                               known_sources)
+            n = selected.get((stage, i), 0)
+            entries.append(EntryAvailability(stage, i, entry.source, entry.tasks, entry.requested(), found or 0, n,
+                                             _status(entry, found, n)))
+            then = drawn[(stage, i)]["available"] if (stage, i) in drawn else None
+            if then is not None and then != (found or 0):
+                warnings.append(f"stage {stage} source {entry.source}: {found or 0} samples eligible now, {then} "
+                                f"when mixture {mixture.name!r} was drawn; the old draw of {n} is kept "
+                                "(--replace redraws it)")
+    return entries, warnings

@@ -75,6 +75,11 @@ class SourceManifest(ConfigModel):
     media_root: str | None = None
     """Folder that relative media paths in the annotations start from; default: the annotation file's folder.
     Cluster: e.g. ``/datasets/llava-video-178k/``."""
+    allowed_media_roots: list[str] = []
+    """Folders besides ``media_root`` that media paths may lead into (a shared image pool several datasets
+    cite, symlink farms); relative entries resolve against the manifest's folder. A media path that resolves
+    (after ``..`` and symlinks) outside ``media_root`` and these is refused as ``path_escape`` and never
+    opened. Cluster: e.g. ``[/datasets/coco/train2017]``."""
     stage_hints: list[Literal["1", "1.5", "2", "dpo"]] = []
     """Training stages this source is meant for (paper §4 / Appendix A), copied onto its samples."""
     license: str | None = None
@@ -111,6 +116,11 @@ class SourceManifest(ConfigModel):
     @property
     def media_dir(self) -> Path:
         return self.resolve(self.media_root) if self.media_root else self.resolve(self.path).parent
+
+    def media_roots(self) -> list[Path]:
+        """The real folders (symlinks resolved) media of this source may lie in: ``media_dir``, then
+        ``allowed_media_roots``."""
+        return [Path(os.path.realpath(p)) for p in [self.media_dir, *map(self.resolve, self.allowed_media_roots)]]
 
     def manifest_sha256(self) -> str | None:
         if self.manifest_path is None:
@@ -192,6 +202,18 @@ def normalize_conversation(turns: Any, media: list[tuple[str, str]]) -> list[dic
     return out
 
 
+def confined_media_path(manifest: SourceManifest, value: str, roots: list[Path]) -> str:
+    """The real path of an annotation's media path (relative to ``media_dir``, or absolute), refused as
+    ``path_escape`` when it lies outside every one of ``roots`` (:meth:`SourceManifest.media_roots`).
+    Only ``..`` and symlinks are followed, nothing is opened; the path returned is the one checked."""
+    real = Path(os.path.realpath(manifest.media_dir / value))
+    if not any(real.is_relative_to(root) for root in roots):
+        where = " or ".join(str(r) for r in roots)
+        raise ItemError("path_escape", f"media path {value!r} resolves to {real}, outside {where} "
+                                       "(list extra folders in the manifest's allowed_media_roots)")
+    return str(real)
+
+
 def caption_conversation(manifest: SourceManifest, kind: str, caption: Any) -> list[dict[str, str]]:
     """A caption row as a two-turn conversation: the caption prompt, then the caption."""
     if not isinstance(caption, str):
@@ -254,13 +276,20 @@ def _item_id(manifest: SourceManifest, rec: Any, row: int) -> str:
     return f"row{row:06d}"
 
 
+def _line_id(path: Path, row: int) -> str:
+    """Item id of a line that does not parse: ``FILE:LINE`` (1-based), where a person finds it."""
+    return f"{path.name}:{row + 1}"
+
+
 def _read_llava(manifest: SourceManifest) -> Iterator[RawItem]:
     f = manifest.fields
-    for row, rec, err in _json_records(manifest.annotation_paths[0]):
-        item = _item_id(manifest, rec, row)
+    roots = manifest.media_roots()
+    path = manifest.annotation_paths[0]
+    for row, rec, err in _json_records(path):
         if err:
-            yield RawItem(item, reason=err.reason, detail=err.detail)
+            yield RawItem(_line_id(path, row), reason=err.reason, detail=err.detail)
             continue
+        item = _item_id(manifest, rec, row)
         try:
             if not isinstance(rec, dict):
                 raise ItemError("bad_json", f"item is {type(rec).__name__}, not an object")
@@ -268,40 +297,43 @@ def _read_llava(manifest: SourceManifest) -> Iterator[RawItem]:
             for kind, key in (("image", f.image), ("video", f.video)):
                 value = rec.get(key)
                 for rel in ([value] if isinstance(value, str) else value or []):
-                    media.append((str(manifest.media_dir / rel), kind))
+                    media.append((confined_media_path(manifest, rel, roots), kind))
             yield RawItem(item, normalize_conversation(rec.get(f.conversations), media), media)
         except ItemError as e:
             yield RawItem(item, reason=e.reason, detail=e.detail)
 
 
-def _caption_row(manifest: SourceManifest, rec: Any, row: int) -> RawItem:
+def _caption_row(manifest: SourceManifest, rec: Any, row: int, roots: list[Path]) -> RawItem:
     item = _item_id(manifest, rec, row)
     try:
         if not isinstance(rec, dict) or not isinstance(rec.get(manifest.fields.media), str):
             raise ItemError("bad_json", f"row has no {manifest.fields.media!r} path")
-        path = str(manifest.media_dir / rec[manifest.fields.media])
-        kind = media_kind(path) or ("video" if manifest.modality == "video" else "image")
+        path = confined_media_path(manifest, rec[manifest.fields.media], roots)
+        kind = media_kind(rec[manifest.fields.media]) or ("video" if manifest.modality == "video" else "image")
         return RawItem(item, caption_conversation(manifest, kind, rec.get(manifest.fields.caption)), [(path, kind)])
     except ItemError as e:
         return RawItem(item, reason=e.reason, detail=e.detail)
 
 
 def _read_caption_jsonl(manifest: SourceManifest) -> Iterator[RawItem]:
-    for row, rec, err in _json_records(manifest.annotation_paths[0]):
+    roots = manifest.media_roots()
+    path = manifest.annotation_paths[0]
+    for row, rec, err in _json_records(path):
         if err:
-            yield RawItem(f"row{row:06d}", reason=err.reason, detail=err.detail)
+            yield RawItem(_line_id(path, row), reason=err.reason, detail=err.detail)
         else:
-            yield _caption_row(manifest, rec, row)
+            yield _caption_row(manifest, rec, row, roots)
 
 
 def _read_caption_parquet(manifest: SourceManifest) -> Iterator[RawItem]:
     import pyarrow.parquet as pq
 
     pf = pq.ParquetFile(manifest.annotation_paths[0])
+    roots = manifest.media_roots()
     row = 0
     for batch in pf.iter_batches(batch_size=4096):
         for rec in batch.to_pylist():
-            yield _caption_row(manifest, rec, row)
+            yield _caption_row(manifest, rec, row, roots)
             row += 1
 
 

@@ -47,6 +47,16 @@ def model_video_defaults() -> tuple[float, int]:
     return float(MavorsConfig.video_fps), int(MavorsConfig.frames_per_chunk)
 
 
+def model_patch_size() -> int:
+    """Patch size of ``model.configuration.MavorsConfig``'s default vision tower; 14 (SigLIP-so400m) when the
+    model package is not importable (a data-only install)."""
+    try:
+        from model.configuration import MavorsConfig
+    except ImportError:
+        return 14
+    return int(MavorsConfig().patch_size)
+
+
 class TranscodeConfig(ConfigModel):
     """How shard videos are encoded."""
 
@@ -64,11 +74,16 @@ class TranscodeConfig(ConfigModel):
     max_side: int | None = Field(None, ge=16)
     """Downscale so the longer side is at most this many pixels (aspect kept); None keeps the resolution
     (Mavors resizes dynamically itself). Cluster: e.g. 896 to bound shard size."""
+    patch_size: int | None = Field(None, ge=1)
+    """Vision patch size of the model that trains on the shards: media smaller than one patch on either side
+    (``model.preprocessing.check_encodable``) are refused at shard build, not in training. None: the model
+    config's default SigLIP-so400m tower (14); the demo's tiny Mavors uses 16. Cluster: 14."""
 
     def resolved(self) -> TranscodeConfig:
-        """A copy with ``fps``/``gop`` filled in from the model config where they are None."""
+        """A copy with ``fps``/``gop``/``patch_size`` filled in from the model config where they are None."""
         fps, frames_per_chunk = model_video_defaults() if self.fps is None or self.gop is None else (0.0, 0)
-        return self.model_copy(update={"fps": self.fps or fps, "gop": self.gop or frames_per_chunk})
+        return self.model_copy(update={"fps": self.fps or fps, "gop": self.gop or frames_per_chunk,
+                                       "patch_size": self.patch_size or model_patch_size()})
 
     def profile_id(self) -> str:
         """Short stable id of the resolved settings: transcoded files are cached and recorded under it."""

@@ -227,7 +227,7 @@ def _video_qa(c: _Corpus) -> None:
     for sid, rel, data, reason in (
         ("vqa-bad-truncated", "video_qa/videos/bad_truncated.mp4", None, "undecodable_video"),
         ("vqa-bad-notvideo", "video_qa/videos/bad_notvideo.mp4", b"this is a text file, not an mp4\n" * 20,
-         "undecodable_video"),
+         "not_a_video"),
         ("vqa-bad-zero", "video_qa/videos/bad_zero.mp4", b"", "zero_byte"),
         ("vqa-bad-missing", "video_qa/videos/does_not_exist.mp4", None, "missing_media"),
     ):
@@ -268,8 +268,8 @@ def _image_captions(c: _Corpus) -> None:
         c.quarantine[f"image_captions/{sid}"] = reason
     lines.insert(3, '{"id": "cap-bad-utf8", "media": "images/cap_03.jpg", "caption": "caf\xe9"}'.encode("latin-1"))
     lines.insert(6, b'{"id": "cap-bad-json", "media": "images/cap_04.jpg", "caption": ')
-    c.quarantine["image_captions/row000003"] = "not_utf8"
-    c.quarantine["image_captions/row000006"] = "bad_json"
+    c.quarantine["image_captions/captions.jsonl:4"] = "not_utf8"  # FILE:LINE of a line that does not parse
+    c.quarantine["image_captions/captions.jsonl:7"] = "bad_json"
     _write_jsonl(root / "image_captions" / "captions.jsonl", lines)
     _manifest(root, "image_captions", modality="image", task="caption", format="caption_jsonl",
               path="../image_captions/captions.jsonl", stage_hints=["1"], license="CC-BY-4.0 (synthetic demo)",

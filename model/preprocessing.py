@@ -22,6 +22,21 @@ class MediaError(ValueError):
         self.reason, self.detail = reason, detail
 
 
+def check_encodable(kind: str, width: int, height: int, patch: int, name: str = "media",
+                    n_frames: int | None = None) -> None:
+    """The one rule of which media Mavors can encode, applied by the processor and by the shard build (so a
+    sample the loader would refuse never reaches a shard): an image, or a video's frames, at least one
+    ``patch`` on either side, and a video with at least one frame. Anything larger is encodable: the resize
+    rules (:func:`fit_resolution`, :func:`dynamic_resolution`) round every side to at least one patch. A 1x1,
+    8x8, 4000x3 or 3x4000 image, an 8x8 video: MediaError ``image_too_small`` / ``video_too_small``;
+    ``n_frames`` 0: ``empty_video``."""
+    if kind == "video" and n_frames is not None and n_frames < 1:
+        raise MediaError("empty_video", f"{name}: video has no frames")
+    if width < patch or height < patch:
+        what = f"{width}x{height} is" if kind == "image" else f"{width}x{height} frames are"
+        raise MediaError(f"{kind}_too_small", f"{name}: {what} smaller than one {patch}x{patch} patch")
+
+
 def round_to_patch(x: float, patch: int) -> int:
     """Nearest multiple of the patch size, halves rounded up, at least one patch."""
     return max(patch, int(math.floor(x / patch + 0.5)) * patch)
@@ -73,9 +88,8 @@ def partition_grid(width: int, height: int, r_v: int, max_sub_images: int) -> tu
 
 def image_partition(width: int, height: int, r_v: int, patch: int, max_sub_images: int = 9,
                     name: str = "image") -> ImagePlan:
-    """Thumbnail size and Eq. 8 partition for a W x H image; MediaError below one patch."""
-    if width < patch or height < patch:
-        raise MediaError("image_too_small", f"{name}: {width}x{height} is smaller than one {patch}x{patch} patch")
+    """Thumbnail size and Eq. 8 partition for a W x H image; MediaError below one patch (:func:`check_encodable`)."""
+    check_encodable("image", width, height, patch, name)
     grid = partition_grid(width, height, r_v, max_sub_images)
     sub = fit_resolution(width / grid[0], height / grid[1], r_v, patch) if grid else None
     return ImagePlan(thumbnail=fit_resolution(width, height, r_v, patch), grid=grid, sub_image=sub)

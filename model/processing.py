@@ -33,7 +33,7 @@ from torch.nn import functional as F
 from model.configuration import MavorsConfig
 from model.conversation import ROLES, conversation_to_messages
 from model.media import MediaSource, describe, load_image, read_video
-from model.preprocessing import MediaError, dynamic_resolution, image_partition, pooled_grid
+from model.preprocessing import check_encodable, dynamic_resolution, image_partition, pooled_grid
 
 IGNORE_INDEX = -100
 PROCESSOR_FILE = "mavors_processor.json"
@@ -144,9 +144,7 @@ class MavorsProcessor:
             def convert(frame: np.ndarray) -> torch.Tensor:
                 if "wh" not in size:
                     h0, w0 = frame.shape[:2]
-                    if w0 < p or h0 < p:
-                        raise MediaError("video_too_small",
-                                         f"{name}: {w0}x{h0} frames are smaller than one {p}x{p} patch")
+                    check_encodable("video", w0, h0, p, name)
                     size["wh"] = dynamic_resolution(w0, h0, self.image_size, p)
                 return self._to_tensor(frame, size["wh"])
 

@@ -68,3 +68,25 @@ def test_prefect_yaml_deployments_point_at_real_flows_with_valid_parameters():
             CronSchedule(**schedule)  # Prefect's own validation of cron and timezone
         assert dep["schedules"][0]["cron"] == SCHEDULES[dep["name"]]
         assert dep["work_pool"]["name"] == "gpu-pool"
+
+
+def test_ray_cluster_dashboard_is_local_and_every_node_uses_token_auth():
+    config = yaml.safe_load((ROOT / "infra" / "ray" / "cluster.yaml").read_text())
+    head = " ".join(config["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head
+    starts = [c for key in ("head_start_ray_commands", "worker_start_ray_commands") for c in config[key]
+              if "ray start" in c]
+    assert len(starts) == 2 and all(c.startswith("RAY_AUTH_MODE=token ray start") for c in starts)
+    assert "~/.ray/auth_token" in config["file_mounts"]  # the token every node's `ray start` reads
+
+
+def test_no_service_is_bound_to_all_interfaces_without_authentication():
+    """Every mention of 0.0.0.0 in the shipped docs and cluster files comes with how it is authenticated;
+    a bare `--host 0.0.0.0` (an open Prefect API or Ray dashboard runs code for anyone) is refused."""
+    files = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md")),
+             *sorted(p for p in (ROOT / "infra").rglob("*") if p.is_file() and p.suffix in {".md", ".yaml", ".yml",
+                                                                                      ".sh", ".toml", ""})]
+    bare = [f"{p.relative_to(ROOT)}:{i}: {line.strip()}" for p in files
+            for i, line in enumerate(p.read_text(errors="replace").splitlines(), 1)
+            if "0.0.0.0" in line and "auth" not in line.lower()]
+    assert not bare, "bound to all interfaces without authentication:\n" + "\n".join(bare)

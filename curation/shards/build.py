@@ -8,7 +8,9 @@ by the curate flow or from the ``shards`` table, :func:`recorded_stage_dirs`). T
 
 1. **media**: every video of the selected samples is transcoded once to the fixed
    fps (:mod:`curation.transcode`), every image is decoded once; results go to
-   ``shard_media``. Media that fail quarantine their samples (stage ``shards``).
+   ``shard_media``. Media that fail, or that the model cannot encode (smaller than one
+   ``transcode.patch_size`` patch on a side, no frames: ``model.preprocessing.check_encodable``),
+   quarantine their samples (stage ``shards``).
 2. **plan**: the remaining samples, in draw order, become records
    (:func:`curation.shards.format.sample_record`) packed into shards bounded by
    ``max_samples`` and ``max_bytes``; each member's shard is recorded in ``mixture_members.shard``.
@@ -34,7 +36,7 @@ from curation.shards.format import ShardRecord, sample_record
 from curation.shards.writer import (ShardInfo, clean_partials, existing_info, is_complete, pack, record_tar_bytes,
                                     shard_name, write_index, write_shard)
 from curation.transcode import TranscodeConfig, check_image, transcode_video
-from model.preprocessing import MediaError
+from model.preprocessing import MediaError, check_encodable
 
 if TYPE_CHECKING:
     from core.catalog import Catalog
@@ -95,13 +97,17 @@ def run_tasks(fn: Callable[..., Any], jobs: Sequence[tuple], *, parallel: bool,
 # -- a mixture build ---------------------------------------------------------------------------------
 def prepare_media(kind: str, media_hash: str, src: str, cache_dir: str, cfg: TranscodeConfig
                   ) -> tuple[str, MediaInfo | None, str | None, str | None]:
-    """Transcode a video into the cache (or check an image): (hash, info, refusal reason, detail)."""
+    """Transcode a video into the cache (or check an image), then check the result is encodable by the model
+    (``check_encodable`` with ``cfg.patch_size``, on what the loader will decode): (hash, info, refusal reason,
+    detail)."""
+    dst = Path(cache_dir) / f"{media_hash}.mp4"
     try:
-        if kind == "image":
-            return media_hash, check_image(src), None, None
-        dst = Path(cache_dir) / f"{media_hash}.mp4"
-        return media_hash, transcode_video(src, dst, cfg), None, None
+        info = check_image(src) if kind == "image" else transcode_video(src, dst, cfg)
+        check_encodable(kind, info.width, info.height, cfg.patch_size, name=src, n_frames=info.n_frames)
+        return media_hash, info, None, None
     except MediaError as e:
+        if kind == "video":
+            dst.unlink(missing_ok=True)  # no cached copy of a refused video
         return media_hash, None, e.reason, e.detail
 
 

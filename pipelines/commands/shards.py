@@ -18,6 +18,10 @@ console = Console()
 shards_app = typer.Typer(no_args_is_help=True, help="Stage mixtures and WebDataset shards.")
 
 
+REPLACE_HELP = ("Redraw the mixture from the catalog as it is now (its members and shard rows are dropped), "
+                "also when its config is unchanged.")
+
+
 def _select(cat, path: Path, strict: bool, replace: bool, run_id: str | None):
     from curation.mixtures import load_mixture, select_mixture
 
@@ -38,7 +42,7 @@ def _select(cat, path: Path, strict: bool, replace: bool, run_id: str | None):
 @shards_app.command("select")
 def select_cmd(mixture: Path = typer.Argument(..., help="Mixture YAML (manifests/mixtures/...)."),
                strict: bool = typer.Option(False, help="A source absent from the catalog or short of its count fails."),
-               replace: bool = typer.Option(False, help="Redraw a mixture selected before with another config.")) -> None:
+               replace: bool = typer.Option(False, help=REPLACE_HELP)) -> None:
     """Draw a mixture's samples into the catalog and print requested vs available per source."""
     from core.catalog import Catalog
     from core.runs import recorded_run
@@ -54,7 +58,7 @@ def build_cmd(mixture: Path = typer.Argument(..., help="Mixture YAML (manifests/
               out: Optional[Path] = typer.Option(None, help="Shard root; default <work_dir>/shards."),
               stage: Optional[list[str]] = typer.Option(None, help="Only these stages (repeatable)."),
               strict: bool = typer.Option(False, help="A source absent from the catalog or short of its count fails."),
-              replace: bool = typer.Option(False, help="Redraw a mixture selected before with another config."),
+              replace: bool = typer.Option(False, help=REPLACE_HELP),
               no_ray: bool = no_ray_option("Transcode and write")) -> None:
     """Select a mixture, transcode its media and write its shards (a rerun skips finished shards)."""
     from core.catalog import Catalog

@@ -140,3 +140,32 @@ def test_second_process_cannot_open_a_held_catalog(tmp_path):
                 f"try: Catalog({str(path)!r})\nexcept CatalogError as e: print(e); sys.exit(3)")
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 3 and "one process" in out.stdout
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """A folder nothing can be written to: a read-only tmpfs for root (mode bits do not stop root),
+    mode 0555 otherwise; skipped where neither works."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+        return
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a read-only tmpfs here (root without CAP_SYS_ADMIN)")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+@pytest.mark.parametrize("where", ["catalog in the folder", "catalog in a subfolder to create"])
+def test_a_read_only_work_folder_is_named_as_read_only(read_only_folder, where):
+    path = read_only_folder / ("catalog.duckdb" if where == "catalog in the folder" else "work/catalog.duckdb")
+    with pytest.raises(CatalogError) as e:
+        Catalog(path)
+    assert f"the work folder {read_only_folder} is read-only" in str(e.value)
+    assert "other process" not in str(e.value)

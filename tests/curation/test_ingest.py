@@ -196,7 +196,7 @@ def test_changed_items_replace_their_rows(demo_cat, demo_corpus, tmp_path, ray_l
     assert set(after) == set(before) | {"image_captions/cap-fixed"}
     refused = {r["item"]: r["reason"]
                for r in demo_cat.query("SELECT * FROM quarantine WHERE source = 'image_captions'")}
-    assert "row000006" not in refused and refused["row000003"] == "not_utf8" and len(refused) == 5
+    assert "captions.jsonl:7" not in refused and refused["captions.jsonl:4"] == "not_utf8" and len(refused) == 5
     changed = {s for s in before if after[s]["content_sha256"] != before[s]["content_sha256"]}
     assert all(after[s] == before[s] for s in before if not s.startswith("image_captions"))
     assert changed == {"image_captions/cap-0002", "image_captions/cap-0004"}
@@ -263,3 +263,56 @@ def test_sigkill_mid_ingest_then_rerun_equals_an_uninterrupted_run(demo_corpus, 
     assert [r[:2] for r in runs] == [("ingest", "interrupted"), ("ingest", "completed")]
     assert json.loads(runs[1][2]) == {s: 0 if s in written else clean_samples.get(s, 0) for s in order}
     assert dump_tables(catalog_path, work / "media") == dump_tables(demo_catalog, demo_catalog.parent / "media")
+
+
+def _image(path: Path, seed: int) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_media_outside_media_root_is_refused_unopened_unless_its_root_is_allowed(tmp_path, monkeypatch):
+    """``../x.jpg``, an absolute path elsewhere and a symlink inside media_root pointing out are
+    ``path_escape`` and never hashed or probed; a folder listed in ``allowed_media_roots`` is reachable
+    (by a relative path, an absolute one, or a symlink into it)."""
+    import curation.ingest as ingest_module
+
+    data, media = tmp_path / "data", tmp_path / "data" / "media"
+    ok = _image(media / "ok.jpg", 0)
+    sibling = _image(data / "x.jpg", 1)  # next to media_root, not in it
+    secret = _image(tmp_path / "elsewhere" / "secret.jpg", 2)
+    pool = _image(tmp_path / "shared" / "pool.jpg", 3)
+    (media / "link_out.jpg").symlink_to(secret)
+    (media / "link_pool.jpg").symlink_to(pool)
+    rows = {"ok": "ok.jpg", "dotdot": "../x.jpg", "absolute": str(secret), "link_out": "link_out.jpg",
+            "pool_rel": "../../shared/pool.jpg", "pool_abs": str(pool), "pool_link": "link_pool.jpg"}
+    (data / "captions.jsonl").write_text("".join(json.dumps({"id": k, "media": v, "caption": f"Picture {k}."}) + "\n"
+                                                 for k, v in rows.items()))
+    base = "name: s\nmodality: image\ntask: caption\nformat: caption_jsonl\npath: captions.jsonl\nmedia_root: media\n"
+    (data / "strict.yaml").write_text(base)
+    (data / "pooled.yaml").write_text(base + "allowed_media_roots: [../shared]\n")
+    opened = []
+
+    def recording_probe(path, kind):
+        opened.append(str(path))
+        return hash_and_probe(path, kind)
+
+    from curation.media import hash_and_probe
+
+    monkeypatch.setattr(ingest_module, "hash_and_probe", recording_probe)
+    escapes = {"dotdot", "absolute", "link_out"}
+    for name, allowed in (("strict", set()), ("pooled", {"pool_rel", "pool_abs", "pool_link"})):
+        opened.clear()
+        with Catalog(tmp_path / f"{name}.duckdb") as c:
+            ingest([load_manifest(data / f"{name}.yaml")], c, media_store=tmp_path / "store", workers=0)
+            refused = {r["item"]: (r["reason"], r["detail"]) for r in c.query("SELECT * FROM quarantine")}
+            samples = {r["item"] for r in c.query("SELECT item FROM samples")}
+            stored = {r["storage_path"] for r in c.query("SELECT storage_path FROM media")}
+        assert samples == {"ok"} | allowed
+        assert {k: v[0] for k, v in refused.items()} == dict.fromkeys(set(rows) - samples, "path_escape")
+        assert str(secret) in refused["link_out"][1] and str(media) in refused["link_out"][1]
+        assert set(opened) == stored == {str(ok)} | ({str(pool)} if allowed else set())
+        assert not {str(sibling), str(secret)} & set(opened) and escapes <= set(refused)

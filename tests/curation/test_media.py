@@ -43,7 +43,7 @@ def test_probe_matches_generation_truth(demo_corpus):
 
 @pytest.mark.parametrize("rel, kind, reason", [
     ("video_qa/videos/bad_truncated.mp4", "video", "undecodable_video"),
-    ("video_qa/videos/bad_notvideo.mp4", "video", "undecodable_video"),
+    ("video_qa/videos/bad_notvideo.mp4", "video", "not_a_video"),
     ("video_qa/videos/bad_zero.mp4", "video", "zero_byte"),
     ("video_qa/videos/does_not_exist.mp4", "video", "missing_media"),
     ("image_captions/images/bad_zero.jpg", "image", "zero_byte"),
@@ -56,6 +56,18 @@ def test_bad_media_reasons(demo_corpus, rel, kind, reason):
     with pytest.raises(MediaError) as e:
         hash_and_probe(demo_corpus / rel, kind)
     assert e.value.reason == reason and e.value.detail
+
+
+def test_a_text_file_named_mp4_and_a_truncated_mp4_get_different_reasons(demo_corpus):
+    truncated, text = (demo_corpus / "video_qa" / "videos" / f"bad_{n}.mp4" for n in ("truncated", "notvideo"))
+    assert truncated.read_bytes()[4:8] == b"ftyp" and text.read_bytes().startswith(b"this is a text file")
+    with pytest.raises(MediaError) as cut:
+        hash_and_probe(truncated, "video")
+    with pytest.raises(MediaError) as not_video:
+        hash_and_probe(text, "video")
+    assert (cut.value.reason, not_video.value.reason) == ("undecodable_video", "not_a_video")
+    assert "mp4 container, truncated or damaged" in cut.value.detail
+    assert "no video container signature (starts with b'this is a text f')" in not_video.value.detail
 
 
 def test_image_just_over_the_pixel_limit_is_a_bomb_not_decoded(tmp_path):

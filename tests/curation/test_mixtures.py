@@ -172,3 +172,32 @@ def test_several_policies_must_be_named(catalog):
     with pytest.raises(MixtureError, match="has no decisions"):
         select_mixture(catalog, _mixture(dedup_policy="nope"))
     assert select_mixture(catalog, _mixture(dedup_policy="other")).dedup_policy == "other"
+
+
+def test_rerun_reports_availability_of_now_and_replace_redraws_the_same_config(catalog):
+    rows, dropped = _fill(catalog)
+    first = select_mixture(catalog, _mixture())
+    before = _members(catalog, "2")
+    new = [{"sample_id": f"B/{i:03d}", "source": "B", "item": f"{i:03d}", "task": "caption",
+            "conversation": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}],
+            "media_hashes": [f"n{i}"], "content_sha256": "x"} for i in range(10, 16)]
+    catalog.insert("samples", new)
+    catalog.insert("dedup_decisions", [{
+        "policy": "paper", "sample_id": r["sample_id"], "source": "B", "task": "caption", "group_size": 1,
+        "rule": "keep_k_lowest", "kept": True, "reason": "unique", "seed": 0, "grouping": "exact", "scorer": "s",
+        "template_version": "t", "text_scope": "answer"} for r in new])
+    eligible_b = [r["sample_id"] for r in rows + new if r["source"] == "B" and r["sample_id"] not in dropped]
+    assert len(eligible_b) == 15 and first.entries[1].available == 9
+
+    again = select_mixture(catalog, _mixture())  # reused: the old draw, today's availability
+    assert again.reused and _members(catalog, "2") == before
+    b = again.entries[1]
+    assert (b.source, b.available, b.selected) == ("B", 15, 4)
+    assert any("stage 2 source B: 15 samples eligible now, 9 when" in w and "--replace" in w for w in again.warnings)
+
+    redrawn = select_mixture(catalog, _mixture(), replace=True)
+    eligible_a = [r["sample_id"] for r in rows if r["source"] == "A" and r["task"] == "qa"
+                  and r["sample_id"] not in dropped | {"A/001"}]
+    assert not redrawn.reused and redrawn.entries[1].selected == 7  # floor(15 / 2)
+    assert _members(catalog, "2") == set(_md5_order(7, eligible_a)[:5]) | set(_md5_order(7, eligible_b)[:7])
+    assert select_mixture(catalog, _mixture()).warnings == []  # nothing changed since the redraw

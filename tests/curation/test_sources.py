@@ -166,3 +166,28 @@ def test_truncated_tar_is_refused_whole_and_other_shards_are_read(demo_corpus, t
     items = list(iter_items(m, tmp_path / "store"))
     assert [(it.item, it.reason) for it in items if it.item.startswith("b")] == [("b.tar", "bad_tar")]
     assert sum(it.reason is None for it in items) == 5
+
+
+def test_llava_item_with_one_media_path_outside_media_root_is_refused_whole(tmp_path):
+    conv = [{"from": "human", "value": "<image>\n<image>\nQ"}, {"from": "gpt", "value": "A"}]
+    (tmp_path / "root").mkdir()
+    (tmp_path / "a.json").write_text(json.dumps([{"id": "in", "image": ["x.jpg", "sub/../y.jpg"], "conversations": conv},
+                                                 {"id": "out", "image": ["x.jpg", "../y.jpg"], "conversations": conv}]))
+    m = SourceManifest(name="s", modality="image", task="qa", format="llava_json", path=str(tmp_path / "a.json"),
+                       media_root=str(tmp_path / "root"))
+    items = {it.item: it for it in iter_items(m, tmp_path)}
+    assert items["in"].reason is None
+    assert [p for p, _ in items["in"].media] == [str(tmp_path / "root" / "x.jpg"), str(tmp_path / "root" / "y.jpg")]
+    assert (items["out"].reason, items["out"].media) == ("path_escape", [])
+    assert f"'../y.jpg' resolves to {tmp_path / 'y.jpg'}, outside {tmp_path / 'root'}" in items["out"].detail
+
+
+@pytest.mark.parametrize("fmt", ["llava_json", "caption_jsonl"])
+def test_a_line_that_does_not_parse_is_recorded_as_file_and_line(tmp_path, fmt):
+    good = {"id": "a", "media": "x.jpg", "caption": "A picture.", "image": "x.jpg",
+            "conversations": [{"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}]}
+    lines = [json.dumps(good).encode(), b"", b'{"id": "b", "media": ', '{"id": "caf\xe9"}'.encode("latin-1")]
+    (tmp_path / "ann.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    m = SourceManifest(name="s", modality="image", task="qa", format=fmt, path=str(tmp_path / "ann.jsonl"))
+    items = {it.item: it.reason for it in iter_items(m, tmp_path)}
+    assert items == {"a": None, "ann.jsonl:3": "bad_json", "ann.jsonl:4": "not_utf8"}  # line 2 is blank

@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 
 from model.preprocessing import (
-    ImagePlan, MediaError, dynamic_resolution, image_partition, plan_video, pooled_grid, resample_times,
+    ImagePlan, MediaError, check_encodable, dynamic_resolution, image_partition, plan_video, pooled_grid,
+    resample_times,
 )
 
 R, P = 384, 14
@@ -72,6 +73,25 @@ def test_image_smaller_than_a_patch_is_refused():
     with pytest.raises(MediaError, match="img.png: 10x30 is smaller than one 14x14 patch") as e:
         image_partition(10, 30, R, P, name="img.png")
     assert (e.value.reason, e.value.detail) == ("image_too_small", "img.png: 10x30 is smaller than one 14x14 patch")
+
+
+@pytest.mark.parametrize("kind, w, h, n_frames, reason", [
+    ("image", 1, 1, None, "image_too_small"), ("image", 8, 8, None, "image_too_small"),
+    ("image", 4000, 3, None, "image_too_small"), ("image", 3, 4000, None, "image_too_small"),
+    ("image", 13, 4000, None, "image_too_small"), ("video", 8, 8, 30, "video_too_small"),
+    ("video", 64, 48, 0, "empty_video"),
+    ("image", 14, 14, None, None), ("image", 4000, 14, None, None), ("video", 14, 600, 1, None),
+])
+def test_encodable_means_one_patch_on_either_side_and_a_frame(kind, w, h, n_frames, reason):
+    """Patch 14: a side of 13 px is refused, 14 px is one patch. What passes also gets a plan from the processor's
+    resize rule with every side >= 1 patch, so nothing between this check and the encoder refuses it."""
+    if reason is None:
+        check_encodable(kind, w, h, P, "m", n_frames)
+        assert min(dynamic_resolution(w, h, R, P)) >= P and min(image_partition(w, h, R, P).thumbnail) >= P
+        return
+    with pytest.raises(MediaError) as e:
+        check_encodable(kind, w, h, P, "m", n_frames)
+    assert e.value.reason == reason and e.value.detail.startswith("m: ")
 
 
 def test_short_video_chunks_and_last_chunk_padding():

@@ -135,6 +135,8 @@ def test_media_errors_name_the_item(processor, tmp_path):
         processor.encode(human, [np.zeros((0, 64, 64, 3), np.uint8)])
     with pytest.raises(MediaError, match="10x12 is smaller than one 16x16 patch"):
         processor.encode([{"from": "human", "value": "<image>"}], [np.zeros((12, 10, 3), np.uint8)])
+    with pytest.raises(MediaError, match="8x8 frames are smaller than one 16x16 patch"):  # the shard build's rule
+        processor.encode(human, [np.zeros((4, 8, 8, 3), np.uint8)])
     with pytest.raises(MediaError, match="image #1: cannot decode image"):
         processor.encode([{"from": "human", "value": "<image>"}], [b"not an image"])
     with pytest.raises(ValueError, match="more <image>/<video> placeholders than media"):
