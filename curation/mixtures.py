@@ -5,7 +5,9 @@
 
 A mixture YAML lists, per stage (``1``, ``1.5``, ``2``, ``dpo``), source entries with
 a sample ``count`` (an integer or ``all``) or a ``ratio`` (``0.25``, ``"25%"``,
-``"1/4"``) and an optional task filter. Selection is a pure function of the catalog
+``"1/4"``), an optional task filter, and ``captions: synthesized`` to draw the
+merged captions caption synthesis wrote for the source's media (catalog source
+``<source>+synth``) instead of the source's own samples. Selection is a pure function of the catalog
 and the seed: a sample is *eligible* when deduplication kept it (the policy's
 ``dedup_decisions`` rows; with no decisions in the catalog every sample, with a
 warning), it is not quarantined, and it is not held out for evaluation (a ``heldout``
@@ -30,6 +32,7 @@ from pydantic import Field, field_validator, model_validator
 
 from core.catalog import Catalog
 from core.config import ConfigModel, load_yaml
+from curation.sources import synthesized_source
 from curation.transcode import TranscodeConfig
 
 Stage = Literal["1", "1.5", "2", "dpo"]
@@ -69,6 +72,10 @@ class SourceEntry(ConfigModel):
     (the paper gives no count for the dataset). Give exactly one of ``count`` and ``ratio``."""
     ratio: float | None = None
     """Share of the eligible samples to draw, ``floor(ratio * available)``: ``0.25``, ``"25%"`` or ``"1/4"``."""
+    captions: Literal["original", "synthesized"] = "original"
+    """``original``: the source's own samples. ``synthesized``: the merged captions caption synthesis wrote
+    for the source's media (catalog source ``<source>+synth``, paper App. A: CC12M, CelebV, Hacs and
+    Kinetics_700 are trained on these); they pass deduplication when the sample they re-caption does."""
     tasks: list[str] | None = None
     """Only samples whose task is in this list (``caption``, ``qa``, ...); None: every task of the source."""
     category: str | None = None
@@ -86,6 +93,18 @@ class SourceEntry(ConfigModel):
         if (self.count is None) == (self.ratio is None):
             raise ValueError(f"source {self.source!r}: give exactly one of count (an integer or 'all') and ratio")
         return self
+
+    def catalog_source(self) -> str:
+        """The ``samples.source`` this entry draws from."""
+        return synthesized_source(self.source) if self.captions == "synthesized" else self.source
+
+    def selection_key(self) -> dict[str, Any]:
+        """The fields that decide the draw (``captions`` only when not the default, so mixtures written
+        before it existed keep their selection hash)."""
+        key = self.model_dump(exclude={"category", "note"})
+        if self.captions == "original":
+            del key["captions"]
+        return key
 
     def requested(self) -> str:
         """The amount as written, for reports."""
@@ -141,7 +160,7 @@ class MixtureConfig(ConfigModel):
     def selection_sha256(self, dedup_policy: str | None) -> str:
         """Hash of everything that decides the selection (not shard sizes or transcoding)."""
         key = {"seed": self.seed, "dedup_policy": dedup_policy,
-               "stages": {s: [e.model_dump(exclude={"category", "note"}) for e in es] for s, es in self.stages.items()}}
+               "stages": {s: [e.selection_key() for e in es] for s, es in self.stages.items()}}
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
@@ -289,10 +308,11 @@ def _draw_entry(con, mixture: MixtureConfig, stage: str, i: int, entry: SourceEn
                 eligible: str, known_sources: set[str]) -> EntryAvailability:
     """Count the entry's eligible samples and insert the first ``entry.take(available)`` of them in draw order
     (``md5('<seed>:<sample_id>')``, ties by id) into ``mixture_members``, with the dedup decision of each."""
-    params = {"source": entry.source, "tasks": entry.tasks, "mixture": mixture.name, "stage": stage}
+    source = entry.catalog_source()
+    params = {"source": source, "tasks": entry.tasks, "mixture": mixture.name, "stage": stage}
     if policy is not None:
         params["policy"] = policy
-    if entry.source not in known_sources:
+    if source not in known_sources:
         available, status = 0, "absent"
     else:
         available = con.execute(f"SELECT count(*) {eligible}", params).fetchone()[0]
@@ -311,7 +331,7 @@ def _draw_entry(con, mixture: MixtureConfig, stage: str, i: int, entry: SourceEn
                 ORDER BY draw_key, s.sample_id LIMIT {int(n)}""",
             params,
         )
-    return EntryAvailability(stage, i, entry.source, entry.tasks, entry.requested(), int(available), int(n), status)
+    return EntryAvailability(stage, i, source, entry.tasks, entry.requested(), int(available), int(n), status)
 
 
 def _record_selection(cat: Catalog, con, mixture: MixtureConfig, entries: list[EntryAvailability],
