@@ -522,6 +522,7 @@ def _merge_pass(cat, roster, media, report, use_ray, run_id, factory, ray_settin
 def _write_merged(cat: Catalog, roster: RosterConfig, batch: list[dict[str, Any]], report: CaptionReport,
                   run_id: str | None) -> None:
     from curation.ingest import content_sha256
+    from curation.sources import synthesized_source
 
     m = roster.merger
     params = m.sampling.params()
@@ -547,7 +548,7 @@ def _write_merged(cat: Catalog, roster: RosterConfig, batch: list[dict[str, Any]
         report.merged_rejected += bool(reason)
         if reason:
             continue
-        synth = f"{b['source']}+synth"
+        synth = synthesized_source(b["source"])
         synth_sources.add((synth, b["source"], b["kind"]))
         conversation = [
             {"from": "human", "value": f"{PLACEHOLDER[b['kind']]}\n{roster.sample_prompt.format(kind=b['kind'])}"},

@@ -15,6 +15,12 @@ within each (group, task) a rule from the policy YAML decides:
   among the k lowest-PPL ones.
 - ``keep_all``: every task the policy does not name.
 
+A synthesized caption sample (``caption_samples``: ``<source>+synth/<item>``, a new
+caption of the media of sample ``from_sample``) is an alternative text of that
+sample, not a duplicate of it: it stays out of the ranking and takes its origin's
+decision (``origin_kept`` / ``origin_dropped``), so a mixture can draw either text of a
+kept media and ranking never plays the two against each other.
+
 Ranking: PPL ascending, ties broken by ``sample_id`` ascending (byte order), so
 equal PPLs always resolve the same way. The random pick is the member of the k
 lowest with the smallest ``md5('<seed>:<sample_id>')`` -- a seeded hash, not row
@@ -52,7 +58,12 @@ REASONS = {
     "unscored_kept": "kept: no PPL score (policy unscored: keep), outside the ranking",
     "unscored_dropped": "dropped: no PPL score (policy unscored: drop)",
     "quarantined": "dropped: PPL scoring quarantined the sample (media failed to decode)",
+    "origin_kept": "kept: a synthesized caption of a kept sample's media (caption_samples.from_sample)",
+    "origin_dropped": "dropped: a synthesized caption of a sample that was dropped (or is gone)",
 }
+
+
+_KEPT_REASONS = ("no_media", "unique", "keep_all", "lowest_k", "random_pick", "unscored_kept", "origin_kept")
 
 
 class TaskRule(ConfigModel):
@@ -133,6 +144,7 @@ def decisions_sql(policy: DedupPolicy) -> str:
         LEFT JOIN (SELECT DISTINCT source, item FROM quarantine WHERE stage = 'ppl') q
                ON q.source = s.source AND q.item = s.item
         LEFT JOIN _dedup_rules r ON r.task = s.task
+        WHERE NOT EXISTS (SELECT 1 FROM caption_samples c WHERE c.sample_id = s.sample_id)
     ),
     ranked AS MATERIALIZED (
         -- One sort per (group, task): eligible (scored, not quarantined) first, by PPL then sample_id,
@@ -148,25 +160,36 @@ def decisions_sql(policy: DedupPolicy) -> str:
         FROM ranked
         WHERE rule = 'random_one_of_k_lowest' AND eligible AND pos <= k AND group_size > 1
         GROUP BY group_key, task
+    ),
+    decided AS (
+        SELECT sample_id, source, task, group_key, CAST(group_size AS INTEGER) AS group_size, rule,
+               k, CASE WHEN eligible THEN CAST(pos AS INTEGER) END AS rank, ppl,
+               CASE
+                   WHEN quarantined THEN 'quarantined'
+                   WHEN group_key IS NULL THEN 'no_media'
+                   WHEN group_size = 1 THEN 'unique'
+                   WHEN rule = 'keep_all' THEN 'keep_all'
+                   WHEN ppl IS NULL THEN $unscored
+                   WHEN pos > k THEN 'above_k'
+                   WHEN rule = 'keep_k_lowest' THEN 'lowest_k'
+                   WHEN sample_id IN (SELECT sample_id FROM picks) THEN 'random_pick'
+                   ELSE 'not_picked'
+               END AS reason
+        FROM ranked
     )
-    SELECT sample_id, source, task, group_key, CAST(group_size AS INTEGER) AS group_size, rule,
-           k, CASE WHEN eligible THEN CAST(pos AS INTEGER) END AS rank, ppl,
-           CASE
-               WHEN quarantined THEN 'quarantined'
-               WHEN group_key IS NULL THEN 'no_media'
-               WHEN group_size = 1 THEN 'unique'
-               WHEN rule = 'keep_all' THEN 'keep_all'
-               WHEN ppl IS NULL THEN $unscored
-               WHEN pos > k THEN 'above_k'
-               WHEN rule = 'keep_k_lowest' THEN 'lowest_k'
-               WHEN sample_id IN (SELECT sample_id FROM picks) THEN 'random_pick'
-               ELSE 'not_picked'
-           END AS reason
-    FROM ranked
+    SELECT * FROM decided
+    UNION ALL
+    -- synthesized captions: their origin's group and decision, their own score, no rank
+    SELECT s.sample_id, s.source, s.task, o.group_key, o.group_size, o.rule, o.k, NULL AS rank, p.ppl,
+           CASE WHEN o.reason IN ({", ".join(f"'{r}'" for r in _KEPT_REASONS)}) THEN 'origin_kept'
+                ELSE 'origin_dropped' END AS reason
+    FROM samples s
+    JOIN caption_samples c ON c.sample_id = s.sample_id
+    LEFT JOIN decided o ON o.sample_id = c.from_sample
+    LEFT JOIN ppl_scores p
+           ON p.sample_id = s.sample_id AND p.scorer = $scorer
+          AND p.template_version = $template AND p.text_scope = $scope
     """
-
-
-_KEPT_REASONS = ("no_media", "unique", "keep_all", "lowest_k", "random_pick", "unscored_kept")
 
 
 def run_policy(cat: Catalog, policy: DedupPolicy, run_id: str | None = None) -> dict[str, Any]:
@@ -296,7 +319,7 @@ def report(cat: Catalog, out_dir: str | Path, policy: str | None = None) -> dict
         "SELECT count(*) AS groups, count(*) FILTER (WHERE n > 1) AS shared_groups, "
         "coalesce(sum(n) FILTER (WHERE n > 1), 0) AS samples_in_shared_groups, coalesce(max(n), 0) AS largest "
         "FROM (SELECT group_key, count(*) AS n FROM dedup_decisions WHERE policy = ? AND group_key IS NOT NULL "
-        "GROUP BY group_key)", [name])[0]
+        "AND reason NOT LIKE 'origin_%' GROUP BY group_key)", [name])[0]  # a re-caption is no duplicate
     by_source_task = cat.query(
         "SELECT source, task, count(*) FILTER (WHERE kept) AS kept, count(*) FILTER (WHERE NOT kept) AS dropped "
         "FROM dedup_decisions WHERE policy = ? GROUP BY source, task ORDER BY source, task", [name])

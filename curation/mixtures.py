@@ -5,7 +5,9 @@
 
 A mixture YAML lists, per stage (``1``, ``1.5``, ``2``, ``dpo``), source entries with
 a sample ``count`` (an integer or ``all``) or a ``ratio`` (``0.25``, ``"25%"``,
-``"1/4"``) and an optional task filter. Selection is a pure function of the catalog
+``"1/4"``), an optional task filter, and ``captions: synthesized`` to draw the
+merged captions caption synthesis wrote for the source's media (catalog source
+``<source>+synth``) instead of the source's own samples. Selection is a pure function of the catalog
 and the seed: a sample is *eligible* when deduplication kept it (the policy's
 ``dedup_decisions`` rows; with no decisions in the catalog every sample, with a
 warning), it is not quarantined, and it is not held out for evaluation (a ``heldout``
@@ -30,6 +32,7 @@ from pydantic import Field, field_validator, model_validator
 
 from core.catalog import Catalog
 from core.config import ConfigModel, load_yaml
+from curation.sources import synthesized_source
 from curation.transcode import TranscodeConfig
 
 Stage = Literal["1", "1.5", "2", "dpo"]
@@ -69,6 +72,10 @@ class SourceEntry(ConfigModel):
     (the paper gives no count for the dataset). Give exactly one of ``count`` and ``ratio``."""
     ratio: float | None = None
     """Share of the eligible samples to draw, ``floor(ratio * available)``: ``0.25``, ``"25%"`` or ``"1/4"``."""
+    captions: Literal["original", "synthesized"] = "original"
+    """``original``: the source's own samples. ``synthesized``: the merged captions caption synthesis wrote
+    for the source's media (catalog source ``<source>+synth``, paper App. A: CC12M, CelebV, Hacs and
+    Kinetics_700 are trained on these); they pass deduplication when the sample they re-caption does."""
     tasks: list[str] | None = None
     """Only samples whose task is in this list (``caption``, ``qa``, ...); None: every task of the source."""
     category: str | None = None
@@ -86,6 +93,18 @@ class SourceEntry(ConfigModel):
         if (self.count is None) == (self.ratio is None):
             raise ValueError(f"source {self.source!r}: give exactly one of count (an integer or 'all') and ratio")
         return self
+
+    def catalog_source(self) -> str:
+        """The ``samples.source`` this entry draws from."""
+        return synthesized_source(self.source) if self.captions == "synthesized" else self.source
+
+    def selection_key(self) -> dict[str, Any]:
+        """The fields that decide the draw (``captions`` only when not the default, so mixtures written
+        before it existed keep their selection hash)."""
+        key = self.model_dump(exclude={"category", "note"})
+        if self.captions == "original":
+            del key["captions"]
+        return key
 
     def requested(self) -> str:
         """The amount as written, for reports."""
@@ -141,7 +160,7 @@ class MixtureConfig(ConfigModel):
     def selection_sha256(self, dedup_policy: str | None) -> str:
         """Hash of everything that decides the selection (not shard sizes or transcoding)."""
         key = {"seed": self.seed, "dedup_policy": dedup_policy,
-               "stages": {s: [e.model_dump(exclude={"category", "note"}) for e in es] for s, es in self.stages.items()}}
+               "stages": {s: [e.selection_key() for e in es] for s, es in self.stages.items()}}
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
@@ -290,7 +309,8 @@ def _drop_mixture(con, name: str) -> None:
 
 
 def _entry_params(mixture: MixtureConfig, stage: str, i: int, entry: SourceEntry, policy: str | None) -> dict:
-    params = {"source": entry.source, "tasks": entry.tasks, "mixture": mixture.name, "stage": stage, "entry": i}
+    params = {"source": entry.catalog_source(), "tasks": entry.tasks, "mixture": mixture.name, "stage": stage,
+              "entry": i}
     if policy is not None:
         params["policy"] = policy
     return params
@@ -298,7 +318,7 @@ def _entry_params(mixture: MixtureConfig, stage: str, i: int, entry: SourceEntry
 
 def _available(con, entry: SourceEntry, params: dict, eligible: str, known_sources: set[str]) -> int | None:
     """Eligible samples of an entry in the catalog as it is now; None for a source the catalog does not know."""
-    if entry.source not in known_sources:
+    if entry.catalog_source() not in known_sources:
         return None
     return int(con.execute(f"SELECT count(*) {eligible}", params).fetchone()[0])
 
@@ -329,7 +349,7 @@ def _draw_entry(con, mixture: MixtureConfig, stage: str, i: int, entry: SourceEn
                 ORDER BY draw_key, s.sample_id LIMIT {int(n)}""",
             params,
         )
-    return EntryAvailability(stage, i, entry.source, entry.tasks, entry.requested(), int(available), int(n), status)
+    return EntryAvailability(stage, i, entry.catalog_source(), entry.tasks, entry.requested(), int(available), int(n), status)
 
 
 def _record_selection(cat: Catalog, con, mixture: MixtureConfig, entries: list[EntryAvailability],
@@ -360,11 +380,11 @@ def _reused_entries(cat: Catalog, mixture: MixtureConfig, policy: str | None, el
             found = _available(cat.con, entry, _entry_params(mixture, stage, i, entry, policy), eligible,
                                known_sources)
             n = selected.get((stage, i), 0)
-            entries.append(EntryAvailability(stage, i, entry.source, entry.tasks, entry.requested(), found or 0, n,
+            entries.append(EntryAvailability(stage, i, entry.catalog_source(), entry.tasks, entry.requested(), found or 0, n,
                                              _status(entry, found, n)))
             then = drawn[(stage, i)]["available"] if (stage, i) in drawn else None
             if then is not None and then != (found or 0):
-                warnings.append(f"stage {stage} source {entry.source}: {found or 0} samples eligible now, {then} "
+                warnings.append(f"stage {stage} source {entry.catalog_source()}: {found or 0} samples eligible now, {then} "
                                 f"when mixture {mixture.name!r} was drawn; the old draw of {n} is kept "
                                 "(--replace redraws it)")
     return entries, warnings

@@ -74,14 +74,12 @@ def sign_media(kind: str, path: str, frames: int = DEFAULT_FRAMES) -> np.ndarray
 
         with Image.open(path) as im:
             return thumbnail(np.asarray(im.convert("RGB")))[None]
-    import av
+    from model.media import frame_index, frames_at
 
-    with av.open(path) as container:
-        decoded = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]  # [(H, W, 3)]
-    if not decoded:
-        raise ValueError(f"{path}: no decodable frame")
-    picks = [min(len(decoded) - 1, int((j + 0.5) * len(decoded) / frames)) for j in range(frames)]
-    return np.stack([thumbnail(decoded[i]) for i in picks])
+    index = frame_index(path, path)  # only the picked frames are decoded
+    n = len(index.times)
+    picks = [min(n - 1, int((j + 0.5) * n / frames)) for j in range(frames)]
+    return np.stack(frames_at(path, index, index.offsets(picks), thumbnail, path))
 
 
 def distance(a: np.ndarray, b: np.ndarray) -> int:

@@ -37,6 +37,15 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v")
 """Suffixes read as video (PyAV decodes them all), by ingestion and by the lmms-eval adapter."""
 PLACEHOLDERS = {"image": "<image>", "video": "<video>"}
+SYNTH_SUFFIX = "+synth"
+"""Catalog sources ``<source>+synth`` hold the merged captions caption synthesis wrote for ``<source>``'s media."""
+
+
+def synthesized_source(source: str) -> str:
+    """The catalog source of ``source``'s synthesized captions (``kinetics_like`` -> ``kinetics_like+synth``)."""
+    return source + SYNTH_SUFFIX
+
+
 # Role names as LLaVA writes them; OpenAI-style names are accepted and mapped.
 _ROLES = {"human": "human", "user": "human", "gpt": "gpt", "assistant": "gpt"}
 

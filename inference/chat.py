@@ -12,7 +12,7 @@ transformers, vLLM and the Mavors engine:
 - ``decode_completion`` turns generated ids into a :class:`Completion` the same way
   for every backend (EOS counted but not shown, text cut at the first stop string);
 - ``load_image`` / ``load_video`` turn paths into PIL images / ``(T, H, W, 3)``
-  uint8 frames (uniformly sampled with PyAV).
+  uint8 frames (uniformly sampled; only those frames are decoded).
 """
 from __future__ import annotations
 
@@ -187,23 +187,23 @@ def load_image(value: Any):
 def load_video(value: Any, n_frames: int) -> np.ndarray:
     """``(T, H, W, 3)`` uint8 frames: an array as given, or ``n_frames`` sampled uniformly from a file.
 
-    T is made even (the last frame repeated) because Qwen2-VL-style encoders group frames in pairs.
+    Only the sampled frames are decoded (``model.media.frames_at`` seeks to each), so a long video costs
+    what its few frames cost. T is made even (the last frame repeated) because Qwen2-VL-style encoders
+    group frames in pairs.
     """
     if isinstance(value, np.ndarray):
         frames = value
     else:
-        import av
+        from model.media import frame_index, frames_at
+        from model.preprocessing import MediaError
 
-        path = Path(value)
+        path = str(Path(value))
         try:
-            with av.open(str(path)) as container:
-                decoded = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-        except (OSError, av.error.FFmpegError) as e:
-            raise EngineError(f"{path}: cannot decode video ({e})") from e
-        if not decoded:
-            raise EngineError(f"{path}: video has no frames")
-        picks = np.linspace(0, len(decoded) - 1, num=min(n_frames, len(decoded))).round().astype(int)
-        frames = np.stack([decoded[i] for i in picks])  # (T, H, W, 3)
+            index = frame_index(path, path)
+            picks = np.linspace(0, len(index.times) - 1, num=min(n_frames, len(index.times))).round().astype(int)
+            frames = np.stack(frames_at(path, index, index.offsets(picks), lambda rgb: rgb, path))  # (T, H, W, 3)
+        except MediaError as e:
+            raise EngineError(str(e)) from e
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise EngineError(f"video frames must be (T, H, W, 3), got {frames.shape}")
     if len(frames) % 2:

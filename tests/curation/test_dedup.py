@@ -154,6 +154,22 @@ def test_multi_media_groups_by_ordered_tuple(catalog):
     assert kept(catalog) == {"a/1", "b/1", "d/1", "e/1"}
 
 
+def test_synthesized_captions_follow_their_origin(catalog):
+    """A re-caption (caption_samples row) is not ranked against its origin: it takes the origin's decision,
+    even with the lowest PPL of the group or with no score at all (policy ``unscored: error``)."""
+    add(catalog, ("k/1", "caption", ["h1"], 3.0), ("o/1", "caption", ["h1"], 2.0), ("k+synth/1", "caption", ["h1"], 1.0),
+        ("k/2", "caption", ["h2"], 5.0), ("k+synth/2", "caption", ["h2"], None))
+    catalog.insert("caption_samples", [{"sample_id": f"k+synth/{i}", "media_hash": f"h{i}", "from_sample": f"k/{i}",
+                                        "merge_id": f"m{i}"} for i in (1, 2)])
+    run_policy(catalog, policy())
+    d = decisions(catalog)
+    pick = md5_pick(0, ["k/1", "o/1"])  # the two originals are the whole ranked group
+    assert kept(catalog) == {pick, "k/2", "k+synth/2"} | ({"k+synth/1"} if pick == "k/1" else set())
+    assert d["k+synth/1"]["reason"] == ("origin_kept" if pick == "k/1" else "origin_dropped")
+    assert d["k+synth/1"]["rank"] is None and d["k+synth/1"]["group_key"] == "h1"
+    assert d["k/1"]["group_size"] == 2 and d["k/2"]["reason"] == "unique" and d["k+synth/2"]["reason"] == "origin_kept"
+
+
 def test_tasks_rank_separately_and_unnamed_tasks_keep_all(catalog):
     for i, sid in enumerate(("a/1", "b/1", "c/1")):
         add(catalog, (sid, "qa", ["h1"], 1.0 + i))

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
 import pytest
 
@@ -29,6 +30,10 @@ def test_paper_table6_transcription():
     assert counts["1"]["omega_image_caption"] == 79_000_000 and counts["1"]["panda_70m"] == 900_000
     assert sum(counts["1"].values()) == 126_900_000 + 6_500_000  # image captions + video captions
     assert counts["1.5"]["cc12m"] == 1_000_000 and counts["2"]["openmathinstruct_2"] == 2_000_000
+    # App. A: these four are trained on the captions the authors' pipeline synthesized
+    assert {e.source for e in m.stages["1.5"] if e.captions == "synthesized"} == {"cc12m", "celebv", "hacs",
+                                                                                  "kinetics_700"}
+    assert all(e.captions == "original" for s, es in m.stages.items() if s != "1.5" for e in es)
     assert counts["2"]["anytext"] == 300_000
     assert sum(counts["dpo"].values()) == 50_000  # 10K + 10K + 10K + 8K + 8K + 4K
     # Datasets the table lists without a count are marked as such.
@@ -51,6 +56,30 @@ def test_bad_manifest_names_file_and_field(tmp_path, entry, field, words):
     with pytest.raises(ConfigError) as e:
         load_mixture(path)
     assert str(path) in str(e.value) and f"'{field}" in str(e.value) and words in str(e.value)
+
+
+def test_synthesized_captions_entry(tmp_path):
+    path = tmp_path / "m.yaml"
+    path.write_text("name: m\nstages:\n  1.5:\n    - {source: kinetics_like, captions: synthesized, count: all}\n")
+    entry = load_mixture(path).stages["1.5"][0]
+    assert entry.source == "kinetics_like" and entry.catalog_source() == "kinetics_like+synth"
+    # the catalog name itself is no source name, and `captions` takes only its two values
+    path.write_text("name: m\nstages:\n  1.5:\n    - {source: kinetics_like+synth, count: all}\n")
+    assert "'stages.1.5.0.source'" in str(pytest.raises(ConfigError, load_mixture, path).value)
+    path.write_text("name: m\nstages:\n  1.5:\n    - {source: k, captions: merged, count: all}\n")
+    assert "'stages.1.5.0.captions'" in str(pytest.raises(ConfigError, load_mixture, path).value)
+
+
+def test_selection_hash_of_original_entries_is_unchanged():
+    """Mixtures selected before ``captions`` existed keep their hash (no forced --replace); the key is
+    written out here as it was hashed then."""
+    m = MixtureConfig.model_validate({"name": "m", "seed": 3, "stages": {"2": [{"source": "A", "count": 5}]}})
+    key = {"seed": 3, "dedup_policy": "p", "stages": {"2": [{"source": "A", "count": 5, "ratio": None,
+                                                               "tasks": None}]}}
+    assert m.selection_sha256("p") == hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+    synth = MixtureConfig.model_validate({"name": "m", "seed": 3, "stages": {"2": [
+        {"source": "A", "count": 5, "captions": "synthesized"}]}})
+    assert synth.selection_sha256("p") != m.selection_sha256("p")
 
 
 def test_unknown_top_level_key_and_stage(tmp_path):
