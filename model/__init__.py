@@ -8,10 +8,10 @@ Public API (other areas import only these names)::
     model = MavorsForConditionalGeneration.from_pretrained(ckpt)      # from SigLIP + Qwen2.5: model.conversion
     proc = MavorsProcessor.from_pretrained(ckpt)                      # tokenizer + preprocessing settings
     conv = [{"from": "human", "value": "<video>\\nDescribe the clip."}, {"from": "gpt", "value": "A red ball."}]
-    batch = proc([conv], media=[["clip.mp4"]])                        # paths, bytes, PIL images or uint8 arrays
+    batch = proc.encode_batch([conv], media=[["clip.mp4"]])           # paths, bytes, PIL images or uint8 arrays
     loss = model(**batch).loss                                        # next-token loss on answer tokens only
     gen = proc.collate([proc.encode(conv[:1], ["clip.mp4"], add_generation_prompt=True)], padding_side="left")
-    new_tokens = model.generate(**gen, max_new_tokens=32)             # only the generated tokens
+    out = model.generate(**gen, max_new_tokens=32)                    # prompt + new: out[:, gen["input_ids"].shape[1]:]
     emb = model.get_inputs_embeds(**gen)                              # MavorsInputs; emb.unpadded() -> vLLM prompt_embeds
     samples = [proc.encode_messages(msgs, add_generation_prompt=True)]   # engine-style messages with parts
 

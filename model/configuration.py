@@ -10,7 +10,7 @@ F=4) through ``model.conversion.build_from_components``.
 """
 from __future__ import annotations
 
-from transformers import PreTrainedConfig, Qwen2Config, SiglipVisionConfig
+from transformers import AutoConfig, PreTrainedConfig, Qwen2Config, SiglipVisionConfig
 
 
 class MavorsConfig(PreTrainedConfig):
@@ -94,3 +94,8 @@ class MavorsConfig(PreTrainedConfig):
     def image_size(self) -> int:
         """R_v: the ViT's pretraining resolution (pixels per side)."""
         return self.vision_config.image_size
+
+
+# AutoConfig resolves model_type "mavors" wherever the config class is importable (no remote code); the
+# processor and model classes register themselves with AutoProcessor / AutoModelForImageTextToText likewise.
+AutoConfig.register("mavors", MavorsConfig, exist_ok=True)

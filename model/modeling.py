@@ -7,7 +7,7 @@ order of appearance (row-major over the batch), exactly as many as the processor
 
     model = MavorsForConditionalGeneration.from_pretrained("mavors-work/models/mavors")
     out = model(**batch)                          # batch from MavorsProcessor; out.loss if labels
-    ids = model.generate(**batch, max_new_tokens=32)   # new tokens only (embeddings-prompted LLM)
+    ids = model.generate(**batch, max_new_tokens=32)   # prompt + new tokens: ids[:, batch['input_ids'].shape[1]:]
     emb = model.get_inputs_embeds(**batch)        # LLM inputs for vLLM prompt embeddings (App. B)
 """
 from __future__ import annotations
@@ -245,23 +245,24 @@ class MavorsForConditionalGeneration(MavorsPreTrainedModel):
                  pixel_values: torch.Tensor | None = None, chunk_grids: torch.Tensor | None = None,
                  chunk_positions: torch.Tensor | None = None, chunk_sequences: torch.Tensor | None = None,
                  compression_threshold: float | None = None, labels: torch.Tensor | None = None, **generate_kwargs):
-        """Generate from a (left-padded for batches) processor batch; returns the NEW tokens only
-        (B, n_new), as the LLM's generate does when prompted by embeddings."""
+        """Generate from a (left-padded for batches) processor batch; returns the prompt's ``input_ids`` followed
+        by the new tokens, (B, L + n_new), as transformers' generate does, so ``out[:, input_ids.shape[1]:]``
+        are the new ones (the LLM, prompted by embeddings, returns only those; with token compression the
+        prompt it saw was shorter, but the ids returned are the ones given)."""
         mi = self.get_inputs_embeds(input_ids, attention_mask, pixel_values, chunk_grids, chunk_positions,
                                     chunk_sequences, compression_threshold)
-        return self.llm.generate(inputs_embeds=mi.inputs_embeds, attention_mask=mi.attention_mask, **generate_kwargs)
+        new = self.llm.generate(inputs_embeds=mi.inputs_embeds, attention_mask=mi.attention_mask, **generate_kwargs)
+        prompt = input_ids.repeat_interleave(new.shape[0] // input_ids.shape[0], dim=0)  # num_return_sequences
+        return torch.cat([prompt, new.to(prompt.device)], dim=1)
 
 
 def _register_auto_classes() -> None:
-    """Make AutoConfig / AutoModelForImageTextToText resolve model_type "mavors" (no remote code); done where the
-    model class is defined, so whatever can build the model can also load it through the Auto classes."""
-    from transformers import AutoConfig, AutoModelForImageTextToText
+    """Make AutoModelForImageTextToText resolve model_type "mavors" (no remote code; AutoConfig is registered with
+    the config class); done where the model class is defined, so whatever can build the model can also load it
+    through the Auto classes."""
+    from transformers import AutoModelForImageTextToText
 
-    try:
-        AutoConfig.register("mavors", MavorsConfig)
-        AutoModelForImageTextToText.register(MavorsConfig, MavorsForConditionalGeneration)
-    except ValueError:  # already registered (module reloaded)
-        pass
+    AutoModelForImageTextToText.register(MavorsConfig, MavorsForConditionalGeneration, exist_ok=True)
 
 
 _register_auto_classes()

@@ -16,14 +16,28 @@ Visual layout (what `MavorsForConditionalGeneration` consumes):
 A video: fixed-fps frames, c_V = ceil(T_V/F) chunks, last chunk padded by repeating its last frame,
 frame dropping beyond max_chunks. An image: thumbnail + Eq. 8 sub-images, each repeated F times.
 
-    proc = MavorsProcessor.from_pretrained("mavors-work/models/mavors")
-    batch = proc([conv], media=[["clip.mp4"]])                  # training batch (right padding)
+    proc = MavorsProcessor.from_pretrained("mavors-work/models/mavors")    # or AutoProcessor.from_pretrained
+    batch = proc.encode_batch([conv], media=[["clip.mp4"]])     # training batch (right padding, labels)
     batch = proc.encode_messages(messages, add_generation_prompt=True)   # one sample
     batch = proc.collate([s1, s2], padding_side="left")         # for generate
+
+The Hugging Face way works too: importing this module registers the class with ``AutoProcessor`` (the export's
+``processor_config.json`` names it), and ``__call__`` takes ``text=`` with one ``<|image_pad|>`` /
+``<|video_pad|>`` per medium (what the chat template renders) plus ``images=`` / ``videos=``::
+
+    from transformers import AutoProcessor
+    import model.processing  # noqa: F401  (or: from model import MavorsProcessor)
+    proc = AutoProcessor.from_pretrained(export)
+    text = proc.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What?"}]}],
+                                    add_generation_prompt=True, tokenize=False)
+    inputs = proc(text=[text], images=[img], return_tensors="pt")
+    out = model.generate(**inputs, max_new_tokens=32)
+    proc.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 """
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +50,8 @@ from model.media import MediaSource, describe, load_image, read_video
 from model.preprocessing import check_encodable, dynamic_resolution, image_partition, pooled_grid
 
 IGNORE_INDEX = -100
-PROCESSOR_FILE = "mavors_processor.json"
+PROCESSOR_FILE = "processor_config.json"  # transformers' name: AutoProcessor reads ``processor_class`` from it
+LEGACY_PROCESSOR_FILE = "mavors_processor.json"  # exports written before the AutoProcessor registration
 SIGLIP_MEAN = (0.5, 0.5, 0.5)
 SIGLIP_STD = (0.5, 0.5, 0.5)
 
@@ -84,17 +99,22 @@ class MavorsProcessor:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         self.tokenizer.save_pretrained(path)
-        (path / PROCESSOR_FILE).write_text(json.dumps(self.settings(), indent=2))
+        settings = {"processor_class": type(self).__name__, **self.settings()}
+        (path / PROCESSOR_FILE).write_text(json.dumps(settings, indent=2))
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, **overrides) -> "MavorsProcessor":
+    def from_pretrained(cls, path: str | Path, **kwargs) -> "MavorsProcessor":
+        """Load a saved processor; keyword arguments that name a setting override it, the others (what
+        ``AutoProcessor`` passes on: revision, trust_remote_code, ...) are ignored (local folders only)."""
         from transformers import AutoTokenizer
 
         path = Path(path)
-        settings_file = path / PROCESSOR_FILE
-        if not settings_file.exists():
-            raise FileNotFoundError(f"{settings_file} missing: not a Mavors processor directory")
-        settings = {**json.loads(settings_file.read_text()), **overrides}
+        settings_file = next((path / f for f in (PROCESSOR_FILE, LEGACY_PROCESSOR_FILE) if (path / f).exists()), None)
+        if settings_file is None:
+            raise FileNotFoundError(f"{path / PROCESSOR_FILE} missing: not a Mavors processor directory")
+        saved = json.loads(settings_file.read_text())
+        saved.pop("processor_class", None)
+        settings = {**saved, **{k: v for k, v in kwargs.items() if k in saved}}
         return cls(AutoTokenizer.from_pretrained(path, trust_remote_code=False), **settings)
 
     # ---- visual inputs -------------------------------------------------------------------------
@@ -249,13 +269,89 @@ class MavorsProcessor:
         batch["chunk_sequences"] = torch.cat(sequences) if sequences else torch.zeros(0, dtype=torch.long)
         return batch
 
-    def __call__(self, conversations: list[list[dict]], media: list[list[MediaSource]] | None = None,
-                 add_generation_prompt: bool = False, padding_side: str = "right") -> dict:
+    def encode_batch(self, conversations: list[list[dict]], media: list[list[MediaSource]] | None = None,
+                     add_generation_prompt: bool = False, padding_side: str = "right") -> dict:
         """Batch of LLaVA-style conversations, media[i] listing sample i's media in placeholder order."""
         media = media or [[] for _ in conversations]
         samples = [self.encode(c, m, add_generation_prompt, name=f"sample {i}")
                    for i, (c, m) in enumerate(zip(conversations, media))]
         return self.collate(samples, padding_side)
 
+    # ---- the Hugging Face processor interface ---------------------------------------------------
+    def __call__(self, text: str | list[str] | None = None, images: list | None = None, videos: list | None = None,
+                 return_tensors: str | None = "pt", padding_side: str | None = None, **_: object):
+        """``processor(text=, images=, videos=, return_tensors="pt")`` as transformers' processors take it.
+
+        Each ``<|image_pad|>`` / ``<|video_pad|>`` in ``text`` (one per medium, as the chat template writes
+        it) becomes the medium's visual tokens; ``images`` / ``videos`` list the media in order of their
+        placeholders over the whole batch (a list per text is accepted too). Returns a ``BatchFeature`` with
+        input_ids, attention_mask and the visual tensors, ready for the model's forward and generate (no
+        labels: training batches come from :meth:`encode_batch`). Padding: ``padding_side``, else the tokenizer's.
+        """
+        from transformers import BatchFeature
+
+        if text is None:
+            raise ValueError("MavorsProcessor needs text= (with one <|image_pad|>/<|video_pad|> per medium)")
+        if return_tensors not in ("pt", None):
+            raise ValueError(f"return_tensors={return_tensors!r}: MavorsProcessor returns torch tensors ('pt')")
+        texts = [text] if isinstance(text, str) else list(text)
+        queues = {"image": _flat_media(images), "video": _flat_media(videos)}
+        samples = [self._encode_text(t, queues, name=f"text {i}") for i, t in enumerate(texts)]
+        left = {kind: len(q) for kind, q in queues.items() if q}
+        if left:
+            raise ValueError("more media than placeholders in the texts: "
+                             + ", ".join(f"{n} {kind}(s) left over" for kind, n in left.items()))
+        batch = self.collate(samples, padding_side or self.tokenizer.padding_side)
+        del batch["labels"]
+        return BatchFeature(batch)
+
+    def _encode_text(self, text: str, queues: dict[str, list], name: str) -> dict:
+        """One text with placeholder tokens -> one sample (labels all ignored), consuming media from ``queues``."""
+        ids: list[int] = []
+        visual: list[dict] = []
+        for piece in _PLACEHOLDERS.split(text):
+            kind = _PLACEHOLDER_KIND.get(piece)
+            if kind is None:
+                ids += self._text_ids(piece) if piece else []
+                continue
+            if not queues[kind]:
+                raise ValueError(f"{name}: more {piece} placeholders than {kind}s given")
+            source = queues[kind].pop(0)
+            item = self.encode_media(kind, source, f"{name}: {describe(source, f'{kind} #{len(visual) + 1}')}")
+            ids += [self.image_token_id if kind == "image" else self.video_token_id] * item["n_tokens"]
+            visual.append(item)
+        return self._sample(ids, [IGNORE_INDEX] * len(ids), visual)
+
+    def apply_chat_template(self, conversation: list[dict], **kwargs):
+        """The tokenizer's chat template (ChatML; image/video parts render as their placeholder spans)."""
+        return self.tokenizer.apply_chat_template(conversation, **kwargs)
+
     def decode(self, token_ids, skip_special_tokens: bool = True) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens=skip_special_tokens)
+
+    def batch_decode(self, sequences, skip_special_tokens: bool = True) -> list[str]:
+        return self.tokenizer.batch_decode(sequences, skip_special_tokens=skip_special_tokens)
+
+
+_PLACEHOLDER_KIND = {"<|image_pad|>": "image", "<|video_pad|>": "video"}
+_PLACEHOLDERS = re.compile("(" + "|".join(re.escape(p) for p in _PLACEHOLDER_KIND) + ")")
+
+
+def _flat_media(media: list | None) -> list:
+    """The media of a processor call in placeholder order: a flat list, or one list per text, flattened."""
+    if media is None:
+        return []
+    if not isinstance(media, (list, tuple)):
+        return [media]
+    return [m for entry in media for m in (entry if isinstance(entry, (list, tuple)) else [entry])]
+
+
+def _register_auto_class() -> None:
+    """``AutoProcessor.from_pretrained(export)`` returns a MavorsProcessor once this module is imported (no remote
+    code): the export's processor_config.json names the class, the registration maps the config to it."""
+    from transformers import AutoProcessor
+
+    AutoProcessor.register(MavorsConfig, MavorsProcessor, exist_ok=True)
+
+
+_register_auto_class()

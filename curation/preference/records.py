@@ -10,7 +10,9 @@ trainer reads DPO shards exactly as mixture shards (``answered(record, "chosen")
 
 TRL's DPO trainer reads other rows (``prompt``/``chosen``/``rejected`` as messages with
 content parts, ``images``/``videos`` columns); :func:`load_preference_dataset` builds them
-from the shards when they are read, for anyone training with TRL on these pairs.
+from the shards when they are read, for anyone training with TRL on these pairs, and
+:func:`export_parquet` (``mavors dpo export --format parquet``) writes them as one Parquet file
+with the images embedded and the videos as bytes or as absolute paths of files written beside it.
 """
 from __future__ import annotations
 
@@ -139,8 +141,12 @@ def iter_trl_rows(tar_paths: Iterable[str | Path]) -> Iterator[dict[str, Any]]:
         yield trl_row(record, media_bytes(record, sample))
 
 
-def load_preference_dataset(tar_paths: Iterable[str | Path]):
-    """A ``datasets.Dataset`` with TRL's preference columns (plus ``meta``), read from pair shards."""
+def load_preference_dataset(tar_paths: Iterable[str | Path], video_dir: Path | None = None):
+    """A ``datasets.Dataset`` with TRL's preference columns (plus ``meta``), read from pair shards.
+
+    ``videos`` holds each video's encoded bytes; with ``video_dir`` it holds absolute paths instead, each
+    video written once there as ``<media_hash>.<ext>``.
+    """
     import datasets
 
     message = [{"role": datasets.Value("string"),
@@ -149,7 +155,8 @@ def load_preference_dataset(tar_paths: Iterable[str | Path]):
                  "chosen_reason", "rejected_reason")
     features = datasets.Features({
         "prompt": message, "chosen": message, "rejected": message,
-        "images": datasets.Sequence(datasets.Image()), "videos": datasets.Sequence(datasets.Value("binary")),
+        "images": datasets.Sequence(datasets.Image()),
+        "videos": datasets.Sequence(datasets.Value("binary" if video_dir is None else "string")),
         "meta": {k: datasets.Value("string") for k in meta_keys}
         | {k: datasets.Value("float64") for k in ("chosen_score", "rejected_score", "margin")},
     })
@@ -157,7 +164,40 @@ def load_preference_dataset(tar_paths: Iterable[str | Path]):
 
     def gen():
         for row in iter_trl_rows(paths):
+            if video_dir is not None:
+                entries = [m for m in row["meta"]["media"] if m["kind"] == "video"]
+                row["videos"] = [_video_file(video_dir, m, b) for m, b in zip(entries, row["videos"])]
             row["meta"] = {k: row["meta"].get(k) for k in features["meta"]}
             yield row
 
     return datasets.Dataset.from_generator(gen, features=features, cache_dir=None)
+
+
+def _video_file(video_dir: Path, entry: dict[str, Any], content: bytes) -> str:
+    """Absolute path of a video written once under ``video_dir`` (named by content hash, so reruns rewrite nothing)."""
+    path = (video_dir / f"{entry['media_hash']}.{entry['file'].rsplit('.', 1)[-1]}").resolve()
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_bytes(content)
+        tmp.replace(path)
+    return str(path)
+
+
+def export_parquet(tar_paths: Iterable[str | Path], out: Path, videos: str = "bytes") -> int:
+    """Write the pairs of ``tar_paths`` as TRL's preference dataset in one Parquet file; returns the pair count.
+
+    Images are embedded (PNG bytes with the ``datasets`` Image feature, so ``load_dataset("parquet")`` gives PIL
+    images back); ``videos="bytes"`` embeds the videos too, ``"paths"`` writes them to ``<out stem>-videos/`` and
+    stores their absolute paths.
+    """
+    if videos not in ("bytes", "paths"):
+        raise ValueError(f"videos={videos!r}: use 'bytes' or 'paths'")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    video_dir = out.parent / f"{out.stem}-videos" if videos == "paths" else None
+    ds = load_preference_dataset(tar_paths, video_dir=video_dir)
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    ds.to_parquet(str(tmp))
+    tmp.replace(out)
+    return len(ds)

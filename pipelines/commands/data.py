@@ -1,8 +1,12 @@
-"""Commands for data and models: ``mavors demo-data``, ``mavors ingest``, ``mavors catalog stats``, ``mavors models make-tiny``.
+"""Commands for data and models: ``mavors demo-data``, ``mavors ingest``, ``mavors catalog stats|query|describe|show``,
+``mavors models make-tiny``.
 
     mavors demo-data mavors-work/demo
     mavors ingest mavors-work/demo/manifests/*.yaml
     mavors catalog stats
+    mavors catalog query "SELECT stage, count(*) FROM training_set GROUP BY stage"
+    mavors catalog describe training_set
+    mavors catalog show SAMPLE_ID
 """
 from __future__ import annotations
 
@@ -94,6 +98,66 @@ def stats_cmd() -> None:
     if not sections:
         console.print(f"{settings.catalog}: empty catalog")
     print_sections(console, sections)
+
+
+@catalog_app.command("query")
+def query_cmd(sql: str = typer.Argument(..., help="One SQL statement; the catalog is opened read-only."),
+              limit: int = typer.Option(100, help="Rows to print (0: all).")) -> None:
+    """Run SQL on the catalog (read-only) and print the result as a table; views: `mavors catalog describe`."""
+    from rich.table import Table
+
+    from core.catalog import Catalog
+    from core.settings import load_settings
+    from pipelines.report.browse import run_query
+
+    settings = load_settings()
+    with Catalog(settings.catalog, read_only=True) as cat:
+        columns, rows, more = run_query(cat, sql, limit or None)
+    table = Table(*columns)
+    for row in rows:
+        table.add_row(*("NULL" if v is None else str(v) for v in row))
+    console.print(table)
+    console.print(f"{len(rows)} rows" + (f" shown, more left out (--limit {limit})" if more else ""))
+
+
+@catalog_app.command("describe")
+def describe_cmd(name: Optional[str] = typer.Argument(None, help="A table or view; none: list them all.")) -> None:
+    """What the catalog's tables and views hold: every relation, or one relation's columns with their comments."""
+    from rich.table import Table
+
+    from core.catalog import Catalog
+    from core.settings import load_settings
+    from pipelines.report.browse import describe, relations
+
+    settings = load_settings()
+    with Catalog(settings.catalog, read_only=True) as cat:
+        if name is None:
+            title, (columns, rows) = str(settings.catalog), (["name", "kind", "rows", "comment"], relations(cat))
+        else:
+            comment, (columns, rows) = describe(cat, name)
+            title = f"{name}: {comment}"
+    table = Table(*columns, title=title, title_justify="left")
+    for row in rows:
+        table.add_row(*("-" if v is None else str(v) for v in row))
+    console.print(table)
+
+
+@catalog_app.command("show")
+def show_cmd(sample_id: str = typer.Argument(..., help="A samples.sample_id ('<source>/<item>').")) -> None:
+    """Everything about one sample: source, media, captions, PPL, dedup verdict, held-out, mixtures, shards,
+    DPO pairs, quarantine."""
+    from core.catalog import Catalog
+    from core.settings import load_settings
+    from pipelines.report.browse import sample_card
+    from pipelines.report.console import print_sections
+
+    with Catalog(load_settings().catalog, read_only=True) as cat:
+        sections = sample_card(cat, sample_id)
+    for sec in sections:
+        if sec.has_data:
+            print_sections(console, [sec])
+        else:
+            console.print(f"[bold]{sec.title}[/bold]: {sec.note}")
 
 
 def register(app: typer.Typer) -> None:

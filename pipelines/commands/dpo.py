@@ -3,6 +3,7 @@
     mavors dpo build --checkpoint mavors-work/models/qwen2vl --mixture manifests/mixtures/dpo.yaml
     mavors dpo build --checkpoint CK --mixture M.yaml --dpo-config my-dpo.yaml   # DpoConfig overrides
     mavors dpo sets                                                          # pair sets and their lineage
+    mavors dpo export --format parquet --out pairs.parquet                   # the newest set as a TRL dataset
 
 A rerun with the same checkpoint and config skips inputs already decided; a new
 checkpoint builds a new pair set beside the old ones.
@@ -78,6 +79,35 @@ def sets_cmd() -> None:
         table.add_row(r["pair_set_id"], r["checkpoint_path"], r["ck"], r["backend"], str(r["pairs"]),
                       r["previous_pair_set"] or "-", str(r["created_at"])[:19])
     console.print(table)
+
+
+@dpo_app.command("export")
+def export_cmd(
+    pair_set: Optional[str] = typer.Argument(None, help="A pair set id (mavors dpo sets); default: the newest."),
+    fmt: str = typer.Option("parquet", "--format", help="Output format: parquet (TRL's preference columns)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output file (default: <work_dir>/dpo/<set>/trl.parquet)."),
+    videos: str = typer.Option("bytes", "--videos", help="bytes: embed videos; paths: absolute paths of files "
+                                                         "written beside the output."),
+) -> None:
+    """Write a pair set as a TRL-ready preference dataset: prompt/chosen/rejected messages, images embedded."""
+    from core.catalog import Catalog
+    from core.settings import load_settings
+    from curation.preference.records import export_parquet
+
+    if fmt != "parquet":
+        raise ValueError(f"--format {fmt}: only parquet is supported")
+    settings = load_settings()
+    with Catalog(settings.catalog, read_only=True) as cat:
+        set_id = pair_set or cat.scalar("SELECT pair_set_id FROM dpo_pair_sets ORDER BY created_at DESC LIMIT 1")
+        if set_id is None:
+            raise ValueError(f"{settings.catalog}: no DPO pair sets yet (run mavors dpo build)")
+        if not cat.scalar("SELECT count(*) FROM dpo_pair_sets WHERE pair_set_id = ?", [set_id]):
+            raise ValueError(f"pair set {set_id!r} is not in the catalog {settings.catalog} (see mavors dpo sets)")
+        shards = [r[0] for r in cat.con.execute(
+            "SELECT path FROM shards WHERE mixture = ? ORDER BY stage, name", [f"dpo/{set_id}"]).fetchall()]
+    target = out or settings.dir("dpo") / set_id / "trl.parquet"
+    n = export_parquet(shards, target, videos=videos)
+    console.print(f"{n} pairs of set {set_id} -> {target}")
 
 
 def register(app: typer.Typer) -> None:

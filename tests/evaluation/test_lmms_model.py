@@ -145,7 +145,7 @@ def test_generate_until_equals_the_models_own_greedy_generate(lmms_mavors, demo_
     eos = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
     with torch.no_grad():
         new = model.generate(**processor.collate([sample], padding_side="left"), max_new_tokens=6, eos_token_id=eos,
-                             pad_token_id=processor.tokenizer.pad_token_id, do_sample=False)[0].tolist()
+                             pad_token_id=processor.tokenizer.pad_token_id, do_sample=False)[0, len(sample["input_ids"]):].tolist()
     finished = eos in new
     expected = processor.decode(new[:new.index(eos)] if finished else new)
     assert text == (expected if finished else expected + "<|truncated|>")

@@ -43,7 +43,7 @@ def test_generation_matches_model_generate_and_vllm(mavors_engines, requests_):
     for request, result in zip(requests_, h):  # independent: the model's own generate on a processor batch
         sample = hf.processor.encode_messages(hf._messages(request), add_generation_prompt=True)
         batch = hf.processor.collate([sample], padding_side="left")
-        ref = hf.model.generate(**batch, max_new_tokens=8, do_sample=False)[0].tolist()
+        ref = hf.model.generate(**batch, max_new_tokens=8, do_sample=False)[0, batch["input_ids"].shape[1]:].tolist()
         assert list(result.completions[0].token_ids) == ref[:len(result.completions[0].token_ids)]
 
 

@@ -38,11 +38,11 @@ def test_static_video_collapses_to_one_chunk(mavors, processor):
     with torch.no_grad():
         plain = mavors.get_inputs_embeds(**batch)
         merged = mavors.get_inputs_embeds(**batch, compression_threshold=0.99)
-        new = mavors.generate(**batch, compression_threshold=0.99, max_new_tokens=2, do_sample=False)
+        out = mavors.generate(**batch, compression_threshold=0.99, max_new_tokens=2, do_sample=False)
     assert plain.compression_ratio == 0.0 and plain.visual_mask.sum() == 12
     assert abs(merged.compression_ratio - 2 / 3) < 1e-9 and merged.visual_mask.sum() == 4
     assert merged.inputs_embeds.shape[1] == plain.inputs_embeds.shape[1] - 8
     # the merged tokens are the first chunk's (identical chunks average to themselves)
     torch.testing.assert_close(merged.inputs_embeds[0][merged.visual_mask[0]],
                                plain.inputs_embeds[0][plain.visual_mask[0]][:4], atol=1e-5, rtol=1e-5)
-    assert new.shape[1] >= 1
+    assert torch.equal(out[:, :batch["input_ids"].shape[1]], batch["input_ids"]) and out.shape[1] > batch["input_ids"].shape[1]

@@ -21,7 +21,7 @@ def media():
 
 @pytest.fixture(scope="module")
 def batch(processor, media):
-    return processor([CONV], [media])
+    return processor.encode_batch([CONV], [media])
 
 
 def test_named_submodules_for_trainers(mavors):
@@ -80,8 +80,11 @@ def test_generate_produces_greedy_tokens(mavors, processor, media):
     sample = processor.encode(CONV[:1], media, add_generation_prompt=True)
     gen = processor.collate([sample], padding_side="left")
     with torch.no_grad():
-        new = mavors.generate(**gen, max_new_tokens=4, do_sample=False)
+        out = mavors.generate(**gen, max_new_tokens=4, do_sample=False)
         first = mavors(**gen).logits[0, -1].argmax()
+    prompt_len = gen["input_ids"].shape[1]
+    assert torch.equal(out[:, :prompt_len], gen["input_ids"])  # prompt + new tokens, as transformers returns
+    new = out[:, prompt_len:]
     assert new.shape[0] == 1 and 1 <= new.shape[1] <= 4
     assert new[0, 0] == first
     assert (new < mavors.config.text_config.vocab_size).all()

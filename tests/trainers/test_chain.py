@@ -96,7 +96,7 @@ def test_demo_chain_end_to_end(tiny_work, tmp_path, catalog):
     # the export is a loadable Hugging Face checkpoint with its processor
     model = MavorsForConditionalGeneration.from_pretrained(run_dir / "demo-dpo" / "export")
     processor = MavorsProcessor.from_pretrained(run_dir / "demo-dpo" / "export")
-    batch = processor([[{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello."}]])
+    batch = processor.encode_batch([[{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello."}]])
     assert torch.isfinite(model(**batch).loss)
 
     # rerun: every stage is skipped, nothing loads or trains
