@@ -134,6 +134,10 @@ class Catalog:
                 con.execute(path.read_text())
                 con.execute("INSERT INTO schema_version (version, name) VALUES (?, ?)", [version, name])
             applied.append(version)
+        if applied:
+            # Into the database file now, not left in the WAL: DuckDB replaying a killed process's WAL binds
+            # the views' functions and tries to download the 'core_functions' extension, which fails offline.
+            self.con.execute("CHECKPOINT")
         return applied
 
     def schema_version(self) -> int:

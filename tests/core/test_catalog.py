@@ -169,3 +169,23 @@ def test_a_read_only_work_folder_is_named_as_read_only(read_only_folder, where):
         Catalog(path)
     assert f"the work folder {read_only_folder} is read-only" in str(e.value)
     assert "other process" not in str(e.value)
+
+
+def test_a_catalog_killed_right_after_its_migrations_reopens_offline(tmp_path):
+    """A process that dies after migrating and writing one row leaves a catalog the next one opens.
+
+    DuckDB replays the WAL of a killed process; replaying the views' DDL binds their functions and tries to
+    download the ``core_functions`` extension, which fails offline. The schema must be checkpointed.
+    """
+    path = tmp_path / "catalog.duckdb"
+    code = ("import os, sys; from core.catalog import Catalog; c = Catalog(sys.argv[1]); "
+            "c.con.execute(\"INSERT INTO sources (name, modality, task, format, path) "
+            "VALUES ('s', 'image', 'qa', 'llava_json', 'a.json')\"); os._exit(0)")
+    killed = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+    assert killed.returncode == 0, killed.stderr[-2000:]
+    con = duckdb.connect(str(path))  # a stock reader, with its default extension autoloading
+    try:
+        assert con.execute("SELECT name FROM sources").fetchall() == [("s",)]
+        assert con.execute("SELECT count(*) FROM sample_overview").fetchone() == (0,)
+    finally:
+        con.close()
