@@ -33,7 +33,6 @@ is quarantined (stage ``captions``) and skipped; the next run retries it.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import re
 import time
@@ -43,13 +42,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 from pydantic import Field, model_validator
 
 from core.catalog import Catalog
 from core.config import ConfigModel, read_yaml, validate
 from inference import ChatRequest, EngineConfig, GenerationResult, SamplingParams, load_engine
-from inference.chat import load_image, load_video
+from inference.chat import media_payload, payload_media
 from inference.isolation import error_text, per_request
 from inference.pool import EngineStage, MapStage, Stage, run_stages
 
@@ -250,30 +248,18 @@ def generate_with_retries(engine, requests: list[ChatRequest], params: SamplingP
 # -- pool stages (inference.pool: Ray Data or in-process) ---------------------------------------
 
 def decode_media(batch: dict[str, Any], video_frames: int = 8) -> dict[str, Any]:
-    """Map stage (CPU): each media file to ``.npy`` bytes of ``(H, W, 3)`` or ``(T, H, W, 3)`` uint8; errors to text."""
+    """Map stage (CPU): each media file to :func:`inference.chat.media_payload` bytes; errors to text."""
     payloads, errors, seconds = [], [], []
     for kind, path in zip(batch["kind"], batch["storage_path"]):
         t0 = time.perf_counter()
         try:
-            array = np.asarray(load_image(path)) if kind == "image" else load_video(path, video_frames)
-            buf = io.BytesIO()
-            np.save(buf, array)
-            payloads.append(buf.getvalue())
+            payloads.append(media_payload(kind, path, video_frames))
             errors.append("")
         except Exception as e:  # noqa: BLE001 - quarantined by the driver
             payloads.append(b"")
             errors.append(f"{type(e).__name__}: {e}")
         seconds.append(time.perf_counter() - t0)
     return {**batch, "media": payloads, "decode_error": errors, "decode_s": seconds}
-
-
-def media_part(kind: str, payload: bytes) -> dict[str, Any]:
-    array = np.load(io.BytesIO(payload))
-    if kind == "image":
-        from PIL import Image
-
-        return {"type": "image", "image": Image.fromarray(array)}
-    return {"type": "video", "video": array}
 
 
 class CaptionStage:
@@ -298,7 +284,7 @@ class CaptionStage:
         for start in range(0, len(todo), c.engine.batch_size):
             rows = todo[start:start + c.engine.batch_size]
             requests = [ChatRequest(batch["media_hash"][i], [{"role": "user", "content": [
-                media_part(batch["kind"][i], batch["media"][i]),
+                {"type": batch["kind"][i], batch["kind"][i]: payload_media(batch["kind"][i], batch["media"][i])},
                 {"type": "text", "text": self.roster.prompt(c, batch["kind"][i])}]}]) for i in rows]
             results = generate_with_retries(self.engine, requests, params, max_retries=self.roster.max_retries,
                                             backoff_s=self.roster.retry_backoff_s)

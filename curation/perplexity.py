@@ -12,8 +12,10 @@ content tokens, and::
     mean_nll = -mean(logprob[mask])        ppl = exp(mean_nll)
 
 ``text_scope: answer`` scores the assistant turns given media and user turns;
-``all`` scores every turn's text. Work is spread with Ray Data (an actor pool,
-one engine per actor); the driver writes each finished batch to ``ppl_scores``
+``all`` scores every turn's text. Work is spread with Ray Data (a CPU stage
+decodes each request's media, :func:`decode_requests`, while an actor pool,
+one engine per actor, scores the batches already decoded; the ``mavors`` backend
+plans and decodes its own frames); the driver writes each finished batch to ``ppl_scores``
 (and refusals to ``quarantine``, stage ``ppl``) in one transaction, so a killed
 run loses at most the batches in flight and a rerun skips every sample that
 already has a score or was quarantined.
@@ -36,8 +38,9 @@ from core.config import ConfigModel, load_yaml
 from core.settings import RaySettings
 from model.conversation import ConversationError, conversation_to_messages
 from inference import ChatRequest, EngineConfig, PromptScore
-from inference.isolation import per_request
-from inference.pool import EngineStage, run_stages
+from inference.chat import media_payload, payload_media
+from inference.isolation import error_text, per_request
+from inference.pool import EngineStage, MapStage, Stage, run_stages
 
 # Bump when the LLaVA -> chat conversion changes: scores keyed by an older version are not reused.
 TEMPLATE_VERSION = "llava2chat-v1"
@@ -57,6 +60,8 @@ class ScorerConfig(ConfigModel):
     """``answer``: NLL of the assistant turns given media and user turns (paper). ``all``: of every turn."""
     rows_per_commit: int = Field(64, ge=1)
     """Samples per Ray batch; each finished batch is written in one catalog transaction."""
+    decode_cpus: float = Field(0.25, gt=0)
+    """CPUs each Ray decode task reserves. Cluster: 1 (a GPU node has far more cores than engines)."""
 
 
 def load_scorer_config(path: str | Path) -> ScorerConfig:
@@ -139,7 +144,8 @@ def score_requests(engine, requests: list[ChatRequest], text_scope: str) -> list
         row: dict[str, Any] = dict.fromkeys(RESULT_KEYS) | {"sample_id": request.request_id, "ok": False}
         try:
             if isinstance(score, Exception):
-                broken = [msg for kind, path in request.media() if (msg := probe_media(kind, str(path)))]
+                broken = [msg for kind, path in request.media()
+                          if isinstance(path, (str, Path)) and (msg := probe_media(kind, str(path)))]
                 if broken:
                     raise SampleRefused("media_decode_failed", f"{request.request_id}: {broken[0]}")
                 raise SampleRefused("score_failed", f"{request.request_id}: {type(score).__name__}: {score}")
@@ -234,12 +240,50 @@ class ScoreStage:
         self.engine = load_engine(self.config.engine)
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
-        requests = [ChatRequest(sid, json.loads(msg)) for sid, msg in zip(batch["sample_id"], batch["request_json"])]
+        rows: list[dict[str, Any] | None] = [None] * len(batch["sample_id"])
+        requests, where = [], []
+        for i, (sid, msg) in enumerate(zip(batch["sample_id"], batch["request_json"])):
+            request = ChatRequest(sid, json.loads(msg))
+            if "media" in batch:  # decoded by decode_requests
+                if batch["decode_error"][i]:
+                    rows[i] = dict.fromkeys(RESULT_KEYS) | {"sample_id": sid, "ok": False, "reason": "media_decode_failed",
+                                                            "detail": f"{sid}: {batch['decode_error'][i]}"}
+                    continue
+                request = request.with_media([payload_media(kind, payload) for (kind, _), payload
+                                              in zip(request.media(), batch["media"][i], strict=True)])
+            requests.append(request)
+            where.append(i)
         step = self.config.engine.batch_size
-        rows = [r for start in range(0, len(requests), step)
-                for r in score_requests(self.engine, requests[start:start + step], self.config.text_scope)]
+        scored = [r for start in range(0, len(requests), step)
+                  for r in score_requests(self.engine, requests[start:start + step], self.config.text_scope)]
+        for i, row in zip(where, scored, strict=True):
+            rows[i] = row
         out = {key: [r[key] for r in rows] for key in RESULT_KEYS}
         return {**out, "source": batch["source"], "item": batch["item"]}
+
+
+def decode_requests(batch: dict[str, list], video_frames: int) -> dict[str, list]:
+    """Map stage (CPU): every request's media as :func:`inference.chat.media_payload` bytes (column ``media``,
+    one list per request), so the engines get frames, not paths, and decoding overlaps scoring; a request
+    whose media do not decode gets ``decode_error`` and is refused without reaching an engine."""
+    payloads, errors = [], []
+    for msg in batch["request_json"]:
+        try:
+            payloads.append([media_payload(kind, value, video_frames)
+                             for kind, value in ChatRequest("", json.loads(msg)).media()])
+            errors.append("")
+        except Exception as e:  # noqa: BLE001 - the sample is refused with the decoder's message
+            payloads.append([])
+            errors.append(error_text(e))
+    return {**batch, "media": payloads, "decode_error": errors}
+
+
+def scoring_stages(config: ScorerConfig) -> list[Stage]:
+    """Decode then score; the ``mavors`` backend decodes in its engine (its processor plans frames per chunk)."""
+    score = EngineStage(ScoreStage, config.engine, (config.model_dump_json(),))
+    if config.engine.backend == "mavors":
+        return [score]
+    return [MapStage(decode_requests, {"video_frames": config.engine.video_frames}, num_cpus=config.decode_cpus), score]
 
 
 def run_scoring(cat: Catalog, config: ScorerConfig, *, use_ray: bool = True, limit: int | None = None,
@@ -261,8 +305,7 @@ def run_scoring(cat: Catalog, config: ScorerConfig, *, use_ray: bool = True, lim
         counts["quarantined"] += len(refused)
     if not work:
         return counts
-    stage = EngineStage(ScoreStage, config.engine, (config.model_dump_json(),))
-    for results in run_stages(work, [stage], batch_size=config.rows_per_commit, use_ray=use_ray,
+    for results in run_stages(work, scoring_stages(config), batch_size=config.rows_per_commit, use_ray=use_ray,
                               ray_settings=ray_settings):
         write_results(cat, config, results, run_id)
         counts["scored"] += sum(1 for r in results if r["ok"])

@@ -12,10 +12,12 @@ transformers, vLLM and the Mavors engine:
 - ``decode_completion`` turns generated ids into a :class:`Completion` the same way
   for every backend (EOS counted but not shown, text cut at the first stop string);
 - ``load_image`` / ``load_video`` turn paths into PIL images / ``(T, H, W, 3)``
-  uint8 frames (uniformly sampled; only those frames are decoded).
+  uint8 frames (uniformly sampled; only those frames are decoded); ``media_payload`` /
+  ``payload_media`` carry them as ``.npy`` bytes from a CPU decode stage to the engines.
 """
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -209,3 +211,22 @@ def load_video(value: Any, n_frames: int) -> np.ndarray:
     if len(frames) % 2:
         frames = np.concatenate([frames, frames[-1:]])
     return frames.astype(np.uint8)
+
+
+def media_payload(kind: str, value: Any, n_frames: int) -> bytes:
+    """``.npy`` bytes of an image ``(H, W, 3)`` or of a video's ``n_frames`` sampled frames ``(T, H, W, 3)``:
+    what a CPU decode stage hands to engine actors (an Arrow binary column), so engines never decode."""
+    array = np.asarray(load_image(value)) if kind == "image" else load_video(value, n_frames)
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
+def payload_media(kind: str, payload: bytes) -> Any:
+    """The value of a media part from :func:`media_payload` bytes: a PIL image, or the frames array."""
+    array = np.load(io.BytesIO(payload))
+    if kind == "image":
+        from PIL import Image
+
+        return Image.fromarray(array)
+    return array

@@ -14,12 +14,19 @@ the end; on Ray each engine stage is an actor pool of ``engine.num_replicas`` ac
 columns of plain Python values (Arrow is the format between stages in both modes, so a column Ray
 could not carry fails in-process too), and the caller gets the rows back, ``batch_size`` at a time
 (the last batch may be shorter; on Ray, batches come in no fixed order).
+
+Decoding overlaps generation in both modes, so engines do not wait on the CPU stage: on Ray, Ray Data's
+streaming executor runs the map tasks while the actor pools work; in this process, the map stages that
+come before the first engine stage run up to ``prefetch`` batches ahead in a background thread (PyAV,
+PIL and NumPy release the GIL while they decode), and the engines run in the calling thread.
 """
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from inference.config import EngineConfig
@@ -54,30 +61,65 @@ Stage = EngineStage | MapStage
 
 
 def run_stages(rows: list[dict[str, Any]], stages: list[Stage], *, batch_size: int, use_ray: bool,
-               ray_settings=None) -> Iterator[list[dict[str, Any]]]:
-    """Run ``rows`` through ``stages`` in order; yield the finished rows, ``batch_size`` per batch."""
+               ray_settings=None, prefetch: int = 2) -> Iterator[list[dict[str, Any]]]:
+    """Run ``rows`` through ``stages`` in order; yield the finished rows, ``batch_size`` per batch.
+
+    ``prefetch``: in this process, how many batches the leading map stages may run ahead of the engines
+    (0: one stage after the other, the baseline ``benchmarks/captions.py`` compares against).
+    """
     if not rows:
         return
     if use_ray:
         yield from _on_ray(rows, stages, batch_size, ray_settings)
     else:
-        yield from _in_process(rows, stages, batch_size)
+        yield from _in_process(rows, stages, batch_size, prefetch)
 
 
-def _in_process(rows: list[dict[str, Any]], stages: list[Stage], batch_size: int) -> Iterator[list[dict[str, Any]]]:
+def _in_process(rows: list[dict[str, Any]], stages: list[Stage], batch_size: int,
+                prefetch: int) -> Iterator[list[dict[str, Any]]]:
+    n_lead = next((i for i, s in enumerate(stages) if isinstance(s, EngineStage)), len(stages))
+    lead, rest = stages[:n_lead], stages[n_lead:]
+
+    def prepared(start: int):
+        table = _table(_columns_of(rows[start:start + batch_size]))
+        for s in lead:
+            table = _table(s.fn(_columns(table), **s.kwargs))
+        return table
+
     built = []
-    try:
-        for s in stages:
-            built.append(s.cls(*s.args, **s.kwargs) if isinstance(s, EngineStage) else None)
-        for start in range(0, len(rows), batch_size):
-            table = _table(_columns_of(rows[start:start + batch_size]))
-            for s, obj in zip(stages, built):
-                table = _table(obj(_columns(table)) if obj is not None else s.fn(_columns(table), **s.kwargs))
-            yield table.to_pylist()
-    finally:
-        for obj in built:
-            if obj is not None:
-                obj.engine.close()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as ahead:
+        starts = iter(range(0, len(rows), batch_size))
+        pending: deque = deque()
+
+        def refill() -> None:
+            """Top up the batches in flight (``prefetch=0``: compute the next one here, when none is left)."""
+            while len(pending) < max(1, prefetch) and (start := next(starts, None)) is not None:
+                pending.append(ahead.submit(prepared, start) if prefetch else _done(prepared(start)))
+
+        try:
+            refill()  # decoding starts while the engines load
+            for s in rest:
+                built.append(s.cls(*s.args, **s.kwargs) if isinstance(s, EngineStage) else None)
+            while refill() or pending:
+                table = pending.popleft().result()
+                if prefetch:
+                    refill()  # the next batches decode while the engines work on this one
+                for s, obj in zip(rest, built):
+                    table = _table(obj(_columns(table)) if obj is not None else s.fn(_columns(table), **s.kwargs))
+                yield table.to_pylist()
+        finally:
+            for f in pending:
+                f.cancel()
+            for obj in built:
+                if obj is not None:
+                    obj.engine.close()
+
+
+def _done(table) -> Future:
+    """A batch computed in the calling thread (``prefetch=0``: nothing runs ahead)."""
+    future: Future = Future()
+    future.set_result(table)
+    return future
 
 
 def _on_ray(rows: list[dict[str, Any]], stages: list[Stage], batch_size: int,

@@ -49,6 +49,17 @@ class ChatRequest:
                     found.append((part["type"], part[part["type"]]))
         return found
 
+    def with_media(self, values: list[Any]) -> ChatRequest:
+        """The same conversation with its media parts' values replaced, in :meth:`media` order (e.g. paths
+        by frames a decode stage produced)."""
+        values = iter(values)
+        messages = [{**m, "content": m["content"] if isinstance(m["content"], str) else [
+            {**part, part["type"]: next(values)} if part["type"] in ("image", "video") else part
+            for part in m["content"]]} for m in self.messages]
+        if next(values, None) is not None:
+            raise ValueError(f"request {self.request_id}: more media values than media parts")
+        return ChatRequest(self.request_id, messages)
+
 
 @dataclass(frozen=True)
 class SamplingParams:

@@ -8,6 +8,7 @@ steps carry: ints, floats, bytes, text, and a float column that is null for a wh
 from __future__ import annotations
 
 import sys
+import threading
 from typing import ClassVar
 
 import pytest
@@ -90,6 +91,48 @@ def test_engines_are_closed_when_a_stage_fails():
         list(run_stages(ROWS, [EngineStage(Multiply, ENGINE, (3,), {"column": "t"}),
                                EngineStage(Failing, ENGINE, (5,), {"column": "q"})], batch_size=4, use_ray=False))
     assert len(FakeEngine.made) == 2 and all(e.closed for e in FakeEngine.made)
+
+
+@pytest.mark.parametrize("prefetch", [0, 1, 2])
+def test_in_process_decoding_runs_ahead_of_the_engines(prefetch):
+    """The map stage decodes batch k+1 while the engine works on batch k (``prefetch`` batches ahead at most);
+    with ``prefetch=0`` it waits for the engine. Events, not clocks, record what ran at the same time."""
+    events: list[str] = []
+    lock = threading.Lock()
+
+    def log(what: str) -> None:
+        with lock:
+            events.append(what)
+
+    def decode(batch: dict[str, list]) -> dict[str, list]:
+        log(f"decode {batch['x'][0] // 2}")
+        return batch
+
+    class Slow(Multiply):
+        def __call__(self, batch):
+            k = batch["x"][0] // 2
+            log(f"engine {k} start")
+            ahead_done = threading.Event()
+            # wait (bounded) for the decode of batch k+prefetch to be logged: it can only happen concurrently
+            for _ in range(200):
+                with lock:
+                    if f"decode {k + prefetch}" in events or k + prefetch > 4:
+                        ahead_done.set()
+                if ahead_done.is_set() or not prefetch:
+                    break
+                threading.Event().wait(0.01)
+            log(f"engine {k} end")
+            return super().__call__(batch)
+
+    rows = [{"x": i, "name": "", "blob": b""} for i in range(10)]
+    out = list(run_stages(rows, [MapStage(decode), EngineStage(Slow, ENGINE, (2,), {"column": "y"})],
+                          batch_size=2, use_ray=False, prefetch=prefetch))
+    assert [r["y"] for b in out for r in b] == [2 * i for i in range(10)]
+    for k in range(5):
+        before_end = events[:events.index(f"engine {k} end")]
+        decoded = max(int(e.split()[1]) for e in before_end if e.startswith("decode"))
+        # prefetch 0: the next batch is decoded only once this one is done (one at a time, in order)
+        assert decoded == (k if prefetch == 0 else min(k + prefetch, 4)), (prefetch, k, events)
 
 
 def test_ray_gives_the_in_process_rows_in_committed_batches(ray_local):
