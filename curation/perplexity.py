@@ -59,8 +59,9 @@ class ScorerConfig(ConfigModel):
     """Samples per Ray batch; each finished batch is written in one catalog transaction."""
 
 
-def load_scorer_config(path: str | Path) -> ScorerConfig:
-    return load_yaml(path, ScorerConfig)
+def load_scorer_config(path: str | Path, work_dir: str | Path | None = None) -> ScorerConfig:
+    """A scorer YAML; its engine's paths resolve as in every config (:data:`core.config.ConfigPath`)."""
+    return load_yaml(path, ScorerConfig, work_dir)
 
 
 class SampleRefused(ValueError):
@@ -181,7 +182,8 @@ def pending_samples(cat: Catalog, config: ScorerConfig, *, limit: int | None = N
     rows = cat.query(sql, params)
     for row in rows:
         row["conversation"] = json.loads(row["conversation"])
-        row["media"] = row["media"] or []
+        row["media"] = [{**m, "path": None if m["path"] is None else str(cat.resolved(m["path"]))}
+                        for m in row["media"] or []]
     return rows
 
 

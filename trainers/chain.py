@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import Callable
 
 from core.config import ConfigError
-from core.paths import REPO_ROOT
+from core.paths import REPO_ROOT, stored
 from core.processes import run_logged
 from trainers.export import is_exported, read_stage_record
 from trainers.batches import data_dir
@@ -83,8 +83,7 @@ def mixture_data(names: list[str], stages_dir: Path, shard_dirs: Mapping[str, Ma
             raise ConfigError(f"{path}: field 'data.mixture': no shards built for mixture {mixture!r} stage "
                               f"{data.mixture_stage!r}; build them first (mavors shards build {data.mixture}, "
                               "or the curate flow)")
-        folder, root = Path(folder).resolve(), Path(work_dir).resolve()
-        overrides[name] = {"shards": str(folder.relative_to(root) if folder.is_relative_to(root) else folder)}
+        overrides[name] = {"shards": stored(folder, work_dir)}
     return overrides
 
 

@@ -39,7 +39,7 @@ def build_cmd(
     from core.settings import load_settings
 
     settings = load_settings()
-    cfg = load_yaml(dpo_config, DpoConfig) if dpo_config else DpoConfig()
+    cfg = load_yaml(dpo_config, DpoConfig, settings.work_dir) if dpo_config else DpoConfig()
     mix = load_mixture(mixture)
     if "dpo" not in mix.stages:
         raise ValueError(f"{mixture}: the mixture has no `dpo` stage to take inputs from")

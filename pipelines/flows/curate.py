@@ -94,7 +94,7 @@ def synthesize_captions(run: RunContext, roster: Path, upstream: Any) -> dict[st
     from curation.captions import load_roster, run_captions
 
     with run.catalog() as cat:
-        report = run_captions(cat, load_roster(roster), use_ray=run.use_ray, run_id=run.run_id,
+        report = run_captions(cat, load_roster(roster, run.settings.work_dir), use_ray=run.use_ray, run_id=run.run_id,
                               ray_settings=run.settings.ray)
     return report.as_dict()
 
@@ -105,7 +105,7 @@ def score_perplexity(run: RunContext, scorer: Path, upstream: Any) -> dict[str, 
     from curation.perplexity import load_scorer_config, run_scoring
 
     with run.catalog() as cat:
-        return run_scoring(cat, load_scorer_config(scorer), use_ray=run.use_ray, run_id=run.run_id,
+        return run_scoring(cat, load_scorer_config(scorer, run.settings.work_dir), use_ray=run.use_ray, run_id=run.run_id,
                            ray_settings=run.settings.ray)
 
 

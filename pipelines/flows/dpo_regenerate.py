@@ -78,7 +78,7 @@ def build_pairs(run: RunContext, checkpoint: str, mixture: Path, config: Path | 
     from curation.preference.build import build_pair_set, mixture_inputs
     from curation.preference.config import DpoConfig
 
-    cfg = load_yaml(config, DpoConfig) if config else DpoConfig()
+    cfg = load_yaml(config, DpoConfig, run.settings.work_dir) if config else DpoConfig()
     with run.catalog() as cat:
         ids, mixture_sha = mixture_inputs(cat, selection["mixture"])
         report = build_pair_set(cat, checkpoint, ids, cfg, out_dir=cfg.output_dir or run.dir("dpo"),
@@ -87,7 +87,7 @@ def build_pairs(run: RunContext, checkpoint: str, mixture: Path, config: Path | 
                                [report.pair_set_id]) if report.shards else None
     return {"pair_set_id": report.pair_set_id, "checkpoint_sha256": report.checkpoint_sha256,
             "backend": report.backend, "decided": report.decided, "skipped": report.skipped,
-            "counts": report.counts, "shards": report.shards, "shard_dir": str(shard_dir) if shard_dir else None}
+            "counts": report.counts, "shards": report.shards, "shard_dir": str(cat.resolved(shard_dir)) if shard_dir else None}
 
 
 # -- the flow ---------------------------------------------------------------------------------------------
