@@ -17,6 +17,8 @@ from typing import Annotated, Any, TypeVar
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, ValidationInfo
 
+from core.paths import stored
+
 WORK_DIR = "{work_dir}"
 """Prefix of a config path that lies under the settings' work dir."""
 
@@ -33,6 +35,13 @@ def config_path(value: str | Path, base: str | Path | None, work_dir: str | Path
     if path.is_absolute() or base is None:
         return path
     return Path(os.path.abspath(Path(base) / path))
+
+
+def work_dir_path(path: str | Path, work_dir: str | Path) -> str:
+    """A path a program writes into a config value (a stage's data override): ``{work_dir}/...`` when under the
+    work dir, else absolute. :func:`config_path` reads it back wherever the work dir has moved since."""
+    value = stored(path, work_dir)
+    return value if Path(value).is_absolute() else f"{WORK_DIR}/{value}"
 
 
 def _resolve_in_context(value: Path, info: ValidationInfo) -> Path:

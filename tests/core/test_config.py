@@ -25,13 +25,14 @@ def elsewhere(tmp_path, monkeypatch):
     return conf
 
 
-def test_settings_paths_are_relative_to_the_settings_file(elsewhere):
+def test_settings_paths_are_relative_to_the_settings_file(elsewhere, monkeypatch):
     from core.settings import load_settings
 
     (elsewhere / "settings.yaml").write_text("work_dir: ../work\ncatalog_path: cat/catalog.duckdb\n")
     settings = load_settings(elsewhere / "settings.yaml")
     assert settings.work_dir == elsewhere.parent / "work"
     assert settings.catalog == elsewhere / "cat" / "catalog.duckdb"
+    monkeypatch.delenv("MAVORS_CONFIG", raising=False)
     assert load_settings(None).work_dir == Path("mavors-work")  # the embedded default: ./mavors-work
 
 

@@ -115,9 +115,9 @@ def test_mixture_stages_resolve_to_the_folders_they_were_built_into(tmp_path):
     elsewhere = tmp_path / "work-elsewhere"
     assert mixture_data(names, STAGES_DIR, built, elsewhere) == {"demo-stage1": {"shards": str(tmp_path / "s1")},
                                                                  "demo-stage2": {"shards": str(tmp_path / "s2")}}
-    # inside the work dir: relative to it (the resolved spec and its digest survive moving the work dir)
-    assert mixture_data(names, STAGES_DIR, built, tmp_path) == {"demo-stage1": {"shards": "s1"},
-                                                                "demo-stage2": {"shards": "s2"}}
+    # inside the work dir: {work_dir}/... (the resolved spec and its digest survive moving the work dir)
+    assert mixture_data(names, STAGES_DIR, built, tmp_path) == {"demo-stage1": {"shards": "{work_dir}/s1"},
+                                                                "demo-stage2": {"shards": "{work_dir}/s2"}}
     given = {"demo-stage1": {"shards": "/given"}, "demo-stage2": {"shards": "/given2"}}  # --data wins, nothing looked up
     assert mixture_data(names, STAGES_DIR, {}, tmp_path, given) == given
     with pytest.raises(ConfigError, match="demo-stage1_5.yaml.*'data.mixture'.*stage '1.5'"):
