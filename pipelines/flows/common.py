@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict
 from core import runs
 from core.catalog import Catalog, CatalogError
 from core.paths import REPO_ROOT
-from core.config import ConfigModel
+from core.config import ConfigModel, ConfigPath
 from core.faults import fault_point
 from core.settings import Settings, load_settings
 
@@ -45,11 +45,12 @@ _TRANSIENT_NAMES = {"RaySystemError", "RayActorError", "WorkerCrashedError", "Ob
 
 
 class FlowParams(ConfigModel):
-    """Parameters every flow takes; the defaults are the embedded world (``./mavors-work``)."""
+    """Parameters every flow takes; the defaults are the embedded world (``./mavors-work``). Paths in a
+    ``--params`` file are relative to its folder, as in every config file (:data:`core.config.ConfigPath`)."""
 
-    config: Path | None = None
+    config: ConfigPath | None = None
     """Settings YAML (work dir, catalog path, Ray address). None: ``MAVORS_CONFIG`` or the embedded defaults."""
-    work_dir: Path | None = None
+    work_dir: ConfigPath | None = None
     """Overrides the settings' work dir. Catalog, shards, checkpoints and reports live under it."""
     use_ray: bool = True
     """Run the parallel steps (media probing, scoring, caption synthesis, shard writing) on Ray Data: a

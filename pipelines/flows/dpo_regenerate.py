@@ -15,6 +15,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
+from core.config import ConfigPath
 from core.paths import MANIFESTS
 from pipelines.flows.common import FlowParams, RunContext, publish_table, recorded_run, step, write_run_report
 
@@ -23,15 +24,15 @@ from pipelines.flows.common import FlowParams, RunContext, publish_table, record
 class DpoParams(FlowParams):
     """Which policy checkpoint, which inputs, which pair-building config."""
 
-    checkpoint: Path | None = None
+    checkpoint: ConfigPath | None = None
     """Policy checkpoint (a Mavors export or a local VLM). None: the newest export of ``stage`` under
     ``<work_dir>/train``."""
     stage: str = "demo-stage2"
     """Stage (spec name) whose newest export is the policy when ``checkpoint`` is None. Cluster: ``stage2``."""
-    mixture: Path = MANIFESTS / "mixtures" / "demo-dpo.yaml"
+    mixture: ConfigPath = MANIFESTS / "mixtures" / "demo-dpo.yaml"
     """Mixture whose ``dpo`` stage lists the inputs (QA, image captions, video captions). Cluster: the paper's
     DPO mixture (LLaVA-Video QA, LLaVA-OneVision + DenseFusion captions, WebVid/Kinetics/OOPS videos)."""
-    pair_config: Path | None = MANIFESTS / "dpo" / "demo.yaml"
+    pair_config: ConfigPath | None = MANIFESTS / "dpo" / "demo.yaml"
     """:class:`curation.preference.config.DpoConfig` YAML (sampling, judge, margins per domain). The demo's
     suits a tiny random policy (stop strings, log-prob judge). Cluster: None, the config's own defaults
     (EOS-terminated generations, a judge model)."""
