@@ -131,6 +131,8 @@ def recorded_run(flow: str, params: FlowParams) -> Iterator[RunContext]:
             lineage = cat.scalar("SELECT run_id FROM runs ORDER BY started_at, run_id LIMIT 1")
         scope = None
         if params.use_cache:
+            # Absolute on purpose: cached step results carry paths of where they ran, so a moved or copied work
+            # dir starts a fresh cache (its library steps still skip what the catalog records as done).
             scope = _digest({"code": code_digest(), "lineage": lineage, "catalog": str(settings.catalog.resolve()),
                              "work_dir": str(settings.work_dir.resolve())})
         get_run_logger().info("run %s of %s: catalog %s, work dir %s", run.run_id, flow, settings.catalog,
