@@ -353,5 +353,6 @@ def build_pair_set(cat: Catalog, checkpoint: str | Path, sample_ids: Iterable[st
         report.counts.setdefault(r["domain"], {})[r["reason"]] = r["n"]
     report.shards = write_pair_shards(cat, set_id, set_dir / "shards", max_samples=config.max_pairs_per_shard,
                                       run_id=run_id)
-    cat.con.execute("UPDATE dpo_pair_sets SET shard_dir = ? WHERE pair_set_id = ?", [cat.stored(set_dir / "shards"), set_id])
+    cat.con.execute("UPDATE dpo_pair_sets SET shard_dir = ? WHERE pair_set_id = ?",
+                    [cat.stored(set_dir / "shards"), set_id])
     return report

@@ -106,8 +106,8 @@ def score_perplexity(run: RunContext, scorer: Path, upstream: Any) -> dict[str, 
     from curation.perplexity import load_scorer_config, run_scoring
 
     with run.catalog() as cat:
-        return run_scoring(cat, load_scorer_config(scorer, run.settings.work_dir), use_ray=run.use_ray, run_id=run.run_id,
-                           ray_settings=run.settings.ray)
+        return run_scoring(cat, load_scorer_config(scorer, run.settings.work_dir), use_ray=run.use_ray,
+                           run_id=run.run_id, ray_settings=run.settings.ray)
 
 
 @step("dedup")

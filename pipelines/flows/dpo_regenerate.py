@@ -88,7 +88,8 @@ def build_pairs(run: RunContext, checkpoint: str, mixture: Path, config: Path | 
                                [report.pair_set_id]) if report.shards else None
     return {"pair_set_id": report.pair_set_id, "checkpoint_sha256": report.checkpoint_sha256,
             "backend": report.backend, "decided": report.decided, "skipped": report.skipped,
-            "counts": report.counts, "shards": report.shards, "shard_dir": str(cat.resolved(shard_dir)) if shard_dir else None}
+            "counts": report.counts, "shards": report.shards,
+            "shard_dir": str(cat.resolved(shard_dir)) if shard_dir else None}
 
 
 # -- the flow ---------------------------------------------------------------------------------------------
