@@ -28,11 +28,28 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from core.paths import MANIFESTS, REPO_ROOT
+from core.paths import MANIFESTS, REPO_ROOT, resolved, stored
 
 SCHEMA_DIR = MANIFESTS / "schema"
 DEFAULT_CATALOG = Path("mavors-work") / "catalog.duckdb"
 _SCHEMA_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+PATH_COLUMNS: dict[str, set[str]] = {
+    "sources": {"path", "media_root", "manifest_path"},
+    "media": {"storage_path"},
+    "captions": {"model_path"},
+    "merged_captions": {"model_path"},
+    "ppl_scores": {"model_path"},
+    "mixtures": {"manifest_path"},
+    "shard_media": {"path"},
+    "shards": {"path"},
+    "dpo_pair_sets": {"checkpoint_path", "shard_dir"},
+    "dpo_inputs": {"audit_path"},
+    "dpo_pairs": {"media_paths", "rejected_media_path"},
+    "train_stages": {"run_dir", "spec_path", "export_path"},
+    "evals": {"checkpoint"},
+}
+"""Columns holding file paths. :meth:`Catalog.insert` stores them with :func:`core.paths.stored` against the
+catalog's folder (relative inside it, absolute outside); readers that open a file use :meth:`Catalog.resolved`."""
 
 
 class CatalogError(RuntimeError):
@@ -144,6 +161,24 @@ class Catalog:
         row = self.con.execute("SELECT max(version) FROM schema_version").fetchone()
         return int(row[0] or 0)
 
+    # -- stored paths ----------------------------------------------------------------
+    @property
+    def root(self) -> Path:
+        """The folder stored paths are relative to: the catalog file's (the work dir, by default)."""
+        return Path(os.path.abspath(self.path.parent))
+
+    def stored(self, path: Any) -> Any:
+        """A path (or list of paths; None stays None) as the catalog stores it (:data:`PATH_COLUMNS`)."""
+        if path is None:
+            return None
+        if isinstance(path, (list, tuple)):
+            return [self.stored(p) for p in path]
+        return stored(path, self.root)
+
+    def resolved(self, path: str | Path) -> Path:
+        """A path read from a :data:`PATH_COLUMNS` column as one to open, from any working directory."""
+        return resolved(path, self.root)
+
     # -- reads and writes ------------------------------------------------------------
     @contextlib.contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -181,6 +216,9 @@ class Catalog:
         rows = list(rows)
         if not rows:
             return 0
+        paths = PATH_COLUMNS.get(table, set()) & set(rows[0])
+        if paths:
+            rows = [{**r, **{c: self.stored(r[c]) for c in paths}} for r in rows]
         verb = {"error": "INSERT", "ignore": "INSERT OR IGNORE", "replace": "INSERT OR REPLACE"}[on_conflict]
         json_cols = self._json_columns(table)
         cols = list(rows[0].keys())

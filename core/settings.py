@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from core.config import ConfigModel, load_yaml
+from core.config import ConfigModel, ConfigPath, load_yaml
 
 
 class RaySettings(ConfigModel):
@@ -25,10 +25,12 @@ class RaySettings(ConfigModel):
 
 
 class Settings(ConfigModel):
-    work_dir: Path = Path("mavors-work")
-    """Root of everything the platform writes: catalog, shards, checkpoints, reports. Cluster: a shared filesystem path."""
-    catalog_path: Path | None = None
-    """DuckDB catalog file; default ``<work_dir>/catalog.duckdb``."""
+    work_dir: ConfigPath = Path("mavors-work")
+    """Root of everything the platform writes: catalog, shards, checkpoints, reports (relative: to the settings
+    file's folder; embedded default: ``./mavors-work``). Cluster: a shared filesystem path."""
+    catalog_path: ConfigPath | None = None
+    """DuckDB catalog file; default ``<work_dir>/catalog.duckdb``. Paths the catalog stores are relative to its
+    folder (:func:`core.paths.stored`), so keep it inside the work dir for the work dir to stay movable."""
     ray: RaySettings = RaySettings()
 
     @property

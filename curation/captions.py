@@ -45,8 +45,8 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from core.catalog import Catalog
-from core.config import ConfigModel, read_yaml, validate
-from inference import ChatRequest, EngineConfig, GenerationResult, SamplingParams, load_engine
+from core.config import ConfigModel, config_path, read_yaml, validate
+from inference import ChatRequest, EngineConfig, GenerationResult, SamplingParams, load_engine, load_engine_config
 from inference.chat import media_payload, payload_media
 from inference.isolation import error_text, per_request
 from inference.pool import EngineStage, MapStage, Stage, run_stages
@@ -165,15 +165,16 @@ class RosterConfig(ConfigModel):
         return captioner.prompts.get(kind) or self.prompts[kind]
 
 
-def load_roster(path: str | Path) -> RosterConfig:
-    """A roster YAML; an ``engine:`` given as a string is an engine YAML path relative to the roster file."""
+def load_roster(path: str | Path, work_dir: str | Path | None = None) -> RosterConfig:
+    """A roster YAML; an ``engine:`` given as a string is an engine YAML path relative to the roster file (whose
+    own paths are relative to it, as in every config file); ``work_dir`` is what ``{work_dir}`` means."""
     path = Path(path)
     data = read_yaml(path) or {}
     entries = [*data.get("captioners", []), data.get("merger")]
     for entry in entries:
         if isinstance(entry, dict) and isinstance(entry.get("engine"), str):
-            entry["engine"] = read_yaml(path.parent / entry["engine"])
-    return validate(RosterConfig, data, path)
+            entry["engine"] = load_engine_config(config_path(entry["engine"], path.parent), work_dir)
+    return validate(RosterConfig, data, path, base=path.absolute().parent, work_dir=work_dir)
 
 
 # -- keys, gates, reasoning ----------------------------------------------------------------------
@@ -333,13 +334,14 @@ def media_to_caption(cat: Catalog, sources: list[str]) -> list[dict[str, Any]]:
     missing = [s for s in sources if s not in known]
     if missing:
         raise ValueError(f"sources not in the catalog: {missing} (ingest them first)")
-    return cat.query(
+    rows = cat.query(
         "SELECT s.source, min(s.item) AS item, min(s.sample_id) AS sample_id, m.media_hash, m.kind, "
         "       m.storage_path, any_value(s.stage_hints) AS stage_hints "
         "FROM samples s JOIN media m ON m.media_hash = s.media_hashes[1] "
         "WHERE s.source IN (SELECT unnest(?::TEXT[])) AND len(s.media_hashes) = 1 "
         "GROUP BY s.source, m.media_hash, m.kind, m.storage_path ORDER BY s.source, item",
         [sources])
+    return [{**r, "storage_path": str(cat.resolved(r["storage_path"]))} for r in rows]
 
 
 @dataclass

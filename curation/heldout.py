@@ -95,7 +95,8 @@ def heldout_records(cat: Catalog, family: str) -> list[dict]:
         human = next(t["value"] for t in conv if t["from"] == "human")
         answer = next(t["value"] for t in conv if t["from"] == "gpt")
         question = human.replace("<image>", "").replace("<video>", "").strip()
-        docs.append({"id": i, "sample_id": r["sample_id"], "kind": r["kind"], "media": r["storage_path"],
+        docs.append({"id": i, "sample_id": r["sample_id"], "kind": r["kind"],
+                     "media": str(cat.resolved(r["storage_path"])),
                      "question": question, "answer": answer})
     return docs
 

@@ -64,8 +64,9 @@ class ScorerConfig(ConfigModel):
     """CPUs each Ray decode task reserves. Cluster: 1 (a GPU node has far more cores than engines)."""
 
 
-def load_scorer_config(path: str | Path) -> ScorerConfig:
-    return load_yaml(path, ScorerConfig)
+def load_scorer_config(path: str | Path, work_dir: str | Path | None = None) -> ScorerConfig:
+    """A scorer YAML; its engine's paths resolve as in every config (:data:`core.config.ConfigPath`)."""
+    return load_yaml(path, ScorerConfig, work_dir)
 
 
 class SampleRefused(ValueError):
@@ -187,7 +188,8 @@ def pending_samples(cat: Catalog, config: ScorerConfig, *, limit: int | None = N
     rows = cat.query(sql, params)
     for row in rows:
         row["conversation"] = json.loads(row["conversation"])
-        row["media"] = row["media"] or []
+        row["media"] = [{**m, "path": None if m["path"] is None else str(cat.resolved(m["path"]))}
+                        for m in row["media"] or []]
     return rows
 
 

@@ -98,7 +98,7 @@ def compute_signatures(cat: Catalog, frames: int = DEFAULT_FRAMES, commit_every:
         rows, failed = [], []
         for m in todo[start:start + commit_every]:
             try:
-                sig = sign_media(m["kind"], m["storage_path"], frames)
+                sig = sign_media(m["kind"], str(cat.resolved(m["storage_path"])), frames)
             except Exception as e:  # noqa: BLE001 - any decoder error: record and go on
                 failed.append({"source": "media", "item": m["media_hash"], "reason": "media_decode_failed",
                                "detail": f"{m['storage_path']}: {type(e).__name__}: {e}", "stage": "phash"})

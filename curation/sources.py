@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 from pydantic import Field, PrivateAttr
 
-from core.config import ConfigError, ConfigModel, load_yaml
+from core.config import ConfigError, ConfigModel, config_path, load_yaml
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v")
@@ -108,11 +108,8 @@ class SourceManifest(ConfigModel):
         return self._manifest_path
 
     def resolve(self, value: str) -> Path:
-        """A manifest path made absolute against the manifest's folder."""
-        p = Path(os.path.expanduser(value))
-        if p.is_absolute() or self.manifest_path is None:
-            return p
-        return (self.manifest_path.parent / p).resolve()
+        """A manifest path made absolute against the manifest's folder (:func:`core.config.config_path`)."""
+        return config_path(value, self.manifest_path.parent if self.manifest_path else None)
 
     @property
     def annotation_paths(self) -> list[Path]:

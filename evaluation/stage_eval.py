@@ -98,8 +98,7 @@ def evaluate_in_subprocess(checkpoint: str | Path, eval_dir: str | Path, log_pat
     if limit:
         cmd += ["--limit", str(limit)]
     out.unlink(missing_ok=True)
-    run_logged(cmd, Path(log_path), cwd=Path.cwd(),  # the held-out files name media relative to it
-               what="evaluation")
+    run_logged(cmd, Path(log_path), cwd=Path.cwd(), what="evaluation")
     return json.loads(out.read_text())
 
 
@@ -111,7 +110,7 @@ def record_evals(cat: Catalog, rows: list[dict], stage: str, checkpoint: str | P
     """
     full = [{"run_id": run_id, "stage": stage, "checkpoint": str(checkpoint), **r} for r in rows]
     with cat.transaction() as con:
-        con.execute("DELETE FROM evals WHERE stage = ? AND checkpoint = ?", [stage, str(checkpoint)])
+        con.execute("DELETE FROM evals WHERE stage = ? AND checkpoint = ?", [stage, cat.stored(checkpoint)])
         cat.insert("evals", full, con=con)
     return full
 

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from core.config import ConfigModel, load_yaml
+from core.config import ConfigModel, ConfigPath, load_yaml
 
 Backend = Literal["transformers", "vllm", "mavors"]
 Modality = Literal["text", "image", "video"]
@@ -22,9 +22,10 @@ class EngineConfig(ConfigModel):
     """``transformers`` (CPU or GPU, batched; tests and the embedded demo), ``vllm`` (``vllm.LLM``; the CPU
     build here, the CUDA build on clusters), or ``mavors`` (our checkpoints: vision in torch, LLM in vLLM).
     Cluster: ``vllm``."""
-    model_path: Path
+    model_path: ConfigPath
     """Local checkpoint directory (Hugging Face layout, processor/tokenizer beside the weights). Never a
-    hub id: nothing is downloaded. Cluster: a path on the shared filesystem."""
+    hub id: nothing is downloaded. Relative: to the YAML's folder; ``{work_dir}/models/...``: the tiny models
+    ``mavors models make-tiny`` wrote under the work dir. Cluster: a path on the shared filesystem."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Weights and activations. Scoring compares backends only in float32. Cluster: ``bfloat16``."""
     device: str = "cpu"
@@ -81,6 +82,7 @@ class EngineConfig(ConfigModel):
         return value
 
 
-def load_engine_config(path: str | Path) -> EngineConfig:
-    """An :class:`EngineConfig` from YAML; a relative ``model_path`` stays relative to the working directory."""
-    return load_yaml(path, EngineConfig)
+def load_engine_config(path: str | Path, work_dir: str | Path | None = None) -> EngineConfig:
+    """An :class:`EngineConfig` from YAML; a relative ``model_path`` is relative to the file's folder,
+    ``{work_dir}/...`` to ``work_dir`` (the settings' work dir)."""
+    return load_yaml(path, EngineConfig, work_dir)

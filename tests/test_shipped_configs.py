@@ -4,11 +4,13 @@ A new folder under manifests/ must be added to LOADERS, so no shipped file goes 
 """
 from __future__ import annotations
 
+from pathlib import Path
 
 import pytest
 from core.paths import REPO_ROOT
 
 ROOT = REPO_ROOT
+WORK_DIR = Path("/srv/mavors-work")
 
 
 def _loaders():
@@ -23,12 +25,13 @@ def _loaders():
     from curation.sources import load_manifest
     from trainers.spec import load_stage
 
+    work = WORK_DIR  # what {work_dir} in the demo's engine paths means
     return {
         "manifests/sources": load_manifest,
-        "manifests/engines": load_engine_config,
-        "manifests/captioners": load_roster,
+        "manifests/engines": lambda p: load_engine_config(p, work),
+        "manifests/captioners": lambda p: load_roster(p, work),
         "manifests/dedup": load_policy,
-        "manifests/dedup/scorers": load_scorer_config,
+        "manifests/dedup/scorers": lambda p: load_scorer_config(p, work),
         "manifests/mixtures": load_mixture,
         "manifests/stages": load_stage,
         "manifests/dpo": lambda p: load_yaml(p, DpoConfig),
@@ -47,4 +50,25 @@ def test_shipped_yaml_loads(path):
     folder = str(path.parent.relative_to(ROOT))
     loaders = _loaders()
     assert folder in loaders, f"{path}: no config model registered for {folder}/ in tests/test_shipped_configs.py"
-    loaders[folder](path)
+    config = loaders[folder](path)
+    # Every path a loaded config holds is absolute: none depends on the working directory.
+    for value in _paths(config):
+        assert value.is_absolute(), (path, value)
+
+
+def _paths(value):
+    """Every Path inside a loaded config model (nested models, lists, dicts)."""
+    from pydantic import BaseModel
+
+    if isinstance(value, Path):
+        yield value
+    elif isinstance(value, BaseModel):
+        for v in dict(value).values():
+            yield from _paths(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _paths(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _paths(v)
+

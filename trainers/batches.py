@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
-from trainers.initialization import resolve
 from trainers.spec import StageSpec
 from trainers.synthetic import SyntheticStream
 
@@ -31,7 +30,7 @@ def data_dir(spec: StageSpec, work_dir: Path) -> Path | None:
     if spec.data.mixture is not None:
         raise ValueError(f"stage {spec.name}: data.mixture {spec.data.mixture} was not resolved to its shard folder "
                          "(the driver passes it as data.shards: trainers.chain.mixture_data)")
-    return resolve(work_dir, spec.data.shards) if spec.data.shards is not None else None
+    return spec.path(spec.data.shards, work_dir) if spec.data.shards is not None else None
 
 
 def build_stream(spec: StageSpec, model, processor, rank: int, world: int, work_dir: Path):

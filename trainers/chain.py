@@ -17,7 +17,7 @@ from pathlib import Path
 from collections.abc import Mapping
 from typing import Callable
 
-from core.config import ConfigError
+from core.config import ConfigError, work_dir_path
 from core.paths import REPO_ROOT
 from core.processes import run_logged
 from trainers.export import is_exported, read_stage_record
@@ -64,8 +64,8 @@ def mixture_data(names: list[str], stages_dir: Path, shard_dirs: Mapping[str, Ma
     the curate flow returns it or the catalog records it
     (:func:`curation.shards.build.recorded_stage_dirs`). This is what a spec's ``data.mixture``
     and ``mixture_stage`` mean: the driver resolves them here once and hands the ranks the folder.
-    A folder inside ``work_dir`` is given relative to it (as ``data.shards`` allows), so the resolved
-    spec, and the digest an export is checked against, stay the same when the work dir moves.
+    A folder inside ``work_dir`` is given as ``{work_dir}/...`` (:func:`core.config.work_dir_path`), so the
+    resolved spec, and the digest an export is checked against, stay the same when the work dir moves.
     """
     from curation.mixtures import load_mixture
 
@@ -74,17 +74,17 @@ def mixture_data(names: list[str], stages_dir: Path, shard_dirs: Mapping[str, Ma
         if name in overrides:
             continue
         path = stage_file(stages_dir, name)
-        data = load_stage(path).data
+        spec = load_stage(path)
+        data = spec.data
         if data.mixture is None:
             continue
-        mixture = load_mixture(manifest_path(data.mixture)).name
+        mixture = load_mixture(spec.path(data.mixture, work_dir)).name
         folder = shard_dirs.get(mixture, {}).get(data.mixture_stage)
         if folder is None:
             raise ConfigError(f"{path}: field 'data.mixture': no shards built for mixture {mixture!r} stage "
                               f"{data.mixture_stage!r}; build them first (mavors shards build {data.mixture}, "
                               "or the curate flow)")
-        folder, root = Path(folder).resolve(), Path(work_dir).resolve()
-        overrides[name] = {"shards": str(folder.relative_to(root) if folder.is_relative_to(root) else folder)}
+        overrides[name] = {"shards": work_dir_path(folder, work_dir)}
     return overrides
 
 

@@ -16,11 +16,6 @@ from trainers.export import is_exported
 from trainers.spec import StageSpec
 
 
-def resolve(work_dir: Path, path: str) -> Path:
-    p = Path(path)
-    return p if p.is_absolute() else work_dir / p
-
-
 def export_dir(run_dir: Path, stage_name: str) -> Path:
     """Where stage ``stage_name`` of a run exports (``<run dir>/<name>/export``)."""
     return Path(run_dir) / stage_name / "export"
@@ -38,12 +33,12 @@ def check_init(spec: StageSpec, run_dir: Path, work_dir: Path, source: str,
             raise ConfigError(f"{source}: field 'init.from_stage': stage {init.from_stage!r} has no finished "
                               f"export at {path} and does not run earlier in this chain")
     elif init.pretrained is not None:
-        path = resolve(work_dir, init.pretrained)
+        path = spec.path(init.pretrained, work_dir)
         if not (path / "config.json").is_file():
             raise ConfigError(f"{source}: field 'init.pretrained': no checkpoint (config.json) at {path}")
     else:
         for key, value in init.components.items():
-            path = resolve(work_dir, value)
+            path = spec.path(value, work_dir)
             if not (path / "config.json").is_file():
                 raise ConfigError(f"{source}: field 'init.components.{key}': no checkpoint (config.json) at {path}")
 
@@ -57,8 +52,8 @@ def load_start(spec: StageSpec, run_dir: Path, work_dir: Path, source: str = "sp
     if init.components is not None:
         from model.conversion import build_with_processor
 
-        vision, llm = resolve(work_dir, init.components["vision"]), resolve(work_dir, init.components["llm"])
+        vision, llm = spec.path(init.components["vision"], work_dir), spec.path(init.components["llm"], work_dir)
         return build_with_processor(vision, llm, **init.config_overrides)
-    path = export_dir(run_dir, init.from_stage) if init.from_stage else resolve(work_dir, init.pretrained)
+    path = export_dir(run_dir, init.from_stage) if init.from_stage else spec.path(init.pretrained, work_dir)
     model = MavorsForConditionalGeneration.from_pretrained(path, dtype=torch.float32)
     return model, MavorsProcessor.from_pretrained(path)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pydantic import ConfigDict, Field
 
-from core.config import ConfigModel
+from core.config import ConfigModel, ConfigPath
 
 
 class Launch(ConfigModel):
@@ -25,7 +25,7 @@ class Launch(ConfigModel):
 
     model_config = ConfigDict(frozen=True, use_attribute_docstrings=True)
 
-    hostfile: Path | None = None
+    hostfile: ConfigPath | None = None
     """DeepSpeed hostfile, MPI style (``worker-0 slots=8``, see infra/deepspeed/hostfile.example); world size =
     sum of slots. Embedded: none (this machine only). Cluster: the shared hostfile, e.g. /data/mavors/hostfile."""
     procs_per_node: int = Field(1, ge=1)

@@ -16,9 +16,9 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
-from core.config import ConfigError, ConfigModel, load_yaml, validate
+from core.config import ConfigError, ConfigModel, config_path, load_yaml, validate
 
 # Data-flow order of Mavors' submodules: video → IVE → IFA → projector → LLM.
 MODULES: tuple[str, ...] = ("ive", "ifa", "projector", "llm")
@@ -46,8 +46,9 @@ class InitSpec(ConfigModel):
     """Where the stage's starting weights come from; exactly one of the three."""
 
     components: dict[str, str] | None = None
-    """Build from separate checkpoints: ``{vision: <SigLIP dir>, llm: <Qwen2.5 dir>}`` (paths relative to the
-    work dir, or absolute). Stage 1 only. Embedded default: the tiny models of ``mavors models make-tiny``."""
+    """Build from separate checkpoints: ``{vision: <SigLIP dir>, llm: <Qwen2.5 dir>}`` (paths as in every config
+    file: relative to the spec's folder, ``{work_dir}/...``, or absolute). Stage 1 only. Embedded default: the tiny
+    models of ``mavors models make-tiny`` (``{work_dir}/models/...``)."""
     from_stage: str | None = None
     """Name of the previous stage (its spec's ``name``) whose Hugging Face export this stage starts from."""
     pretrained: str | None = None
@@ -90,10 +91,10 @@ class DataSpec(ConfigModel):
     """The stage's training data; exactly one of ``shards``, ``mixture``, ``synthetic``."""
 
     shards: str | None = None
-    """Directory of WebDataset shards (relative to the work dir or absolute), as written by ``mavors shards build``
-    or the DPO pair builder; the only data source a rank reads."""
+    """Directory of WebDataset shards (``{work_dir}/...``, relative to the spec's folder, or absolute), as written
+    by ``mavors shards build`` or the DPO pair builder; the only data source a rank reads."""
     mixture: str | None = None
-    """A mixture manifest (``manifests/mixtures/*.yaml``, relative to the current dir or the repository) whose
+    """A mixture manifest (relative to the spec's folder: ``../mixtures/<name>.yaml``, or absolute) whose
     ``mixture_stage`` the stage trains on. The driver resolves it once to the folder that stage's shards were
     built into (the curate flow's result, or the catalog's ``shards`` table: ``trainers.chain.mixture_data``)
     and hands the ranks that folder as ``shards``; ranks never derive it."""
@@ -224,6 +225,10 @@ class StageSpec(ConfigModel):
     log_every: int = Field(1, ge=1)
     """Write a metrics line every N optimizer steps."""
 
+    # Path fields keep their text as written (so the digest an export is checked against holds no absolute path
+    # of the checkout or the work dir, and a moved work folder reruns); :meth:`path` resolves one when used.
+    _source: Path | None = PrivateAttr(None)
+
     @field_validator("modules")
     @classmethod
     def _modules_complete(cls, modules: dict[str, ModuleSpec]) -> dict[str, ModuleSpec]:
@@ -236,6 +241,11 @@ class StageSpec(ConfigModel):
         if not any(m.trainable for m in modules.values()):
             raise ValueError("no module is trainable")
         return modules
+
+    def path(self, value: str, work_dir: str | Path) -> Path:
+        """A path field's value made usable (:func:`core.config.config_path`): ``{work_dir}/...`` under
+        ``work_dir``, relative to the spec file's folder, or absolute (a spec built in code: as given)."""
+        return config_path(value, self._source.parent if self._source else None, work_dir)
 
     def digest(self) -> str:
         """sha256 of the canonical JSON (what makes two runs of a stage the same run)."""
@@ -261,13 +271,17 @@ class StageSpec(ConfigModel):
         both apply the same override, so they train on the same data."""
         if not data:
             return self
-        return validate(StageSpec, {**self.model_dump(), "data": {"seed": self.data.seed, **data}},
+        spec = validate(StageSpec, {**self.model_dump(), "data": {"seed": self.data.seed, **data}},
                         f"{source}: data override {data}")
+        spec._source = self._source
+        return spec
 
 
 def load_stage(path: str | Path) -> StageSpec:
     """Load and validate one stage YAML; errors name the file and field."""
-    return load_yaml(path, StageSpec)
+    spec = load_yaml(path, StageSpec)
+    spec._source = Path(path).absolute()
+    return spec
 
 
 def check_world_size(spec: StageSpec, world_size: int, source: str | Path = "spec") -> int:

@@ -108,7 +108,7 @@ def load_inputs(cat: Catalog, sample_ids: Iterable[str], config: DpoConfig) -> t
     for r in rows:
         conv = json.loads(r["conversation"]) if isinstance(r["conversation"], str) else r["conversation"]
         kinds = [k for k in (r["kinds"] or []) if k is not None]
-        paths = [p for p in (r["paths"] or []) if p is not None]
+        paths = [str(cat.resolved(p)) for p in (r["paths"] or []) if p is not None]
         human = next((t["value"] for t in conv if t["from"] == "human"), "")
         answer = next((t["value"] for t in conv if t["from"] == "gpt"), "")
         if r["task"] == "caption" and kinds == ["image"]:
@@ -353,5 +353,6 @@ def build_pair_set(cat: Catalog, checkpoint: str | Path, sample_ids: Iterable[st
         report.counts.setdefault(r["domain"], {})[r["reason"]] = r["n"]
     report.shards = write_pair_shards(cat, set_id, set_dir / "shards", max_samples=config.max_pairs_per_shard,
                                       run_id=run_id)
-    cat.con.execute("UPDATE dpo_pair_sets SET shard_dir = ? WHERE pair_set_id = ?", [str(set_dir / "shards"), set_id])
+    cat.con.execute("UPDATE dpo_pair_sets SET shard_dir = ? WHERE pair_set_id = ?",
+                    [cat.stored(set_dir / "shards"), set_id])
     return report

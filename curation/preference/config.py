@@ -8,12 +8,11 @@ field here, or the checkpoint, builds a new set beside the old ones.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
 
-from core.config import ConfigModel
+from core.config import ConfigModel, ConfigPath
 from inference import EngineConfig, SamplingParams
 
 
@@ -167,8 +166,8 @@ class DpoConfig(ConfigModel):
     """Inputs generated per engine call; each batch is written in one catalog transaction."""
     max_pairs_per_shard: int = Field(1000, ge=1)
     """WebDataset shard size in pairs."""
-    output_dir: Path | None = None
-    """Where shards and shuffled videos go; default ``<work_dir>/dpo``."""
+    output_dir: ConfigPath | None = None
+    """Where shards and shuffled videos go (relative: to the config file's folder); default ``<work_dir>/dpo``."""
 
     @model_validator(mode="after")
     def _engine_keys(self) -> DpoConfig:

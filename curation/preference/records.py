@@ -88,14 +88,15 @@ def write_pair_shards(cat, set_id: str, out_dir: Path, *, max_samples: int, max_
     record_set = f"dpo/{set_id}"
     paths = []
     for domain in DOMAINS:
-        rows = cat.query("SELECT * FROM dpo_pairs WHERE pair_set_id = ? AND domain = ? ORDER BY pair_id",
-                         [set_id, domain])
+        rows = [{**r, "media_paths": [str(cat.resolved(p)) for p in r["media_paths"]]} for r in cat.query(
+            "SELECT * FROM dpo_pairs WHERE pair_set_id = ? AND domain = ? ORDER BY pair_id", [set_id, domain])]
         stage = f"dpo-{domain}"
         recorded = cat.query("SELECT name, path, sha256, n_samples FROM shards WHERE mixture = ? AND stage = ?",
                              [record_set, stage])
         if recorded and sum(r["n_samples"] for r in recorded) == len(rows) and all(
-                Path(r["path"]).exists() and file_sha256(r["path"]) == r["sha256"] for r in recorded):
-            paths += sorted(r["path"] for r in recorded)
+                cat.resolved(r["path"]).exists() and file_sha256(cat.resolved(r["path"])) == r["sha256"]
+                for r in recorded):
+            paths += sorted(str(cat.resolved(r["path"])) for r in recorded)
             continue
         infos = write_records([shard_record(r) for r in rows], out_dir / domain, prefix=f"dpo-{domain}",
                               max_samples=max_samples, max_bytes=max_bytes,

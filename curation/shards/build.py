@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,12 +58,12 @@ def record_shard(cat: Catalog, mixture: str, stage: str, info: ShardInfo, run_id
 def recorded_stage_dirs(cat: Catalog) -> dict[str, dict[str, str]]:
     """Mixture name -> mixture stage -> the folder its recorded shards lie in (``shards`` table).
 
-    The same mapping the curate flow returns for what it built. Rows recorded with a relative
-    path (a relative work dir) resolve against the current directory, as they were written.
+    The same mapping the curate flow returns for what it built, as absolute folders (stored paths
+    resolve against the catalog's folder: :meth:`core.catalog.Catalog.resolved`).
     """
     folders: dict[tuple[str, str], set[str]] = {}
     for r in cat.query("SELECT mixture, stage, path FROM shards"):
-        folders.setdefault((r["mixture"], r["stage"]), set()).add(str(Path(r["path"]).resolve().parent))
+        folders.setdefault((r["mixture"], r["stage"]), set()).add(str(cat.resolved(r["path"]).parent))
     out: dict[str, dict[str, str]] = {}
     for (mixture, stage), found in sorted(folders.items()):
         if len(found) > 1:
@@ -174,11 +173,11 @@ def _prepare_media(cat: Catalog, mixture: str, stages: list[str], cache_dir: Pat
                 LEFT JOIN shard_media sm ON sm.media_hash = md.media_hash AND sm.profile = ?
            WHERE mm.mixture = ? AND list_contains(?, mm.stage)
            ORDER BY md.media_hash""", [profile, mixture, stages])
-    todo = [r for r in rows if r["prepared"] is None or not os.path.exists(r["prepared"])]
+    todo = [r for r in rows if r["prepared"] is None or not cat.resolved(r["prepared"]).exists()]
     if not todo:
         return
     cache_dir.mkdir(parents=True, exist_ok=True)
-    jobs = [(r["kind"], r["media_hash"], r["storage_path"], str(cache_dir)) for r in todo]
+    jobs = [(r["kind"], r["media_hash"], str(cat.resolved(r["storage_path"])), str(cache_dir)) for r in todo]
     chunks = [(jobs[i:i + batch], cfg) for i in range(0, len(jobs), batch)]
 
     def record(results: list[tuple]) -> None:
@@ -240,7 +239,7 @@ def _plan_stage(cat: Catalog, mixture: MixtureConfig, stage: str, profile: str, 
             "dedup": {"policy": r["dedup_policy"], "reason": r["dedup_reason"]} if r["dedup_policy"] else None,
         }
         records.append(sample_record(r["sample_id"], fields, [
-            (m["path"], m["ext"], {**{k: m[k] for k in MEDIA_FIELDS},
+            (str(cat.resolved(m["path"])), m["ext"], {**{k: m[k] for k in MEDIA_FIELDS},
                                    "transcode_profile": profile if m["kind"] == "video" else None})
             for m in media]))
     groups = pack([record_tar_bytes(rec) for rec in records], mixture.shards.max_samples, mixture.shards.max_bytes)

@@ -33,8 +33,8 @@ def run_cmd(
     from core.runs import recorded_run
     from core.settings import load_settings
 
-    config = load_roster(roster)
     settings = load_settings()
+    config = load_roster(roster, settings.work_dir)
     with Catalog(settings.catalog) as cat, recorded_run(cat, "captions run", {
             "roster": str(roster), "sources": source or config.sources,
             "config": json.loads(config.model_dump_json())}) as run:

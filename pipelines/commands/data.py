@@ -24,12 +24,15 @@ catalog_app = typer.Typer(no_args_is_help=True, help="Inspect the catalog.")
 
 
 @models_app.command("make-tiny")
-def make_tiny_cmd(out_dir: Path = typer.Argument(Path("mavors-work/models"), help="Where to write them."),
+def make_tiny_cmd(out_dir: Optional[Path] = typer.Argument(None, help="Where to write them (default: <work_dir>/models, "
+                                                                     "where the demo configs' {work_dir}/models/... "
+                                                                     "look)."),
                   seed: int = typer.Option(0, help="Seed of the random weights.")) -> None:
     """Write tiny random-weight checkpoints (SigLIP, Qwen2.5-style LM, Qwen2-VL, shared tokenizer)."""
+    from core.settings import load_settings
     from demo.tiny_models import make_tiny
 
-    for name, path in make_tiny(out_dir, seed=seed).items():
+    for name, path in make_tiny(out_dir or load_settings().work_dir / "models", seed=seed).items():
         console.print(f"{name:>10}: {path}")
 
 

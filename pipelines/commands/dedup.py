@@ -35,7 +35,7 @@ def score_cmd(
     from curation.perplexity import TEMPLATE_VERSION, load_scorer_config, run_scoring
 
     settings = load_settings()
-    config = load_scorer_config(scorer)
+    config = load_scorer_config(scorer, settings.work_dir)
     with Catalog(settings.catalog) as cat, recorded_run(cat, "ppl score", {
             "scorer": config.model_dump(mode="json"), "limit": limit, "template_version": TEMPLATE_VERSION}) as run:
         counts = run_scoring(cat, config, use_ray=not no_ray, limit=limit, run_id=run.run_id,

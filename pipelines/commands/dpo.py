@@ -39,7 +39,7 @@ def build_cmd(
     from core.settings import load_settings
 
     settings = load_settings()
-    cfg = load_yaml(dpo_config, DpoConfig) if dpo_config else DpoConfig()
+    cfg = load_yaml(dpo_config, DpoConfig, settings.work_dir) if dpo_config else DpoConfig()
     mix = load_mixture(mixture)
     if "dpo" not in mix.stages:
         raise ValueError(f"{mixture}: the mixture has no `dpo` stage to take inputs from")
@@ -103,7 +103,7 @@ def export_cmd(
             raise ValueError(f"{settings.catalog}: no DPO pair sets yet (run mavors dpo build)")
         if not cat.scalar("SELECT count(*) FROM dpo_pair_sets WHERE pair_set_id = ?", [set_id]):
             raise ValueError(f"pair set {set_id!r} is not in the catalog {settings.catalog} (see mavors dpo sets)")
-        shards = [r[0] for r in cat.con.execute(
+        shards = [cat.resolved(r[0]) for r in cat.con.execute(
             "SELECT path FROM shards WHERE mixture = ? ORDER BY stage, name", [f"dpo/{set_id}"]).fetchall()]
     target = out or settings.dir("dpo") / set_id / "trl.parquet"
     n = export_parquet(shards, target, videos=videos)

@@ -99,15 +99,17 @@ def params_cmd(name: str = typer.Argument(..., help=f"One of: {', '.join(FLOWS)}
 def demo_cmd(
     seed: int = typer.Option(0, help="Seed of the demo corpus and the tiny models."),
 ) -> None:
-    """The whole platform on generated demo media and tiny random models under ./mavors-work, in minutes on 2 cores.
+    """The whole platform on generated demo media and tiny random models under the work dir (./mavors-work, or
+    the one ``mavors --config X`` names), in minutes on 2 cores.
 
-    Always ./mavors-work: the shipped demo engine configs name the tiny models as mavors-work/models/...
+    The shipped demo engine configs name the tiny models as ``{work_dir}/models/...``, so any work dir works.
     The parallel steps run in this process: on the tiny corpus Ray's start-up costs more than it saves
     (results are the same); ``mavors flow run end-to-end`` afterwards runs the same flow on Ray.
     """
+    from core.settings import load_settings
     from pipelines.flows import configure_prefect
 
-    work_dir = Path("mavors-work")
+    work_dir = load_settings().work_dir
     configure_prefect(work_dir)
     from pipelines.flows.end_to_end import demo
 

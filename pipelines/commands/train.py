@@ -58,7 +58,7 @@ def train_cmd(
     launch = validate(Launch, {"hostfile": hostfile, "procs_per_node": procs_per_node, "master_addr": master_addr,
                                "master_port": master_port, "node_rank": node_rank, "ssh": ssh}, "mavors train")
     run_dir = settings.dir("train") / run
-    given = data_overrides(data or [])
+    given = data_overrides(data or [], settings.work_dir)
     if print_command:
         print_commands(names, stages_dir, run_dir, settings.work_dir, launch,
                        stage_data(settings.catalog, names, stages_dir, settings.work_dir, given))
@@ -69,14 +69,17 @@ def train_cmd(
         train_recorded(settings.catalog, names, run, stages_dir, run_dir, settings.work_dir, launch, given)
 
 
-def data_overrides(items: list[str]) -> dict[str, dict]:
-    """``--data STAGE=SHARD_DIR`` values as the chain's data overrides (stage -> replacement ``data``)."""
+def data_overrides(items: list[str], work_dir: Path) -> dict[str, dict]:
+    """``--data STAGE=SHARD_DIR`` values (a relative SHARD_DIR: from the current dir, as any command-line path) as
+    the chain's data overrides (stage -> replacement ``data``), a folder in the work dir as ``{work_dir}/...``."""
+    from core.config import work_dir_path
+
     overrides = {}
     for item in items:
         stage, sep, directory = item.partition("=")
         if not sep or not stage or not directory:
             raise typer.BadParameter(f"--data {item!r}: expected STAGE=SHARD_DIR")
-        overrides[stage] = {"shards": directory}
+        overrides[stage] = {"shards": work_dir_path(directory, work_dir)}
     return overrides
 
 

@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict
 from core import runs
 from core.catalog import Catalog, CatalogError
 from core.paths import REPO_ROOT
-from core.config import ConfigModel
+from core.config import ConfigModel, ConfigPath
 from core.faults import fault_point
 from core.settings import Settings, load_settings
 
@@ -45,11 +45,12 @@ _TRANSIENT_NAMES = {"RaySystemError", "RayActorError", "WorkerCrashedError", "Ob
 
 
 class FlowParams(ConfigModel):
-    """Parameters every flow takes; the defaults are the embedded world (``./mavors-work``)."""
+    """Parameters every flow takes; the defaults are the embedded world (``./mavors-work``). Paths in a
+    ``--params`` file are relative to its folder, as in every config file (:data:`core.config.ConfigPath`)."""
 
-    config: Path | None = None
+    config: ConfigPath | None = None
     """Settings YAML (work dir, catalog path, Ray address). None: ``MAVORS_CONFIG`` or the embedded defaults."""
-    work_dir: Path | None = None
+    work_dir: ConfigPath | None = None
     """Overrides the settings' work dir. Catalog, shards, checkpoints and reports live under it."""
     use_ray: bool = True
     """Run the parallel steps (media probing, scoring, caption synthesis, shard writing) on Ray Data: a
@@ -130,6 +131,8 @@ def recorded_run(flow: str, params: FlowParams) -> Iterator[RunContext]:
             lineage = cat.scalar("SELECT run_id FROM runs ORDER BY started_at, run_id LIMIT 1")
         scope = None
         if params.use_cache:
+            # Absolute on purpose: cached step results carry paths of where they ran, so a moved or copied work
+            # dir starts a fresh cache (its library steps still skip what the catalog records as done).
             scope = _digest({"code": code_digest(), "lineage": lineage, "catalog": str(settings.catalog.resolve()),
                              "work_dir": str(settings.work_dir.resolve())})
         get_run_logger().info("run %s of %s: catalog %s, work dir %s", run.run_id, flow, settings.catalog,

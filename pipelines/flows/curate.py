@@ -15,6 +15,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from pydantic import Field
 
+from core.config import ConfigPath
 from core.paths import MANIFESTS
 from pipelines.flows.common import (FlowParams, RunContext, publish_table, recorded_run, step,
                                     write_run_report)
@@ -26,14 +27,14 @@ class CurateParams(FlowParams):
 
     sources: list[str] = Field(default_factory=lambda: ["{work_dir}/demo/manifests/*.yaml"])
     """Source manifest paths or globs (``{work_dir}`` expands). Cluster: ``manifests/sources/<dataset>.yaml`` ..."""
-    captioners: Path | None = MANIFESTS / "captioners" / "demo.yaml"
+    captioners: ConfigPath | None = MANIFESTS / "captioners" / "demo.yaml"
     """Caption-synthesis roster (captioners, merger, which sources need captions). None skips the step.
     Cluster: ``manifests/captioners/paper.yaml`` (Qwen2VL-72B, InternVL2.5-78B, Tarsier-34B; R1-Distill merger)."""
-    scorer: Path = MANIFESTS / "dedup" / "scorers" / "tiny-qwen2vl.yaml"
+    scorer: ConfigPath = MANIFESTS / "dedup" / "scorers" / "tiny-qwen2vl.yaml"
     """Perplexity scorer (engine + text scope). Cluster: a Qwen2VL-72B vLLM scorer."""
-    dedup_policy: Path = MANIFESTS / "dedup" / "demo.yaml"
+    dedup_policy: ConfigPath = MANIFESTS / "dedup" / "demo.yaml"
     """Dedup policy (per task rule, seed). Cluster: ``manifests/dedup/paper.yaml``."""
-    mixtures: list[Path] = Field(default_factory=lambda: [
+    mixtures: list[ConfigPath] = Field(default_factory=lambda: [
         MANIFESTS / "mixtures" / f"demo-{stage}.yaml" for stage in ("stage1", "stage1_5", "stage2")])
     """Mixture manifests to select and shard, one per training stage (each lists its stages).
     Cluster: ``paper-table6.yaml``."""
@@ -94,7 +95,7 @@ def synthesize_captions(run: RunContext, roster: Path, upstream: Any) -> dict[st
     from curation.captions import load_roster, run_captions
 
     with run.catalog() as cat:
-        report = run_captions(cat, load_roster(roster), use_ray=run.use_ray, run_id=run.run_id,
+        report = run_captions(cat, load_roster(roster, run.settings.work_dir), use_ray=run.use_ray, run_id=run.run_id,
                               ray_settings=run.settings.ray)
     return report.as_dict()
 
@@ -105,8 +106,8 @@ def score_perplexity(run: RunContext, scorer: Path, upstream: Any) -> dict[str, 
     from curation.perplexity import load_scorer_config, run_scoring
 
     with run.catalog() as cat:
-        return run_scoring(cat, load_scorer_config(scorer), use_ray=run.use_ray, run_id=run.run_id,
-                           ray_settings=run.settings.ray)
+        return run_scoring(cat, load_scorer_config(scorer, run.settings.work_dir), use_ray=run.use_ray,
+                           run_id=run.run_id, ray_settings=run.settings.ray)
 
 
 @step("dedup")

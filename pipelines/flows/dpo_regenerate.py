@@ -15,6 +15,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
+from core.config import ConfigPath
 from core.paths import MANIFESTS
 from pipelines.flows.common import FlowParams, RunContext, publish_table, recorded_run, step, write_run_report
 
@@ -23,15 +24,15 @@ from pipelines.flows.common import FlowParams, RunContext, publish_table, record
 class DpoParams(FlowParams):
     """Which policy checkpoint, which inputs, which pair-building config."""
 
-    checkpoint: Path | None = None
+    checkpoint: ConfigPath | None = None
     """Policy checkpoint (a Mavors export or a local VLM). None: the newest export of ``stage`` under
     ``<work_dir>/train``."""
     stage: str = "demo-stage2"
     """Stage (spec name) whose newest export is the policy when ``checkpoint`` is None. Cluster: ``stage2``."""
-    mixture: Path = MANIFESTS / "mixtures" / "demo-dpo.yaml"
+    mixture: ConfigPath = MANIFESTS / "mixtures" / "demo-dpo.yaml"
     """Mixture whose ``dpo`` stage lists the inputs (QA, image captions, video captions). Cluster: the paper's
     DPO mixture (LLaVA-Video QA, LLaVA-OneVision + DenseFusion captions, WebVid/Kinetics/OOPS videos)."""
-    pair_config: Path | None = MANIFESTS / "dpo" / "demo.yaml"
+    pair_config: ConfigPath | None = MANIFESTS / "dpo" / "demo.yaml"
     """:class:`curation.preference.config.DpoConfig` YAML (sampling, judge, margins per domain). The demo's
     suits a tiny random policy (stop strings, log-prob judge). Cluster: None, the config's own defaults
     (EOS-terminated generations, a judge model)."""
@@ -78,7 +79,7 @@ def build_pairs(run: RunContext, checkpoint: str, mixture: Path, config: Path | 
     from curation.preference.build import build_pair_set, mixture_inputs
     from curation.preference.config import DpoConfig
 
-    cfg = load_yaml(config, DpoConfig) if config else DpoConfig()
+    cfg = load_yaml(config, DpoConfig, run.settings.work_dir) if config else DpoConfig()
     with run.catalog() as cat:
         ids, mixture_sha = mixture_inputs(cat, selection["mixture"])
         report = build_pair_set(cat, checkpoint, ids, cfg, out_dir=cfg.output_dir or run.dir("dpo"),
@@ -87,7 +88,8 @@ def build_pairs(run: RunContext, checkpoint: str, mixture: Path, config: Path | 
                                [report.pair_set_id]) if report.shards else None
     return {"pair_set_id": report.pair_set_id, "checkpoint_sha256": report.checkpoint_sha256,
             "backend": report.backend, "decided": report.decided, "skipped": report.skipped,
-            "counts": report.counts, "shards": report.shards, "shard_dir": str(shard_dir) if shard_dir else None}
+            "counts": report.counts, "shards": report.shards,
+            "shard_dir": str(cat.resolved(shard_dir)) if shard_dir else None}
 
 
 # -- the flow ---------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from typing import Any
 from prefect import flow
 from pydantic import Field
 
+from core.config import work_dir_path
 from pipelines.flows.common import FlowParams, publish_table, recorded_run, write_run_report
 from pipelines.flows.curate import CurateParams, curate
 from pipelines.flows.dpo_regenerate import DpoParams, dpo_regenerate
@@ -55,7 +56,10 @@ def end_to_end(params: EndToEndParams = EndToEndParams()) -> dict[str, Any]:
         if not pairs.get("shard_dir"):
             raise RuntimeError(f"DPO pair set {pairs['pair_set_id']} has no pairs ({pairs['counts']}): "
                                f"nothing to train {params.dpo_stages} on")
-        on_pairs = {name: Path(pairs["shard_dir"]).resolve() for name in params.dpo_stages}
+        # As {work_dir}/..., as mixture_data gives the supervised stages theirs: the DPO spec's digest, which its
+        # export is checked against on a rerun, then holds no absolute path of the work folder.
+        shards = Path(work_dir_path(pairs["shard_dir"], run.settings.work_dir))
+        on_pairs = {name: shards for name in params.dpo_stages}
         preference = train(params.part(params.train).model_copy(update={"stages": params.dpo_stages,
                                                                          "data": on_pairs}))
         stages = supervised["stages"] + preference["stages"]

@@ -19,6 +19,7 @@ from prefect import flow, get_run_logger
 from pydantic import Field
 
 from core.faults import fault_point
+from core.config import ConfigPath
 from core.paths import MANIFESTS
 from core.processes import run_logged
 from pipelines.flows.common import FlowParams, RunContext, publish_table, recorded_run, step, write_run_report
@@ -34,7 +35,7 @@ class TrainParams(FlowParams):
 
     stages: list[str] = Field(default_factory=lambda: ["demo-stage1", "demo-stage1_5", "demo-stage2"])
     """Stage spec names in ``stages_dir``, in training order. Cluster: ``[stage1, stage1_5, stage2, dpo]``."""
-    stages_dir: Path = MANIFESTS / "stages"
+    stages_dir: ConfigPath = MANIFESTS / "stages"
     """Folder of the stage specs (``<name>.yaml``)."""
     data: dict[str, Path] = {}
     """Stage name -> shard folder that replaces the spec's ``data`` (as ``mavors train --data``): the folders the

@@ -62,7 +62,8 @@ def render_html(run: dict[str, Any], sections: list[Section]) -> str:
         "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:2px 8px;"
         "font-size:13px;text-align:right}th{background:#f3f3f3}h2{border-bottom:2px solid #333;margin-top:1.5em}"
         "img{max-width:100%;margin:.3em}.note{color:#777;font-style:italic}td code{white-space:pre-wrap;"
-        "text-align:left;display:block}</style></head><body>",
+        "text-align:left;display:block}.missing{color:#a40;background:#fff4e5;border-left:4px solid #e80;"
+        "padding:4px 8px}</style></head><body>",
         f"<h1>Mavors run <code>{esc(str(run['run_id']))}</code></h1>",
         "<table>",
     ]
@@ -82,6 +83,7 @@ def render_html(run: dict[str, Any], sections: list[Section]) -> str:
         parts.append(f"<h2>{esc(sec.title)}</h2>")
         if sec.note:
             parts.append(f"<p class='note'>{esc(sec.note)}</p>")
+        parts += [f"<p class='missing'>input missing: {esc(m)}</p>" for m in sec.missing]
         for columns, rows in sec.tables:
             parts.append("<table><tr>" + "".join(f"<th>{esc(c)}</th>" for c in columns) + "</tr>")
             for row in rows:

@@ -13,7 +13,6 @@ import math
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from core.catalog import Catalog
@@ -32,12 +31,14 @@ class Figure:
 
 @dataclass
 class Section:
-    """A titled block: tables and figures; ``note`` says why a section is empty."""
+    """A titled block: tables and figures; ``note`` says why a section is empty, ``missing`` names each input
+    file (metrics, plot data) that was not found, shown as a warning instead of a silently absent figure."""
 
     title: str
     tables: list[Table] = field(default_factory=list)
     figures: list[Figure] = field(default_factory=list)
     note: str = ""
+    missing: list[str] = field(default_factory=list)
 
     @property
     def has_data(self) -> bool:
@@ -210,8 +211,10 @@ def training(cat: Catalog, sec: Section) -> None:
         [s["stage"], s["init_from"], s["steps"], s["samples"],
          None if s["final_loss"] is None else round(s["final_loss"], 4), s["export_path"]] for s in stages]))
     for s in stages:
-        records = read_metrics(Path(s["run_dir"]) / s["stage"] / "metrics.jsonl")
+        metrics = cat.resolved(s["run_dir"]) / s["stage"] / "metrics.jsonl"
+        records = read_metrics(metrics)
         if not records:
+            sec.missing.append(f"{s['stage']}: no loss or learning-rate plot, {metrics} is missing or empty")
             continue
         steps = [r["step"] for r in records]
 

@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import duckdb
 import pytest
@@ -189,3 +190,26 @@ def test_a_catalog_killed_right_after_its_migrations_reopens_offline(tmp_path):
         assert con.execute("SELECT count(*) FROM sample_overview").fetchone() == (0,)
     finally:
         con.close()
+
+
+def test_paths_inside_the_catalog_folder_are_stored_relative_and_resolve_from_anywhere(tmp_path, monkeypatch):
+    """The stored-path rule: under the catalog's folder relative to it, elsewhere absolute; a relative input is
+    taken against the writer's working directory, and reading works from any other one (a moved folder too)."""
+    work = tmp_path / "work"
+    (work / "media").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    with Catalog(Path("work") / "catalog.duckdb") as cat:
+        cat.insert("media", [
+            {"media_hash": "a" * 64, "kind": "image", "bytes": 1, "storage_path": "work/media/a.jpg"},  # cwd-relative
+            {"media_hash": "b" * 64, "kind": "image", "bytes": 1, "storage_path": str(work / "media" / "b.jpg")},
+            {"media_hash": "c" * 64, "kind": "image", "bytes": 1, "storage_path": "/datasets/c.jpg"}])
+    with duckdb.connect(str(work / "catalog.duckdb"), read_only=True) as con:
+        assert [r[0] for r in con.execute("SELECT storage_path FROM media ORDER BY media_hash").fetchall()] == [
+            "media/a.jpg", "media/b.jpg", "/datasets/c.jpg"]
+    moved = tmp_path / "elsewhere" / "moved"
+    moved.parent.mkdir()
+    work.rename(moved)
+    monkeypatch.chdir(moved.parent)
+    with Catalog(Path("moved") / "catalog.duckdb", read_only=True) as cat:
+        paths = [cat.resolved(r["storage_path"]) for r in cat.query("SELECT storage_path FROM media ORDER BY 1")]
+    assert paths == [Path("/datasets/c.jpg"), moved / "media" / "a.jpg", moved / "media" / "b.jpg"]

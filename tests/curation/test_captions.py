@@ -76,7 +76,7 @@ def _pickle_this_module_by_value():
 
 def roster_for(tiny_models, extra: list[CaptionerConfig] = ()) -> RosterConfig:
     """The shipped demo roster with the session's tiny checkpoints."""
-    roster = load_roster(MANIFESTS / "captioners" / "demo.yaml")
+    roster = load_roster(MANIFESTS / "captioners" / "demo.yaml", "/w")  # {work_dir}/models/<name>: replaced below
     paths = {"qwen2vl": tiny_models["qwen2vl"], "qwen2": tiny_models["qwen2"]}
     data = json.loads(roster.model_dump_json())
     for entry in data["captioners"] + [data["merger"]]:
@@ -292,10 +292,11 @@ def test_shipped_rosters_and_engine_configs_load():
     from inference import load_engine_config
 
     for path in sorted((MANIFESTS / "engines").glob("*.yaml")):
-        load_engine_config(path)
+        load_engine_config(path, "/w")
     paper = load_roster(MANIFESTS / "captioners" / "paper.yaml")
     assert [c.name for c in paper.captioners] == ["qwen2vl-72b", "internvl2_5-78b-mpo", "tarsier-34b"]
     assert paper.captioners[2].media == ["video"] and paper.merger.name == "deepseek-r1-distill-llama-70b"
     assert not paper.captioners[0].engine.trust_remote_code and paper.captioners[1].engine.trust_remote_code
-    demo = load_roster(MANIFESTS / "captioners" / "demo.yaml")
+    demo = load_roster(MANIFESTS / "captioners" / "demo.yaml", "/w")
     assert len(demo.captioners) == 2
+    assert demo.merger.engine.model_path == Path("/w/models/qwen2")  # "{work_dir}/models/qwen2"

@@ -29,9 +29,11 @@ from curation.sources import load_manifest, load_manifests, unsafe_member_name
 def dump_tables(db: Path | Catalog, media_store: Path) -> dict[str, list[tuple]]:
     """Full contents of the ingest tables, minus timestamps and run ids, in a fixed order.
 
-    ``db``: a catalog file (opened read-only here) or an open catalog of this process.
+    ``db``: a catalog file (opened read-only here) or an open catalog of this process. Stored media paths are
+    made absolute against the catalog's folder (the documented rule), so catalogs in different folders compare.
     """
     con = db.con if isinstance(db, Catalog) else duckdb.connect(str(db), read_only=True)
+    folder = (db.path if isinstance(db, Catalog) else Path(db)).parent
     out = {t: con.execute(f"SELECT * EXCLUDE ({ex}) FROM {t} ORDER BY {order}").fetchall() for t, ex, order in (
         ("sources", "registered_at", "name"),
         ("media", "created_at", "media_hash"),
@@ -41,8 +43,8 @@ def dump_tables(db: Path | Catalog, media_store: Path) -> dict[str, list[tuple]]
     if not isinstance(db, Catalog):
         con.close()
     store = str(media_store)
-    out["media"] = [tuple(str(v).replace(store, "<store>") if isinstance(v, str) else v for v in row)
-                    for row in out["media"]]
+    out["media"] = [tuple(str(folder / v).replace(store, "<store>") if i == 9 else v for i, v in enumerate(row))
+                    for row in out["media"]]  # column 9: storage_path
     return out
 
 
@@ -106,7 +108,8 @@ def test_media_rows_match_the_files(demo_catalog, demo_corpus):
     assert got == want
     assert used == set(want)
     for r in rows:
-        assert hashlib.sha256(Path(r["storage_path"]).read_bytes()).hexdigest() == r["media_hash"]
+        stored = demo_catalog.parent / r["storage_path"]  # relative paths start at the catalog's folder
+        assert hashlib.sha256(stored.read_bytes()).hexdigest() == r["media_hash"]
 
 
 def test_planted_duplicates_share_one_media_row_across_sources(demo_catalog, demo_corpus):
@@ -310,7 +313,7 @@ def test_media_outside_media_root_is_refused_unopened_unless_its_root_is_allowed
             ingest([load_manifest(data / f"{name}.yaml")], c, media_store=tmp_path / "store", workers=0)
             refused = {r["item"]: (r["reason"], r["detail"]) for r in c.query("SELECT * FROM quarantine")}
             samples = {r["item"] for r in c.query("SELECT item FROM samples")}
-            stored = {r["storage_path"] for r in c.query("SELECT storage_path FROM media")}
+            stored = {str(tmp_path / r["storage_path"]) for r in c.query("SELECT storage_path FROM media")}
         assert samples == {"ok"} | allowed
         assert {k: v[0] for k, v in refused.items()} == dict.fromkeys(set(rows) - samples, "path_escape")
         assert str(secret) in refused["link_out"][1] and str(media) in refused["link_out"][1]

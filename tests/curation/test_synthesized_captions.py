@@ -30,7 +30,7 @@ SOURCE = "kinetics_like"  # the demo's label-only video source ("circle moving l
 
 def _demo_roster(tiny_models) -> RosterConfig:
     """The shipped demo roster with the session's tiny checkpoints and short outputs."""
-    data = json.loads(load_roster(MANIFESTS / "captioners" / "demo.yaml").model_dump_json())
+    data = json.loads(load_roster(MANIFESTS / "captioners" / "demo.yaml", "/w").model_dump_json())  # paths replaced
     for entry in data["captioners"] + [data["merger"]]:
         entry["engine"]["model_path"] = str(tiny_models[Path(entry["engine"]["model_path"]).name])
         entry["sampling"]["max_tokens"] = 12

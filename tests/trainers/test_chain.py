@@ -22,7 +22,7 @@ from core.config import ConfigError
 from curation.preference.records import prompt_turns
 from curation.shards.format import sample_record
 from curation.shards.writer import write_records
-from trainers.chain import check_data, mixture_data, run_chain
+from trainers.chain import check_data, mixture_data, plan_chain, run_chain
 from trainers.initialization import load_start
 from trainers.spec import load_stage
 from trainers.stage import run_stage
@@ -115,9 +115,9 @@ def test_mixture_stages_resolve_to_the_folders_they_were_built_into(tmp_path):
     elsewhere = tmp_path / "work-elsewhere"
     assert mixture_data(names, STAGES_DIR, built, elsewhere) == {"demo-stage1": {"shards": str(tmp_path / "s1")},
                                                                  "demo-stage2": {"shards": str(tmp_path / "s2")}}
-    # inside the work dir: relative to it (the resolved spec and its digest survive moving the work dir)
-    assert mixture_data(names, STAGES_DIR, built, tmp_path) == {"demo-stage1": {"shards": "s1"},
-                                                                "demo-stage2": {"shards": "s2"}}
+    # inside the work dir: {work_dir}/... (the resolved spec and its digest survive moving the work dir)
+    assert mixture_data(names, STAGES_DIR, built, tmp_path) == {"demo-stage1": {"shards": "{work_dir}/s1"},
+                                                                "demo-stage2": {"shards": "{work_dir}/s2"}}
     given = {"demo-stage1": {"shards": "/given"}, "demo-stage2": {"shards": "/given2"}}  # --data wins, nothing looked up
     assert mixture_data(names, STAGES_DIR, {}, tmp_path, given) == given
     with pytest.raises(ConfigError, match="demo-stage1_5.yaml.*'data.mixture'.*stage '1.5'"):
@@ -128,3 +128,33 @@ def test_mixture_stages_resolve_to_the_folders_they_were_built_into(tmp_path):
     with pytest.raises(ConfigError, match="'data.shards': no shards"):
         check_data(spec.with_data({"shards": str(tmp_path / "s1")}), tmp_path, "demo-stage1.yaml")
 
+
+
+def test_a_moved_work_dir_plans_its_finished_stages_as_the_same_specs(tmp_path):
+    """The spec an export is checked against names its data as {work_dir}/... and its base models as
+    {work_dir}/models/..., so after the work folder moves the rerun's plan finds the same digest (no
+    'exported from a different spec') and would skip the stage."""
+    from trainers.launch import Launch
+
+    work = tmp_path / "work"
+    for model in ("siglip", "qwen2"):
+        (work / "models" / model).mkdir(parents=True)
+        (work / "models" / model / "config.json").write_text("{}")
+    (work / "shards" / "s1").mkdir(parents=True)
+    (work / "shards" / "s1" / "index.json").write_text("{}")
+
+    def plan(root):
+        data = mixture_data(["demo-stage1"], STAGES_DIR, {"demo-stage1": {"1": str(root / "shards" / "s1")}}, root)
+        return plan_chain(["demo-stage1"], STAGES_DIR, root / "train" / "r", root, Launch(), data)
+
+    [first] = plan(work)
+    assert first.spec.data.shards == "{work_dir}/shards/s1"
+    export = work / "train" / "r" / "demo-stage1" / "export"
+    export.mkdir(parents=True)
+    (export / "stage.json").write_text(json.dumps({"stage": "demo-stage1", "spec_digest": first.spec.digest()}))
+    moved = tmp_path / "shared" / "work"
+    moved.parent.mkdir()
+    work.rename(moved)
+    [again] = plan(moved)  # raises ConfigError 'exported from a different spec' if the digest changed
+    assert again.spec.digest() == first.spec.digest()
+    assert again.spec.path(again.spec.data.shards, moved) == moved / "shards" / "s1"

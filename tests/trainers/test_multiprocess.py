@@ -18,7 +18,7 @@ from trainers.metrics import read_metrics
 def test_two_process_kill_and_resume(tiny_work, tmp_path):
     k = 2
     spec = {
-        "name": "mp", "init": {"pretrained": "models/mavors"},
+        "name": "mp", "init": {"pretrained": "{work_dir}/models/mavors"},
         "data": {"synthetic": {"n_samples": 16, "seq_len": 12, "answer_len": 4}},
         "modules": {"ive": {"trainable": True, "lr_scale": 0.1}, "ifa": {"trainable": True, "lr_scale": 0.1},
                     "projector": {"trainable": True}, "llm": {"trainable": True}},

@@ -77,7 +77,7 @@ def test_unencodable_media_are_refused_at_shard_build_and_the_rest_trains_a_step
     assert len(list((tmp_path / "shards" / ".media").rglob("*.mp4"))) == 1  # vid0's; no copy of the refused one
 
     spec = StageSpec.model_validate({
-        "name": "tiny-media", "init": {"pretrained": "models/mavors"}, "data": {"shards": str(build.out_dir)},
+        "name": "tiny-media", "init": {"pretrained": "{work_dir}/models/mavors"}, "data": {"shards": str(build.out_dir)},
         "modules": {"ive": {"trainable": False}, "ifa": {"trainable": True}, "projector": {"trainable": True},
                     "llm": {"trainable": False}},
         "optim": {"lr": 1e-3}, "schedule": {"kind": "constant"}, "batch": {"global_size": 2, "micro_size": 2},

@@ -38,7 +38,7 @@ def workspace(tmp_path):
     (work / "models" / "m" / "config.json").write_text("{}")
     stages = tmp_path / "stages"
     stages.mkdir()
-    (stages / "first.yaml").write_text(yaml.safe_dump(_spec("first", {"pretrained": "models/m"})))
+    (stages / "first.yaml").write_text(yaml.safe_dump(_spec("first", {"pretrained": "{work_dir}/models/m"})))
     (stages / "second.yaml").write_text(yaml.safe_dump(_spec("second", {"from_stage": "first"})))
     for name, steps in STEPS.items():
         spec = load_stage(stages / f"{name}.yaml")
@@ -112,8 +112,8 @@ def test_node_0_records_one_run_and_every_stage(workspace):
     assert (command, status) == ("train", "completed")
     assert json.loads(parameters) == {"stages": ["first", "second"], "run": "r", "hostfile": None}
     rows = _query(workspace, "SELECT stage, steps, export_path, run_id FROM train_stages ORDER BY stage")
-    run_dir = workspace["work"] / "train" / "r"
-    assert rows == [(name, steps, str(run_dir / name / "export"), run_id) for name, steps in STEPS.items()]
+    # stored relative to the catalog's folder (the work dir), so the work dir can move
+    assert rows == [(name, steps, f"train/r/{name}/export", run_id) for name, steps in STEPS.items()]
 
 
 def test_a_failing_chain_leaves_its_run_failed_with_the_message(workspace):
@@ -135,12 +135,17 @@ def test_other_nodes_train_without_recording(workspace, tmp_path):
     assert _query(workspace, "SELECT * FROM runs") == []
 
 
-def test_data_overrides_parse_stage_equals_folder():
-    assert data_overrides(["dpo=/p/shards", "stage2=rel/dir"]) == {"dpo": {"shards": "/p/shards"},
-                                                                   "stage2": {"shards": "rel/dir"}}
+def test_data_overrides_parse_stage_equals_folder(tmp_path, monkeypatch):
+    """A relative folder is the current dir's; one inside the work dir is written ``{work_dir}/...``, so the
+    spec (and the digest its export is checked against) does not change when the work dir moves."""
+    monkeypatch.chdir(tmp_path)
+    work = tmp_path / "work"
+    assert data_overrides(["dpo=/p/shards", "stage2=rel/dir", "s1=work/shards/a"], work) == {
+        "dpo": {"shards": "/p/shards"}, "stage2": {"shards": str(tmp_path / "rel" / "dir")},
+        "s1": {"shards": "{work_dir}/shards/a"}}
     for bad in ("dpo", "dpo=", "=dir"):
         with pytest.raises(typer.BadParameter, match="expected STAGE=SHARD_DIR"):
-            data_overrides([bad])
+            data_overrides([bad], work)
 
 
 def test_a_mixture_stage_trains_on_the_folder_the_catalog_records(tmp_path):
@@ -156,7 +161,7 @@ def test_a_mixture_stage_trains_on_the_folder_the_catalog_records(tmp_path):
                                "path": str(folder / f"demo-s1-{i:06d}.tar"), "sha256": "0" * 64, "n_samples": 4,
                                "bytes": 1024, "run_id": None} for i in range(2)])
     assert stage_data(path, ["demo-stage1"], stages, tmp_path / "work", {}) == {"demo-stage1": {"shards": str(folder)}}
-    assert stage_data(path, ["demo-stage1"], stages, tmp_path, {}) == {"demo-stage1": {"shards": "shards/demo-stage1/s1"}}
+    assert stage_data(path, ["demo-stage1"], stages, tmp_path, {}) == {"demo-stage1": {"shards": "{work_dir}/shards/demo-stage1/s1"}}
     given = {"demo-stage1": {"shards": "/elsewhere"}}
     assert stage_data(path, ["demo-stage1", "demo-dpo"], stages, tmp_path, given) == given  # --data wins; no mixture in dpo
 

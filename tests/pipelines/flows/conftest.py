@@ -4,8 +4,8 @@
 
 Prefect reads its settings when first imported, so PREFECT_HOME is set here, at import.
 Flows run with the working directory set to a temporary folder holding ``mavors-work/``:
-the shipped demo engine configs name their tiny models as ``mavors-work/models/...``
-relative to the working directory, exactly as ``mavors demo`` lays them out.
+the shipped demo engine configs name their tiny models as ``{work_dir}/models/...`` (the flows are given
+``mavors-work``, relative to it), exactly as ``mavors demo`` lays them out.
 """
 from __future__ import annotations
 

@@ -49,7 +49,7 @@ def test_end_to_end_outputs(reference):
         stages_with_shards = {r[3] for r in recorded}
         assert {"1", "1.5", "2"} <= stages_with_shards
         for path, sha, n, _ in recorded:
-            tar_path = Path(path) if Path(path).is_absolute() else ws / path  # relative to the flow's cwd
+            tar_path = work / path  # stored relative to the catalog's folder, the work dir
             assert hashlib.sha256(tar_path.read_bytes()).hexdigest() == sha, tar_path
             samples = _tar_samples(tar_path)
             assert len(samples) == n
@@ -135,16 +135,54 @@ def test_dpo_stage_trains_on_the_built_pair_set(reference):
     assert n_pairs > 0, f"pair set {set_id} has no pairs"
     record = json.loads((ws / "mavors-work" / "train" / "demo" / "demo-dpo" / "export" / "stage.json").read_text())
     assert record["spec"]["data"]["synthetic"] is None
-    # The trainer got the absolute path where the flow ran; the catalog records it relative to the flow's cwd.
-    trained_on = Path(record["spec"]["data"]["shards"])
-    assert trained_on.parts[-len(Path(shard_dir).parts):] == Path(shard_dir).parts, (trained_on, shard_dir)
-    shard_dir = ws / shard_dir
+    # The trainer got the folder as {work_dir}/... (no absolute path in the spec's digest); the catalog records it
+    # relative to its own folder, the work dir.
+    assert record["spec"]["data"]["shards"] == "{work_dir}/" + shard_dir, (record["spec"]["data"], shard_dir)
+    shard_dir = ws / "mavors-work" / shard_dir
     keys = {key for tar in sorted(shard_dir.rglob("*.tar")) for key in _tar_samples(tar)}
     assert len(keys) == n_pairs
     [ref_file] = sorted(shard_dir.glob("reference_logps.*.jsonl"))
     rows = [json.loads(line) for line in ref_file.read_text().splitlines()]
     assert len(rows) == n_pairs and len({r["sample_id"] for r in rows}) == n_pairs
     assert all(r["chosen"] < 0 and r["rejected"] < 0 for r in rows)  # summed log-probs of real answers
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_a_moved_work_dir_reports_and_reruns_from_another_directory(reference, tmp_path, monkeypatch):
+    """The work folder copied elsewhere (as to shared storage) and used through a settings file from an unrelated
+    working directory: the report has every figure the flow's own report had and no missing input, and the
+    end-to-end flow reruns there with every stage skipped (no 'exported from a different spec')."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from pipelines.flows.end_to_end import EndToEndParams, end_to_end
+
+    ws, summary, _, _ = reference
+    moved = tmp_path / "shared" / "work"
+    shutil.copytree(ws / "mavors-work", moved, symlinks=True)
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "settings.yaml").write_text("work_dir: ../shared/work\n")  # relative to the file
+    (tmp_path / "cwd").mkdir()
+    run_id = summary["run_id"]
+    out = tmp_path / "report.html"
+    done = subprocess.run([sys.executable, "-m", "pipelines.cli", "--config", "../conf/settings.yaml", "report", run_id,
+                           "--out", str(out)], cwd=tmp_path / "cwd", capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    html = out.read_text()
+    flows_own = (ws / "mavors-work" / "reports" / f"{run_id}.html").read_text()
+    assert "input missing" not in html
+    assert html.count("<img") == flows_own.count("<img") >= 2 * len(STAGES)  # loss + LR per stage at least
+
+    monkeypatch.chdir(tmp_path / "cwd")
+    monkeypatch.setenv("MAVORS_CONFIG", str(tmp_path / "conf" / "settings.yaml"))
+    again = end_to_end(EndToEndParams(use_ray=False, report=False))
+    assert [s["stage"] for s in again["stages"]] == STAGES
+    assert all(s["status"] == "skipped" for s in again["stages"]), [(s["stage"], s["status"]) for s in again["stages"]]
+    assert again["dpo"]["pair_set_id"] == summary["dpo"]["pair_set_id"]
 
 
 @pytest.mark.slow
