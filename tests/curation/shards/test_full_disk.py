@@ -20,7 +20,7 @@ from curation.shards.build import build_shards, prepare_media
 from curation.shards.format import sample_record
 from curation.transcode import TranscodeConfig
 from pipelines.cli import error_line
-from shard_corpus import FPS, GOP, build, fresh, make_video, mixture, shard_files
+from shard_corpus import FPS, GOP, build, catalog_tables, fresh, make_video, mixture, shard_files
 
 BROKEN = [{"source": "bad", "item": "b0", "reason": "undecodable_video", "stage": "shards"}]
 """The corpus's one refusal of its own media (a garbage mp4): the only row a build may write."""
@@ -53,25 +53,6 @@ def mount_tmpfs():
 
 def remount(path: Path, *options: str) -> None:
     subprocess.run(["mount", "-o", ",".join(["remount", *options]), str(path)], check=True, timeout=30)
-
-
-def catalog_tables(cat: Catalog, out: Path) -> dict[str, list[tuple]]:
-    """Every table a shard build writes, as sorted rows; paths relative to the shard root ``out``, run ids
-    and times left out (they differ between any two runs)."""
-    def rel(path: str) -> str:  # images go into shards from where ingest found them
-        return str(Path(path).relative_to(out)) if Path(path).is_relative_to(out) else path
-
-    return {
-        "shards": sorted((r["mixture"], r["stage"], r["name"], rel(r["path"]), r["sha256"], r["n_samples"],
-                          r["bytes"], r["plan_sha256"]) for r in cat.query("SELECT * FROM shards")),
-        "mixture_members": sorted(tuple(r.values()) for r in cat.query("SELECT * FROM mixture_members")),
-        "mixture_sources": sorted(tuple(map(str, r.values())) for r in cat.query("SELECT * FROM mixture_sources")),
-        "shard_media": sorted((r["media_hash"], r["profile"], rel(r["path"]), r["ext"], r["sha256"], r["bytes"],
-                               r["kind"], r["width"], r["height"], r["fps"], r["n_frames"], r["duration_s"], r["codec"])
-                              for r in cat.query("SELECT * FROM shard_media")),
-        "quarantine": sorted((r["source"], r["item"], r["reason"], r["stage"], r["detail"])
-                             for r in cat.query("SELECT * FROM quarantine")),
-    }
 
 
 def refusals(cat: Catalog) -> list[dict]:
