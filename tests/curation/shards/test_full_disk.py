@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -24,35 +23,6 @@ from shard_corpus import FPS, GOP, build, catalog_tables, fresh, make_video, mix
 
 BROKEN = [{"source": "bad", "item": "b0", "reason": "undecodable_video", "stage": "shards"}]
 """The corpus's one refusal of its own media (a garbage mp4): the only row a build may write."""
-
-
-@pytest.fixture
-def mount_tmpfs():
-    """``mount_tmpfs(dir, size)``: a tmpfs of that size at ``dir`` (unmounted after the test); skips the test
-    where this machine does not allow mounting (not root, no CAP_SYS_ADMIN, no ``mount``)."""
-    mounted: list[Path] = []
-
-    def mount(path: Path, size: str, *options: str) -> Path:
-        path.mkdir(parents=True, exist_ok=True)
-        try:
-            proc = subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join([f"size={size}", *options]), "tmpfs",
-                                   str(path)], capture_output=True, text=True, timeout=30)
-        except FileNotFoundError:
-            pytest.skip("no `mount` command on this machine: cannot make a small file system to fill")
-        if proc.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): {proc.stderr.strip()}")
-        mounted.append(path)
-        return path
-
-    yield mount
-    for path in reversed(mounted):
-        if subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(path)], capture_output=True)  # still fail the test below
-            raise AssertionError(f"{path}: still busy after the build (a file left open on it)")
-
-
-def remount(path: Path, *options: str) -> None:
-    subprocess.run(["mount", "-o", ",".join(["remount", *options]), str(path)], check=True, timeout=30)
 
 
 def refusals(cat: Catalog) -> list[dict]:
@@ -85,7 +55,7 @@ def test_full_disk_fails_the_run_then_rerun_equals_a_clean_build(base_catalog, t
         assert refusals(cat) in ([], BROKEN)  # no sample condemned for our disk
         assert not list(out.rglob(".*.partial"))  # a failed write frees its space
 
-        remount(out, "size=16m")  # the fault fixed: a larger disk at the same place
+        mount_tmpfs.remount(out, "size=16m")  # the fault fixed: a larger disk at the same place
         builds = build_shards(cat, mixture(), out, parallel=parallel)
         assert refusals(cat) == BROKEN
         assert catalog_tables(cat, out) == reference
@@ -99,7 +69,7 @@ def test_read_only_shard_root_fails_the_run_and_condemns_nothing(base_catalog, t
     out = mount_tmpfs(tmp_path / "ro", "1m")
     cache = out / ".media" / mixture().transcode.profile_id()
     cache.mkdir(parents=True)  # the folders exist; writing files in them fails
-    remount(out, "ro")
+    mount_tmpfs.remount(out, "ro")
     with fresh(base_catalog, tmp_path) as cat:
         with pytest.raises(StorageError) as failed:
             build(cat, out, parallel=False)
