@@ -16,6 +16,7 @@ with a countable reason; they never raise on a bad item, only on an unreadable s
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import json
@@ -32,6 +33,7 @@ from typing import Any, Literal
 from pydantic import Field, PrivateAttr
 
 from core.config import ConfigError, ConfigModel, config_path, load_yaml
+from core.storage import storage_errors
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v")
@@ -355,24 +357,38 @@ def store_path(media_store: Path, sha256: str, ext: str) -> Path:
 
 
 def _extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, media_store: Path) -> Path:
-    """Stream a tar member into the content-addressed store (hashing while copying); returns its path."""
+    """Stream a tar member into the content-addressed store (hashing while copying); returns its path.
+
+    Errors reading the tar refuse it (the caller's ``bad_tar``); errors writing the store (disk full,
+    read-only) are :class:`core.storage.StorageError`, a run failure: the tar is fine."""
     src = tar.extractfile(member)
     assert src is not None
-    media_store.mkdir(parents=True, exist_ok=True)
     h = hashlib.sha256()
-    fd, tmp = tempfile.mkstemp(dir=media_store, prefix=".part-")
-    n = 0
-    with os.fdopen(fd, "wb") as out:
-        while chunk := src.read(1 << 20):
+    with storage_errors(media_store):
+        media_store.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=media_store, prefix=".part-")
+    n, out = 0, os.fdopen(fd, "wb")
+    try:
+        while chunk := src.read(1 << 20):  # a read error is the tar's: not wrapped
             h.update(chunk)
-            out.write(chunk)
+            with storage_errors(tmp):
+                out.write(chunk)
             n += len(chunk)
+        with storage_errors(tmp):
+            out.close()  # flushes: a full disk may show only here
+    except BaseException:
+        with contextlib.suppress(OSError):
+            out.close()
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     if n != member.size:  # tarfile returns short data from a cut archive instead of failing
         os.unlink(tmp)
         raise tarfile.ReadError(f"member {member.name!r} truncated: {n} of {member.size} bytes")
     dest = store_path(media_store, h.hexdigest(), os.path.splitext(member.name)[1])
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    shutil.move(tmp, dest)  # same filesystem: an atomic rename; a rerun rewrites identical bytes
+    with storage_errors(dest):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(tmp, dest)  # same filesystem: an atomic rename; a rerun rewrites identical bytes
     return dest
 
 

@@ -16,10 +16,12 @@ byte-identical across rebuilds). Images are checked to decode and kept as they a
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 from typing import Literal
@@ -27,6 +29,7 @@ from typing import Literal
 from pydantic import Field
 
 from core.config import ConfigModel
+from core.storage import storage_errors
 from curation.media import MediaInfo, file_sha256, probe_image
 from model.preprocessing import MediaError, resampled_frame_count
 
@@ -121,39 +124,63 @@ def transcode_video(src: str | Path, dst: str | Path, cfg: TranscodeConfig) -> M
     """Write ``dst`` (mp4, H.264, constant ``cfg.fps``, keyframe every ``cfg.gop`` frames) from ``src``.
 
     Written to a temporary name, fsynced and renamed, so ``dst`` is either absent or complete.
-    Raises :class:`MediaError` (``undecodable_video``) for input that does not decode.
+    Raises :class:`MediaError` (``undecodable_video``) for input that does not decode, and
+    :class:`core.storage.StorageError` when the output cannot be written (disk full, read-only,
+    permissions): only the input's errors are verdicts on the media.
     """
     import av
 
     src, dst, cfg = Path(src), Path(dst), cfg.resolved()
-    dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.name}.partial")
     step = Fraction(1) / Fraction(cfg.fps).limit_denominator(1001)
     n_out = 0
     try:
-        with av.open(str(src)) as inp:
-            if not inp.streams.video:
-                raise MediaError("undecodable_video", f"{src}: no video stream")
-            ist = inp.streams.video[0]
-            w, h = output_size(ist.codec_context.width, ist.codec_context.height, cfg.max_side)
-            with av.open(str(tmp), "w", format="mp4") as out:
-                ost = _add_encoder(out, cfg, step, w, h)
-                for frame in _fixed_rate_frames(inp, ist, step, w, h, Fraction(cfg.fps), src):
-                    frame.pts, frame.time_base = n_out, step
-                    frame.pict_type = av.video.frame.PictureType.NONE  # the source's I-frames must not force ours
-                    out.mux(ost.encode(frame))
-                    n_out += 1
-                out.mux(ost.encode(None))
-        _fsync_and_rename(tmp, dst)
+        with _input_errors(src):
+            inp = av.open(str(src))
+        with inp:
+            with _input_errors(src):
+                if not inp.streams.video:
+                    raise MediaError("undecodable_video", f"{src}: no video stream")
+                ist = inp.streams.video[0]
+                w, h = output_size(ist.codec_context.width, ist.codec_context.height, cfg.max_side)
+            with storage_errors(tmp):
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                # our file object, not a path: PyAV leaves a file it opened open when writing the header
+                # fails (a full disk), holding the space of the deleted partial file for the process's life
+                with open(tmp, "wb") as f:
+                    with av.open(f, "w", format="mp4") as out:
+                        ost = _add_encoder(out, cfg, step, w, h)
+                        for frame in _fixed_rate_frames(inp, ist, step, w, h, Fraction(cfg.fps), src):
+                            frame.pts, frame.time_base = n_out, step
+                            frame.pict_type = av.video.frame.PictureType.NONE  # the source's I-frames must not force ours
+                            out.mux(ost.encode(frame))
+                            n_out += 1
+                        out.mux(ost.encode(None))
+                    f.flush()
+                    os.fsync(f.fileno())  # durable before it gets its final name: a reader sees all of it or nothing
+                tmp.replace(dst)
+    except BaseException:
+        with contextlib.suppress(OSError):  # a read-only folder has no partial file to remove either
+            tmp.unlink(missing_ok=True)
+        raise
+    fps = float(Fraction(1) / step)
+    with storage_errors(dst, "read"):
+        sha, size = file_sha256(dst), dst.stat().st_size
+    return MediaInfo("video", str(dst), "mp4", sha, size, w, h, "h264", fps=fps, n_frames=n_out, duration_s=n_out / fps)
+
+
+@contextlib.contextmanager
+def _input_errors(src: Path) -> Iterator[None]:
+    """Errors reading the source (PyAV's are ``OSError``/``ValueError`` subclasses; rates and sizes of a
+    corrupt stream divide by zero) as :class:`MediaError` ``undecodable_video``: a verdict on the media."""
+    import av
+
+    try:
+        yield
     except MediaError:
-        tmp.unlink(missing_ok=True)
         raise
     except (av.error.FFmpegError, OSError, ValueError, ZeroDivisionError) as e:
-        tmp.unlink(missing_ok=True)
         raise MediaError("undecodable_video", f"{src}: {type(e).__name__}: {e}") from None
-    fps = float(Fraction(1) / step)
-    return MediaInfo("video", str(dst), "mp4", file_sha256(dst), dst.stat().st_size, w, h, "h264",
-                     fps=fps, n_frames=n_out, duration_s=n_out / fps)
 
 
 def _x264_params(cfg: TranscodeConfig) -> str:
@@ -181,32 +208,26 @@ def _fixed_rate_frames(inp, ist, step: Fraction, width: int, height: int, fallba
     ``k * step`` shows the last source frame at or before it, and the last frame is held for one source
     frame interval (FFmpeg's ``fps`` filter rule). Frames are yielded as they are decoded; a held frame is
     yielded once per output instant it covers."""
-    src_rate = ist.average_rate or ist.guessed_rate or fallback_rate
-    n = 0
-    t0 = last_t = None
-    held = None  # the source frame on screen, already scaled: (H, W) yuv420p
-    for i, frame in enumerate(inp.decode(ist)):
-        t = Fraction(frame.pts * ist.time_base) if frame.pts is not None else Fraction(i) / src_rate
-        t0 = t if t0 is None else t0
-        if held is not None:
-            while n * step < t - t0:  # output instants before this frame show the held one
-                yield held
-                n += 1
-        held = frame.reformat(width=width, height=height, format="yuv420p")
-        last_t = t
-    if held is None:
-        raise MediaError("undecodable_video", f"{src}: no frame decodes")
-    n_total = resampled_frame_count(float(last_t - t0 + Fraction(1) / Fraction(src_rate)), float(1 / step))
+    with _input_errors(src):  # around the decoding only: the consumer's (output) errors never pass through here
+        src_rate = ist.average_rate or ist.guessed_rate or fallback_rate
+        n = 0
+        t0 = last_t = None
+        held = None  # the source frame on screen, already scaled: (H, W) yuv420p
+        for i, frame in enumerate(inp.decode(ist)):
+            t = Fraction(frame.pts * ist.time_base) if frame.pts is not None else Fraction(i) / src_rate
+            t0 = t if t0 is None else t0
+            if held is not None:
+                while n * step < t - t0:  # output instants before this frame show the held one
+                    yield held
+                    n += 1
+            held = frame.reformat(width=width, height=height, format="yuv420p")
+            last_t = t
+        if held is None:
+            raise MediaError("undecodable_video", f"{src}: no frame decodes")
+        n_total = resampled_frame_count(float(last_t - t0 + Fraction(1) / Fraction(src_rate)), float(1 / step))
     while n < n_total:
         yield held
         n += 1
-
-
-def _fsync_and_rename(tmp: Path, dst: Path) -> None:
-    """Make the written file durable, then give it its final name (a reader sees all of it or nothing)."""
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    tmp.replace(dst)
 
 
 def decode_check(data: bytes, kind: str) -> int:

@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "pipelines.commands.captions",
     "pipelines.commands.dpo",
     "pipelines.commands.shards",
+    "pipelines.commands.quarantine",
     "pipelines.commands.flows",
     "pipelines.commands.train",
     "pipelines.commands.report",

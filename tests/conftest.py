@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -86,3 +87,43 @@ def demo_cat(demo_catalog, tmp_path):
     shutil.copy(demo_catalog, path)
     with Catalog(path) as cat:
         yield cat
+
+
+class Tmpfs:
+    """Small file systems to fill: ``tmpfs(dir, size)`` mounts one at ``dir``; ``tmpfs.remount(dir, "size=16m")``
+    or ``(dir, "ro")`` changes it in place. Skips the test where mounting is not allowed."""
+
+    def __init__(self):
+        self.mounted: list[Path] = []
+
+    def __call__(self, path: Path, size: str) -> Path:
+        path.mkdir(parents=True, exist_ok=True)
+        try:
+            proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                                  capture_output=True, text=True, timeout=30)
+        except FileNotFoundError:
+            pytest.skip("no `mount` command on this machine: cannot make a small file system to fill")
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): {proc.stderr.strip()}")
+        self.mounted.append(path)
+        return path
+
+    def remount(self, path: Path, *options: str) -> None:
+        subprocess.run(["mount", "-o", ",".join(["remount", *options]), str(path)], check=True, timeout=30)
+
+    def unmount_all(self) -> None:
+        """Unmount; a file system still busy (a file our code left open on it) fails the test."""
+        busy = []
+        for path in reversed(self.mounted):
+            if subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
+                subprocess.run(["umount", "-l", str(path)], capture_output=True)
+                busy.append(str(path))
+        assert not busy, f"still busy after the test (a file left open on it): {busy}"
+
+
+@pytest.fixture
+def mount_tmpfs():
+    """A :class:`Tmpfs`, unmounted after the test (Linux, root or CAP_SYS_ADMIN; skipped with a reason elsewhere)."""
+    tmpfs = Tmpfs()
+    yield tmpfs
+    tmpfs.unmount_all()

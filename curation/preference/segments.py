@@ -28,6 +28,7 @@ How it is cut, and what "equal duration" means here:
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import itertools
@@ -37,6 +38,8 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+
+from core.storage import storage_errors
 
 # Pixel formats libx264 encodes directly; anything else goes through yuv444p.
 _X264_PIX_FMTS = {"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "nv12", "gray"}
@@ -214,16 +217,20 @@ def shuffle_segments(source: str | Path, dest: str | Path, *, seed: int | str = 
                              f"{source}: the shuffled frames equal the original (static content)")
 
     out_fmt = pix_fmt if pix_fmt in _X264_PIX_FMTS else "yuv444p"
-    dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.partial")
     try:
-        with av.open(str(tmp), "w", format="mp4") as out:
+        with storage_errors(tmp):  # the output's errors (disk full, read-only) stop the run, naming the file
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            f = open(tmp, "wb")  # noqa: SIM115 - our file object: PyAV leaks a file it opens when the header fails
+        try:
+            with storage_errors(tmp):
+                out = av.open(f, "w", format="mp4")
             stream = out.add_stream("libx264", rate=fps, options={"qp": "0", "preset": "veryfast"})
             stream.width, stream.height, stream.pix_fmt = probe.width, probe.height, out_fmt
             stream.codec_context.time_base = 1 / fps
             pts = 0
             for k in perm:
-                for frame in _frames_in_range(source, *bounds[k], probe):
+                for frame in _frames_in_range(source, *bounds[k], probe):  # the input's errors: not wrapped
                     if frame.format.name != out_fmt:
                         frame = frame.reformat(format=out_fmt)
                     else:  # a fresh frame: drop the source's picture type and timing
@@ -231,15 +238,24 @@ def shuffle_segments(source: str | Path, dest: str | Path, *, seed: int | str = 
                     frame.pts = pts
                     frame.time_base = 1 / fps
                     pts += 1
-                    out.mux(stream.encode(frame))
-            out.mux(stream.encode(None))
+                    with storage_errors(tmp):
+                        out.mux(stream.encode(frame))
+            with storage_errors(tmp):
+                out.mux(stream.encode(None))
+                out.close()  # the trailer, here so its errors name the file
+                f.close()
+        finally:
+            with contextlib.suppress(OSError):  # after an error: the error that stopped us is the one to report
+                f.close()
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
         raise
     if pts != n_frames:  # a segment decoded differently the second time
         tmp.unlink(missing_ok=True)
         raise SegmentRefusal("undecodable_video", f"{source}: decoded {pts} frames on re-read, {n_frames} before")
-    tmp.replace(dest)
+    with storage_errors(dest):
+        tmp.replace(dest)
     return ShuffledVideo(source=source, path=dest, permutation=perm, segments=tuple(bounds), n_frames=n_frames,
                          fps=fps, duration_s=float(n_frames / fps), pix_fmt=out_fmt)
 

@@ -10,15 +10,17 @@ by the curate flow or from the ``shards`` table, :func:`recorded_stage_dirs`). T
    fps (:mod:`curation.transcode`), every image is decoded once; results go to
    ``shard_media``. Media that fail, or that the model cannot encode (smaller than one
    ``transcode.patch_size`` patch on a side, no frames: ``model.preprocessing.check_encodable``),
-   quarantine their samples (stage ``shards``).
+   quarantine their samples (stage ``shards``). A fault of our own output (disk full, read-only,
+   permissions: :class:`core.storage.StorageError`) quarantines nothing: it stops the build.
 2. **plan**: the remaining samples, in draw order, become records
    (:func:`curation.shards.format.sample_record`) packed into shards bounded by
    ``max_samples`` and ``max_bytes``; each member's shard is recorded in ``mixture_members.shard``.
 3. **write**: Ray tasks each write whole shards (:func:`curation.shards.writer.write_shard`)
    and return their infos; the driver records them in ``shards``, one transaction per shard.
 
-A shard is complete only when its row exists and the file's sha256 matches it: a rerun
-after a crash skips those, deletes ``*.partial`` files and rewrites anything else.
+A shard is complete only when its row exists, the row was written from the same plan
+(``plan_sha256``: members and their JSON) and the file's sha256 matches it: a rerun after a
+crash or a failed write skips those, deletes ``*.partial`` files and rewrites anything else.
 """
 from __future__ import annotations
 
@@ -29,11 +31,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from core.storage import storage_errors
 from curation.media import MediaInfo
 from curation.mixtures import STAGES, MixtureConfig, stage_slug
 from curation.shards.format import ShardRecord, sample_record
-from curation.shards.writer import (ShardInfo, clean_partials, existing_info, is_complete, pack, record_tar_bytes,
-                                    shard_name, write_index, write_shard)
+from curation.shards.writer import (ShardInfo, clean_partials, existing_info, is_complete, pack, plan_sha256,
+                                    record_tar_bytes, shard_name, write_index, write_shard)
 from curation.transcode import TranscodeConfig, check_image, transcode_video
 from model.preprocessing import MediaError, check_encodable
 
@@ -52,7 +55,7 @@ def record_shard(cat: Catalog, mixture: str, stage: str, info: ShardInfo, run_id
     """The ``shards`` row of a completed shard (replacing an older row of the same name)."""
     cat.insert("shards", [{"mixture": mixture, "stage": stage, "name": info.name, "path": info.path,
                            "sha256": info.sha256, "n_samples": info.n_samples, "bytes": info.bytes,
-                           "run_id": run_id}], on_conflict="replace", con=con)
+                           "plan_sha256": info.plan_sha256, "run_id": run_id}], on_conflict="replace", con=con)
 
 
 def recorded_stage_dirs(cat: Catalog) -> dict[str, dict[str, str]]:
@@ -73,10 +76,23 @@ def recorded_stage_dirs(cat: Catalog) -> dict[str, dict[str, str]]:
     return out
 
 
+def recorded_out_root(cat: Catalog, mixture: str) -> Path | None:
+    """The shard root (``OUT_ROOT`` of :func:`stage_dir`) the mixture's recorded shards were built under; None
+    when it has none recorded."""
+    folders = recorded_stage_dirs(cat).get(mixture, {})
+    roots = {Path(folder).parent.parent for folder in folders.values()}
+    if len(roots) > 1:
+        raise ValueError(f"mixture {mixture!r}: stages built under several roots {sorted(map(str, roots))}; "
+                         "rebuild it (mavors shards build --out)")
+    return roots.pop() if roots else None
+
+
 def run_tasks(fn: Callable[..., Any], jobs: Sequence[tuple], *, parallel: bool,
               ray_settings: RaySettings | None, on_result: Callable[[Any], None]) -> None:
     """Run ``fn(*job)`` for every job (Ray tasks when ``parallel``); ``on_result`` runs in the driver
-    as each finishes, so results are recorded while others still run."""
+    as each finishes, so results are recorded while others still run. A task that fails stops the run
+    with its own exception (e.g. :class:`core.storage.StorageError`, not Ray's wrapper of it); the
+    tasks still pending are cancelled."""
     if not parallel or len(jobs) <= 1:
         for job in jobs:
             on_result(fn(*job))
@@ -90,7 +106,13 @@ def run_tasks(fn: Callable[..., Any], jobs: Sequence[tuple], *, parallel: bool,
     pending = [remote.remote(*job) for job in jobs]
     while pending:
         done, pending = ray.wait(pending, num_returns=1)
-        on_result(ray.get(done[0]))
+        try:
+            result = ray.get(done[0])
+        except ray.exceptions.RayTaskError as e:
+            for ref in pending:
+                ray.cancel(ref)
+            raise e.cause from e
+        on_result(result)
 
 
 # -- a mixture build ---------------------------------------------------------------------------------
@@ -104,9 +126,10 @@ def prepare_media(kind: str, media_hash: str, src: str, cache_dir: str, cfg: Tra
         info = check_image(src) if kind == "image" else transcode_video(src, dst, cfg)
         check_encodable(kind, info.width, info.height, cfg.patch_size, name=src, n_frames=info.n_frames)
         return media_hash, info, None, None
-    except MediaError as e:
+    except MediaError as e:  # the media's fault; a StorageError (our cache's) stops the run instead
         if kind == "video":
-            dst.unlink(missing_ok=True)  # no cached copy of a refused video
+            with storage_errors(dst):
+                dst.unlink(missing_ok=True)  # no cached copy of a refused video
         return media_hash, None, e.reason, e.detail
 
 
@@ -176,7 +199,8 @@ def _prepare_media(cat: Catalog, mixture: str, stages: list[str], cache_dir: Pat
     todo = [r for r in rows if r["prepared"] is None or not cat.resolved(r["prepared"]).exists()]
     if not todo:
         return
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    with storage_errors(cache_dir):
+        cache_dir.mkdir(parents=True, exist_ok=True)
     jobs = [(r["kind"], r["media_hash"], str(cat.resolved(r["storage_path"])), str(cache_dir)) for r in todo]
     chunks = [(jobs[i:i + batch], cfg) for i in range(0, len(jobs), batch)]
 
@@ -263,20 +287,25 @@ def _plan_stage(cat: Catalog, mixture: MixtureConfig, stage: str, profile: str, 
 def _write_stage(cat: Catalog, mixture: MixtureConfig, stage: str, out_dir: Path, plan: list[_PlannedShard],
                  cfg: TranscodeConfig, *, parallel: bool, ray_settings: RaySettings | None, run_id: str | None,
                  on_shard: Callable[[ShardInfo], None] | None) -> StageBuild:
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with storage_errors(out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
     removed = [p.name for p in clean_partials(out_dir)]
     planned = {p.path.name for p in plan}
     for stale in sorted(out_dir.glob("*.tar")):
         if stale.name not in planned:
-            stale.unlink()
+            with storage_errors(stale):
+                stale.unlink()
             removed.append(stale.name)
-    recorded = {r["name"]: r["sha256"] for r in cat.query(
-        "SELECT name, sha256 FROM shards WHERE mixture = ? AND stage = ?", [mixture.name, stage])}
+    recorded = {r["name"]: r for r in cat.query(
+        "SELECT name, sha256, plan_sha256 FROM shards WHERE mixture = ? AND stage = ?", [mixture.name, stage])}
     with cat.transaction() as con:  # rows of shards no longer in the plan
         for name in set(recorded) - planned:
             con.execute("DELETE FROM shards WHERE mixture = ? AND stage = ? AND name = ?", [mixture.name, stage, name])
-    done = {p.path.name for p in plan if is_complete(p.path, recorded.get(p.path.name))}
-    infos: dict[str, ShardInfo] = {p.path.name: existing_info(p.path, len(p.records)) for p in plan
+    # done: the row's checksum matches the file and the row was written from this plan (same members, same JSON)
+    done = {p.path.name for p in plan if p.path.name in recorded
+            and recorded[p.path.name]["plan_sha256"] == plan_sha256(p.records)
+            and is_complete(p.path, recorded[p.path.name]["sha256"])}
+    infos: dict[str, ShardInfo] = {p.path.name: existing_info(p.path, p.records) for p in plan
                                    if p.path.name in done}
     written: list[str] = []
 

@@ -13,6 +13,7 @@ touches only the file system (it runs in Ray workers); the catalog rows are the 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.storage import storage_errors
 from curation.shards.format import Content, ShardRecord
 from curation.media import file_sha256
 
@@ -75,6 +77,8 @@ class ShardInfo:
     sha256: str
     n_samples: int
     bytes: int
+    plan_sha256: str | None = None
+    """:func:`plan_sha256` of the records it was written from (a rerun keeps the shard only for the same plan)."""
 
 
 class _DurableFile:
@@ -155,10 +159,16 @@ def _write_member(out: _DurableFile, name: str, content: Content, chunk: int = 4
         out.write(content)
         size = len(content)
     else:
-        with open(content, "rb") as f:
+        with storage_errors(content, "read"):  # only the reads: the writes' errors name the shard
+            f = open(content, "rb")  # noqa: SIM115 - closed by the with below
             size = os.fstat(f.fileno()).st_size
+        with f:
             out.write(_fixed_header(name, size))
-            while block := f.read(chunk):
+            while True:
+                with storage_errors(content, "read"):
+                    block = f.read(chunk)
+                if not block:
+                    break
                 out.write(block)
     if size % BLOCK:
         out.write(bytes(BLOCK - size % BLOCK))
@@ -171,24 +181,41 @@ def write_shard(path: str | Path, records: Sequence[ShardRecord], *, durable: bo
     header + data padded to 512-byte blocks per member, two zero blocks, padding to a
     10240-byte record. Runs in Ray workers: it touches only the file system, never the catalog.
     ``durable=False`` skips the fsyncs (scratch output, or measuring the disk's share of the cost).
+    A file system error raises :class:`core.storage.StorageError` naming the file (no partial file is left).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = partial_path(path)
-    out = _DurableFile(tmp, sync_every=32 << 20 if durable else None)
-    try:
-        for record in records:
-            for name, content in record.members():
-                _write_member(out, name, content)
-        out.write(bytes(tar_bytes(out.n) - out.n))  # end-of-archive blocks and record padding
-    except BaseException:
-        out.abort()
-        raise
-    sha = out.close()
-    tmp.replace(path)
-    if durable:
-        fsync_dir(path.parent)
-    return ShardInfo(path.name, str(path), sha, len(records), out.n)
+    with storage_errors(tmp):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        out = _DurableFile(tmp, sync_every=32 << 20 if durable else None)
+        try:
+            for record in records:
+                for name, content in record.members():
+                    _write_member(out, name, content)
+            out.write(bytes(tar_bytes(out.n) - out.n))  # end-of-archive blocks and record padding
+        except BaseException:
+            out.abort()
+            with contextlib.suppress(OSError):  # free the space a full disk needs back
+                tmp.unlink()
+            raise
+        sha = out.close()
+    with storage_errors(path):
+        tmp.replace(path)
+        if durable:
+            fsync_dir(path.parent)
+    return ShardInfo(path.name, str(path), sha, len(records), out.n, plan_sha256(records))
+
+
+def plan_sha256(records: Sequence[ShardRecord]) -> str:
+    """Hash of what a shard is written from: its member names and JSON in order (a file's content enters
+    through the JSON: mixture records carry each medium's sha256). Equal plans give equal shard bytes."""
+    h = hashlib.sha256()
+    for record in records:
+        for name, content in record.members():
+            h.update(name.encode() + b"\0")
+            if isinstance(content, bytes):
+                h.update(len(content).to_bytes(8, "little") + content)
+    return h.hexdigest()
 
 
 def shard_name(prefix: str, index: int) -> str:
@@ -203,8 +230,9 @@ def write_index(out_dir: Path, shards: Sequence[ShardInfo], **header: Any) -> Pa
                         for s in shards]}
     path = out_dir / INDEX_NAME
     tmp = partial_path(path)
-    tmp.write_bytes(json.dumps(index, indent=1, sort_keys=True).encode() + b"\n")
-    tmp.replace(path)
+    with storage_errors(path):
+        tmp.write_bytes(json.dumps(index, indent=1, sort_keys=True).encode() + b"\n")
+        tmp.replace(path)
     return path
 
 
@@ -212,13 +240,15 @@ def clean_partials(out_dir: Path) -> list[Path]:
     """Delete leftovers of interrupted writes (``.*.partial``); returns what was removed."""
     removed = sorted(out_dir.glob(".*.partial")) if out_dir.exists() else []
     for p in removed:
-        p.unlink()
+        with storage_errors(p):
+            p.unlink()
     return removed
 
 
 def is_complete(path: Path, sha256: str | None) -> bool:
     """A shard counts as done only if a recorded checksum exists and the file still matches it."""
-    return sha256 is not None and path.exists() and file_sha256(path) == sha256
+    with storage_errors(path, "read"):
+        return sha256 is not None and path.exists() and file_sha256(path) == sha256
 
 
 def write_records(records: Iterable[ShardRecord], out_dir: str | Path, *, prefix: str, max_samples: int,
@@ -242,6 +272,8 @@ def write_records(records: Iterable[ShardRecord], out_dir: str | Path, *, prefix
     return infos
 
 
-def existing_info(path: Path, n_samples: int) -> ShardInfo:
-    """The info of a shard already on disk (a finished one a rerun keeps)."""
-    return ShardInfo(path.name, str(path), file_sha256(path), n_samples, path.stat().st_size)
+def existing_info(path: Path, records: Sequence[ShardRecord]) -> ShardInfo:
+    """The info of a shard already on disk (a finished one a rerun keeps), written from ``records``."""
+    with storage_errors(path, "read"):
+        return ShardInfo(path.name, str(path), file_sha256(path), len(records), path.stat().st_size,
+                         plan_sha256(records))

@@ -72,14 +72,21 @@ def build_cmd(mixture: Path = typer.Argument(..., help="Mixture YAML (manifests/
             "mixture": str(mixture), "out": str(out_root), "stages": stage}) as run:
         cfg, _ = _select(cat, mixture, strict, replace, run.run_id)
         builds = build_shards(cat, cfg, out_root, stages=stage, parallel=not no_ray, ray_settings=settings.ray,
-                              run_id=run.run_id,
-                              on_shard=lambda s: console.print(f"  wrote {s.name}: {s.n_samples} samples, "
-                                                               f"{s.bytes / 1e6:.1f} MB", highlight=False))
+                              run_id=run.run_id, on_shard=print_shard)
+    print_builds(builds)
+
+
+def print_builds(builds) -> None:
+    """One line per built stage: shards, samples, folder, what was written or kept, quarantine counts."""
     for b in builds:
         q = ", ".join(f"{k}: {v}" for k, v in b.quarantined.items()) or "none"
         console.print(f"stage {b.stage}: {len(b.shards)} shards, {b.n_samples} samples -> {b.out_dir} "
                       f"(written {len(b.written)}, already complete {len(b.skipped)}, removed {len(b.removed)}; "
                       f"quarantined: {q})", highlight=False, soft_wrap=True)
+
+
+def print_shard(s) -> None:
+    console.print(f"  wrote {s.name}: {s.n_samples} samples, {s.bytes / 1e6:.1f} MB", highlight=False)
 
 
 @shards_app.command("verify")

@@ -191,3 +191,37 @@ def test_a_line_that_does_not_parse_is_recorded_as_file_and_line(tmp_path, fmt):
     m = SourceManifest(name="s", modality="image", task="qa", format=fmt, path=str(tmp_path / "ann.jsonl"))
     items = {it.item: it.reason for it in iter_items(m, tmp_path)}
     assert items == {"a": None, "ann.jsonl:3": "bad_json", "ann.jsonl:4": "not_utf8"}  # line 2 is blank
+
+
+def test_webdataset_extraction_onto_a_full_disk_fails_the_run_not_the_tar(tmp_path, mount_tmpfs):
+    """A media store without space is our fault, not the tar's: no ``bad_tar``, one error naming the file; once
+    there is room the items are those extracted onto a roomy disk."""
+    import numpy as np
+    from PIL import Image
+
+    from core.storage import StorageError
+
+    tar_path = tmp_path / "s.tar"
+    rng = np.random.default_rng(0)
+    with tarfile.open(tar_path, "w") as tar:
+        for i in range(3):  # noise JPEGs of ~10 kB: the second no longer fits an 8 kB store
+            buf = io.BytesIO()
+            Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, format="JPEG")
+            for name, data in ((f"{i:03d}.jpg", buf.getvalue()), (f"{i:03d}.txt", f"caption {i}".encode())):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    m = SourceManifest(name="s", modality="image", task="caption", format="webdataset", path=str(tar_path))
+    store = mount_tmpfs(tmp_path / "store", "8k")
+    with pytest.raises(StorageError) as failed:
+        list(iter_items(m, store))
+    assert str(failed.value).startswith(f"cannot write {store}/.part-")
+    assert str(failed.value).endswith(": No space left on device")
+    assert not list(store.glob(".part-*"))  # the partial copy is gone, its space free again
+
+    mount_tmpfs.remount(store, "size=1m")
+
+    def items(where):
+        return [(it.item, it.reason, [(str(Path(p).relative_to(where)), k) for p, k in it.media])
+                for it in iter_items(m, where)]
+    assert items(store) == items(tmp_path / "roomy") and len(items(store)) == 3

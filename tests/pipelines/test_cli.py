@@ -47,7 +47,8 @@ def test_usage_errors_exit_2(tmp_path):
 def test_help_lists_every_area(tmp_path):
     proc = run(["--help"], tmp_path)
     assert proc.returncode == 0
-    for command in ("ingest", "catalog", "models", "demo", "dedup", "shards", "dpo", "train", "report", "eval"):
+    for command in ("ingest", "catalog", "models", "demo", "dedup", "shards", "quarantine", "dpo", "train", "report",
+                    "eval"):
         assert command in proc.stdout, command
 
 
@@ -132,4 +133,4 @@ def test_ray_is_switched_off_by_one_spelling_everywhere():
             [workers] = [p for p in command.params if "--workers" in p.opts]
             assert workers.min == 1, f"{name}: --workers 0 must not be a second way to say --no-ray"
     assert {name for name, has in switches.items() if has} == {
-        "ingest", "captions run", "ppl score", "shards build", "flow run"}
+        "ingest", "captions run", "ppl score", "shards build", "quarantine retry", "flow run"}

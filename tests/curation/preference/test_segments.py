@@ -92,3 +92,27 @@ def test_undecodable_and_static_videos_are_refused(tmp_path):
     with pytest.raises(SegmentRefusal) as err:
         shuffle_segments(still, tmp_path / "o.mp4")
     assert err.value.reason == "indistinguishable_segments"
+
+
+@pytest.mark.parametrize("room", ["0", "8k"], ids=["full", "fills-up"])
+def test_a_full_disk_is_a_run_failure_naming_the_file_not_a_refusal(tmp_path, mount_tmpfs, room):
+    """No space for the shuffled copy: a StorageError (not a SegmentRefusal, which would drop the sample), no
+    partial file left open or on disk; with room the same call writes the same bytes as on a roomy disk."""
+    import hashlib
+
+    from core.storage import StorageError
+
+    src = write_video(tmp_path / "in.mp4", 122, size=(96, 128))
+    disk = mount_tmpfs(tmp_path / "disk", "4k")
+    if room == "0":
+        (disk / "filler").write_bytes(b"x" * 4096)
+    with pytest.raises(StorageError) as err:
+        shuffle_segments(src, disk / "o.mp4", seed=3)
+    assert str(err.value) == f"cannot write {disk / '.o.mp4.partial'}: No space left on device"
+    assert not list(disk.glob("*.partial")) and not (disk / "o.mp4").exists()
+    (disk / "filler").unlink(missing_ok=True)
+    mount_tmpfs.remount(disk, "size=4m")
+    shuffle_segments(src, disk / "o.mp4", seed=3)
+    shuffle_segments(src, tmp_path / "roomy.mp4", seed=3)
+    assert hashlib.sha256((disk / "o.mp4").read_bytes()).digest() == hashlib.sha256(
+        (tmp_path / "roomy.mp4").read_bytes()).digest()

@@ -121,3 +121,21 @@ def shard_files(out: Path) -> dict[str, str]:
     return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(out.rglob("*.tar"))}
 
+
+def catalog_tables(cat: Catalog, out: Path) -> dict[str, list[tuple]]:
+    """Every table a shard build writes, as sorted rows; paths relative to the shard root ``out``, run ids
+    and times left out (they differ between any two runs)."""
+    def rel(path: str) -> str:  # images go into shards from where ingest found them
+        return str(Path(path).relative_to(out)) if Path(path).is_relative_to(out) else path
+
+    return {
+        "shards": sorted((r["mixture"], r["stage"], r["name"], rel(r["path"]), r["sha256"], r["n_samples"],
+                          r["bytes"], r["plan_sha256"]) for r in cat.query("SELECT * FROM shards")),
+        "mixture_members": sorted(tuple(r.values()) for r in cat.query("SELECT * FROM mixture_members")),
+        "mixture_sources": sorted(tuple(map(str, r.values())) for r in cat.query("SELECT * FROM mixture_sources")),
+        "shard_media": sorted((r["media_hash"], r["profile"], rel(r["path"]), r["ext"], r["sha256"], r["bytes"],
+                               r["kind"], r["width"], r["height"], r["fps"], r["n_frames"], r["duration_s"], r["codec"])
+                              for r in cat.query("SELECT * FROM shard_media")),
+        "quarantine": sorted((r["source"], r["item"], r["reason"], r["stage"], r["detail"])
+                             for r in cat.query("SELECT * FROM quarantine")),
+    }
