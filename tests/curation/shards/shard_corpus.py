@@ -44,7 +44,10 @@ def make_image(path: Path, i: int) -> None:
 
 
 def make_base_catalog(root: Path) -> Path:
-    """A catalog file with video, image, multi-image and broken-video samples (media on disk under ``root``)."""
+    """A catalog file with video, image, multi-image and broken-video samples (media on disk under ``root``).
+
+    The catalog lives in ``root/catalog/``, so the media are outside its folder and stored as absolute paths:
+    tests copy the file to other folders (``fresh``), which keeps such paths valid."""
     media, samples = [], []
 
     def add_media(path: Path, kind: str, **meta) -> str:
@@ -76,7 +79,8 @@ def make_base_catalog(root: Path) -> Path:
         sample("img", f"c{i}", "caption", [imgs[i]], "<image>")
     sample("img", "multi", "qa", [imgs[1], imgs[2]], "<image>")
     sample("bad", "b0", "qa", [broken], "<video>")
-    path = root / "catalog.duckdb"
+    path = root / "catalog" / "catalog.duckdb"
+    path.parent.mkdir()
     with Catalog(path) as cat:
         cat.insert("sources", [{"name": n, "modality": "video", "task": "qa", "format": "llava_json", "path": "x"}
                                for n in ("vid", "img", "bad")])
@@ -125,8 +129,9 @@ def shard_files(out: Path) -> dict[str, str]:
 def catalog_tables(cat: Catalog, out: Path) -> dict[str, list[tuple]]:
     """Every table a shard build writes, as sorted rows; paths relative to the shard root ``out``, run ids
     and times left out (they differ between any two runs)."""
-    def rel(path: str) -> str:  # images go into shards from where ingest found them
-        return str(Path(path).relative_to(out)) if Path(path).is_relative_to(out) else path
+    def rel(stored: str) -> str:  # images go into shards from where ingest found them
+        path = cat.resolved(stored)
+        return str(path.relative_to(out)) if path.is_relative_to(out) else str(path)
 
     return {
         "shards": sorted((r["mixture"], r["stage"], r["name"], rel(r["path"]), r["sha256"], r["n_samples"],
