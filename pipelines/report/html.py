@@ -51,8 +51,7 @@ def render_png(figure: Figure) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cols = min(figure.panels, 3)
-    rows = -(-figure.panels // cols)
+    rows, cols = figure.grid
     fig, axes = plt.subplots(rows, cols, figsize=(figure.width, figure.height), dpi=100, squeeze=False)
     try:
         flat = list(axes.flat)

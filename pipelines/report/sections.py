@@ -13,6 +13,7 @@ import functools
 import json
 import math
 import re
+import statistics
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -76,12 +77,18 @@ class Media:
 @dataclass
 class Figure:
     """A plot drawn on demand: ``draw(ax)`` on a ``width`` x ``height`` inch canvas; with ``panels`` > 1,
-    ``draw(axes)`` on that many side-by-side axes (at most 3 a row)."""
+    ``draw(axes)`` on that many axes laid out in :attr:`grid`."""
 
     draw: Callable[[Any], Any]
     width: float = 7.0
     height: float = 3.2
     panels: int = 1
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """(rows, columns) of the panels: as square as it goes, at most 3 a row."""
+        cols = min(3, math.ceil(math.sqrt(self.panels)))
+        return math.ceil(self.panels / cols), cols
 
 
 @dataclass
@@ -338,7 +345,7 @@ def ppl_histograms(cat: Catalog, sec: Section, scope: Scope) -> None:
     for task, ppl in rows:
         by_task[task].append(ppl)
     sec.tables.append((["task", "scored", "median PPL", "max PPL"], [
-        [t, len(v), round(sorted(v)[len(v) // 2], 2), round(max(v), 2)] for t, v in sorted(by_task.items())]))
+        [t, len(v), round(statistics.median(v), 2), round(max(v), 2)] for t, v in sorted(by_task.items())]))
 
     def draw(ax):
         for task, values in sorted(by_task.items()):  # outlined steps: overlapping tasks stay visible
@@ -492,17 +499,17 @@ def dpo_pairs(cat: Catalog, sec: Section, scope: Scope) -> None:
         extra = json.loads(extra) if isinstance(extra, str) else (extra or {})
         order = extra.get("permutation")
         frames = len(order) if order else 4
-        shown_media = _media_cell(kinds, paths, frames)
-        rejected_media, shuffle = None, None
-        if shuffled:
-            rejected_media = Media((("video", shuffled),), frames)
-            shuffle = " ".join(str(k + 1) for k in order) if order else "?"
-        by_domain[domain].append([pair_id, shown_media, _prompt_text(prompt), chosen, rejected_media, shuffle,
-                                  rejected, margin, f"{why_c} / {why_r}"])
+        seen = _media_cell(kinds, paths, frames)
+        rejected_seen, rejected_why = seen, why_r
+        if shuffled:  # the rejected caption was written for the shuffled video: show that one, in its order
+            rejected_seen = Media((("video", shuffled),), frames)
+            segments = " ".join(str(k + 1) for k in order) if order else "unrecorded"
+            rejected_why = f"{why_r}; it saw the video shuffled, segments in order {segments}"
+        by_domain[domain] += [[pair_id, _prompt_text(prompt), "chosen", seen, chosen, why_c, margin],
+                              [None, None, "rejected", rejected_seen, rejected, rejected_why, None]]
     for domain, shown in by_domain.items():
         sub = Section(f"chosen vs rejected: {domain}")
-        sub.tables.append((["pair", "media", "prompt", "chosen", "rejected saw", "segment order", "rejected",
-                            "margin", "why (chosen / rejected)"], shown))
+        sub.tables.append((["pair", "prompt", "side", "media it saw", "answer", "why", "margin"], shown))
         sec.subsections.append(sub)
 
 
@@ -580,8 +587,10 @@ def evaluations(cat: Catalog, sec: Section, scope: Scope) -> None:
                 draw(ax, rates[task], task, "rate")
                 ax.set_ylim(-0.05, 1.05)
 
-        sec.figures.append(Figure(draw_rates if len(tasks) > 1 else lambda ax: draw_rates([ax]),
-                                  3.6 * min(len(tasks), 3), 2.9 * math.ceil(len(tasks) / 3), panels=len(tasks)))
+        figure = Figure(draw_rates if len(tasks) > 1 else lambda ax: draw_rates([ax]), panels=len(tasks))
+        rows, cols = figure.grid
+        figure.width, figure.height = 3.8 * cols, 2.9 * rows
+        sec.figures.append(figure)
 
 
 @section("Quarantine", "quarantine", "quarantined items")

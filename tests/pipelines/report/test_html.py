@@ -276,8 +276,10 @@ def test_the_report_is_the_runs_own(runs, tmp_path):
     # DPO: chosen beside rejected, the video's shuffled segment order (1-based)
     dpo = s["DPO preference pairs"]["cells"]
     j = dpo.index("ps/vids/c0/0")
-    assert dpo[j + 2:j + 8] == ["Describe.", "Red, green, blue, yellow.", "", "3 1 4 2", "Blue, red, yellow, green.",
-                                "0.5"]
+    assert dpo[j:j + 14] == [
+        "ps/vids/c0/0", "Describe.", "chosen", "", "Red, green, blue, yellow.", "correct", "0.5",
+        "", "", "rejected", "", "Blue, red, yellow, green.",
+        "wrong; it saw the video shuffled, segments in order 3 1 4 2", ""]
     # the only catalog-wide section is labelled so, and the unrelated run's rows appear nowhere else
     for title, sec in page.sections.items():
         assert sec["wide"] == title.startswith("Catalog-wide"), title
@@ -308,6 +310,10 @@ def test_every_picture_decodes_and_media_show_as_thumbnails(runs, tmp_path):
     assert "missing: " in page.sections["Samples"]["text"] and "gone.png" in page.sections["Samples"]["text"]
     shuffled = [p for sec, p in thumbs if sec == "DPO preference pairs" and p.width > 2 * p.height]
     assert len(shuffled) == 2  # the original and the shuffled video of the pair
+    shuffled = np.asarray(shuffled[1].convert("RGB")).astype(int)
+    centres = [shuffled[shuffled.shape[0] // 2, k * (width + 3) + width // 2] for k in range(4)]
+    for got, k in zip(centres, (2, 0, 3, 1)):  # the rejected side shows the segments as shuffled
+        assert np.abs(got - np.array(COLOURS[k])).max() < 40, (got, k)
     plots = [p for _, cls, p in decoded if cls == "plot"]
     assert len(plots) >= 8 and all(p.format == "PNG" for p in plots)
 
@@ -332,7 +338,7 @@ def test_plots_label_their_axes_and_keep_series_apart(runs):
     assert labels == ["ifa/decay", "llm/decay = projector/decay"]  # one line for two groups on one schedule
     assert ax.get_ylabel() == "learning rate"
     rates = [f for f in evaluations(cat, scope).figures if f.panels > 1]
-    assert [f.panels for f in rates] == [4]
+    assert [(f.panels, f.grid) for f in rates] == [(4, (2, 2))]
     fig, axes = plt.subplots(2, 2)
     rates[0].draw(list(axes.flat))
     for a in axes.flat:
