@@ -153,7 +153,8 @@ def _run_block(cat: Catalog, run: dict[str, Any], scope: Scope) -> str:
         header["ended_at"] = "-"
     parts = ["<!-- run -->", "<table>"]
     parts += [f"<tr><th>{key}</th><td>{esc(str(value))}</td></tr>" for key, value in header.items()]
-    parts.append(f"<tr><th>parameters</th><td><code>{esc(json.dumps(params, sort_keys=True))}</code></td></tr>")
+    parts.append(f"<tr><th>parameters</th><td><details><summary>{len(params or {})} parameters</summary>"
+                 f"<code>{esc(json.dumps(params, sort_keys=True, indent=1))}</code></details></td></tr>")
     parts.append(f"<tr><th>page written</th><td>{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M:%S} UTC</td></tr>")
     parts.append("</table>")
     runs = cat.query("""SELECT run_id, command, status, started_at, ended_at, detail FROM runs

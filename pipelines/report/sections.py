@@ -568,8 +568,13 @@ def evaluations(cat: Catalog, sec: Section, scope: Scope) -> None:
             rates[task][metric] = values
 
     def draw(ax, series: dict[str, dict[str, float]], title: str, ylabel: str) -> None:
-        for label, values in sorted(series.items()):
-            ax.plot(stages, [values.get(s, math.nan) for s in stages], marker="o", label=label)
+        n = len(series)
+        for k, (label, values) in enumerate(sorted(series.items())):
+            dodge = (k - (n - 1) / 2) * 0.08  # series with equal values side by side, not hidden behind another
+            ax.plot([i + dodge for i in range(len(stages))], [values.get(s, math.nan) for s in stages],
+                    marker="o", label=label)
+        ax.set_xticks(range(len(stages)), stages)
+        ax.set_xlim(-0.5, len(stages) - 0.5)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("stage")
         ax.set_ylabel(ylabel)

@@ -413,3 +413,22 @@ def test_the_page_in_headless_chromium(runs, tmp_path):
                    capture_output=True, timeout=120, check=True)
     pixels = np.asarray(Image.open(shot).convert("L"))
     assert pixels.shape == (2000, 1280) and pixels.std() > 10
+
+
+def test_equal_evaluation_values_stay_visible(catalog):
+    """Three metrics all at 0.0 at one stage: three markers side by side, each its own colour."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_id = catalog.start_run("train")
+    catalog.insert("evals", [{"run_id": run_id, "stage": "s1", "checkpoint": "/c", "task": "mavors_image_qa",
+                              "metric": m, "value": 0.0, "samples": 4} for m in ("accuracy", "brevity_rate", "exact_match")])
+    [rates] = evaluations(catalog, run_scope(catalog, run_id)).figures
+    fig, ax = plt.subplots()
+    rates.draw(ax)
+    points = {(line.get_xdata()[0], line.get_ydata()[0]) for line in ax.get_lines()}
+    assert len(points) == 3 and {y for _, y in points} == {0.0}
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["s1"]
+    plt.close(fig)
