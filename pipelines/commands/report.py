@@ -10,10 +10,11 @@ from rich.console import Console
 console = Console()
 
 
-def report_cmd(run_id: str = typer.Argument(..., help="A run id from the catalog's runs table, or 'latest'."),
+def report_cmd(run_id: str = typer.Argument(..., help="A run id from the catalog's runs table, or 'latest' (the newest top-level run)."),
                out: Optional[Path] = typer.Option(None, "--out", help="Output file (default: under the work dir).")
                ) -> None:
-    """Write the HTML report of a run: composition, captions, PPL, dedup, shards, training, DPO, evals."""
+    """Write the HTML report of a run (its rows and its subflows'): samples, captions, PPL, dedup, shards,
+    training, DPO pairs, evals, quarantine; 'latest' is the newest top-level run."""
     from core.catalog import Catalog
     from core.settings import load_settings
     from pipelines.report.html import report_path, resolve_run, write_report
