@@ -247,15 +247,21 @@ def composition(cat: Catalog, sec: Section, scope: Scope) -> None:
 
 @section("Samples", "samples", "samples")
 def samples(cat: Catalog, sec: Section, scope: Scope) -> None:
-    """A few samples of every source, with their media, text, newest PPL and dedup verdict."""
+    """A few samples of every source, with their media, text, newest PPL and newest dedup verdict (looked up for
+    the shown samples only: a large catalog costs a filtered scan, not the ``sample_overview`` view)."""
     rows = _rows(cat, scope, f"""
         WITH picked AS (
-            SELECT *, row_number() OVER (PARTITION BY source ORDER BY sample_id) AS n,
-                   count(*) OVER (PARTITION BY source) AS total
-            FROM samples WHERE {scope.where("run_id")})
-        SELECT p.source, p.total, p.sample_id, p.task, p.conversation, o.ppl, CASE WHEN o.dedup_kept THEN 'kept' WHEN NOT o.dedup_kept THEN 'dropped' END, o.dedup_reason
-        FROM picked p LEFT JOIN sample_overview o USING (sample_id)
-        WHERE p.n <= $shown ORDER BY p.source, p.sample_id""", shown=SHOWN_SAMPLES)
+            SELECT * FROM (SELECT *, row_number() OVER (PARTITION BY source ORDER BY sample_id) AS n,
+                                  count(*) OVER (PARTITION BY source) AS total
+                           FROM samples WHERE {scope.where("run_id")}) WHERE n <= $shown),
+        ppl AS (SELECT sample_id, arg_max(ppl, created_at) AS ppl FROM ppl_scores
+                WHERE sample_id IN (SELECT sample_id FROM picked) GROUP BY sample_id),
+        verdict AS (SELECT sample_id, arg_max(kept, created_at) AS kept, arg_max(reason, created_at) AS reason
+                    FROM dedup_decisions WHERE sample_id IN (SELECT sample_id FROM picked) GROUP BY sample_id)
+        SELECT p.source, p.total, p.sample_id, p.task, p.conversation, ppl.ppl,
+               CASE WHEN v.kept THEN 'kept' WHEN NOT v.kept THEN 'dropped' END, v.reason
+        FROM picked p LEFT JOIN ppl USING (sample_id) LEFT JOIN verdict v USING (sample_id)
+        ORDER BY p.source, p.sample_id""", shown=SHOWN_SAMPLES)
     shown_media = _media_of(cat, [r[2] for r in rows])
     by_source: dict[str, list[list[Any]]] = defaultdict(list)
     totals: dict[str, int] = {}

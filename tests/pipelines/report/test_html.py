@@ -250,6 +250,11 @@ def test_the_report_is_the_runs_own(runs, tmp_path):
     s = {t.split(":")[0].split(" (")[0]: v for t, v in page.sections.items()}
     # composition: the curate subflow's samples only (imgs: 5 qa, vids: 1 caption), not the unrelated run's
     assert s["Source composition"]["cells"][3:] == ["imgs", "qa", "5", "vids", "caption", "1"]
+    # samples: each with its text, newest PPL and dedup verdict; the unrelated run's sample is not among them
+    cells = s["Samples"]["cells"]
+    k = cells.index("imgs/q1")
+    assert cells[k:k + 6] == ["imgs/q1", "qa", "<image>\nWhich colour?", "It is red.", "5.0", "dropped (not_lowest_k)"]
+    assert "imgs: 5 of 5 samples" in s["Samples"]["text"] and "other/z9" not in cells
     # training: one demo-stage1 row (the unrelated run's namesake is left out), and the missing metrics said
     training_cells = s["Training"]["cells"]
     assert training_cells[6::6] == ["demo-stage1", "demo-dpo"] and "later" not in s["Training"]["text"]
