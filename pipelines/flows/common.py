@@ -121,7 +121,8 @@ def recorded_run(flow: str, params: FlowParams) -> Iterator[RunContext]:
 
     The run id is Prefect's flow-run id (a rerun after a crash is a new run). The catalog's
     *lineage* (its first run id) enters every cache key: a deleted and recreated catalog never
-    gets results cached against the old one.
+    gets results cached against the old one. Once the run is recorded as ended, the run block of its
+    report (written by its last step, while it was running) is rewritten with the end.
     """
     settings = params.settings()
     record = {**params.model_dump(mode="json"), "code_digest": code_digest()}
@@ -145,13 +146,18 @@ def recorded_run(flow: str, params: FlowParams) -> Iterator[RunContext]:
 
 
 def refresh_report_status(settings: Settings, run_id: str) -> None:
-    """pipelines.report.html.refresh_status on the run's report, if it wrote one."""
+    """pipelines.report.html.refresh_status on the run's report, if it wrote one. Runs after the run has ended,
+    also when it failed: a failure to refresh is logged, never raised over the run's own outcome."""
     from pipelines.report.html import refresh_status, report_path
 
     path = report_path(settings.work_dir, run_id)
-    if path.is_file():
+    if not path.is_file():
+        return
+    try:
         with Catalog(settings.catalog) as cat:
             refresh_status(cat, run_id, path)
+    except (CatalogError, OSError) as e:
+        get_run_logger().warning("report %s still shows the run as running: %s", path, e)
 
 
 # -- steps ------------------------------------------------------------------------------------------
