@@ -252,15 +252,17 @@ class Catalog:
         return self.insert("quarantine", rows, on_conflict="ignore", con=con)
 
     def start_run(self, command: str, parameters: Mapping[str, Any] | None = None,
-                  run_id: str | None = None) -> str:
-        """Record a run as ``running`` (with this host and process id); returns its id. A given run_id that
-        exists is restarted. Runs left ``running`` by a dead process of this host become ``interrupted``."""
+                  run_id: str | None = None, parent_run_id: str | None = None) -> str:
+        """Record a run as ``running`` (with this host and process id, and the run it runs inside, if any);
+        returns its id. A given run_id that exists is restarted. Runs left ``running`` by a dead process of
+        this host become ``interrupted``."""
         run_id = run_id or f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
         self.mark_interrupted_runs(noticed_by=run_id)
         self.insert("runs", [{
             "run_id": run_id, "command": command, "parameters": dict(parameters or {}),
             "code_version": code_version(), "started_at": dt.datetime.now(dt.UTC).replace(tzinfo=None),
             "ended_at": None, "status": "running", "detail": None, "host": socket.gethostname(), "pid": os.getpid(),
+            "parent_run_id": parent_run_id,
         }], on_conflict="replace")
         return run_id
 

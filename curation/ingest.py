@@ -154,7 +154,7 @@ def write_source(catalog: Catalog, manifest: SourceManifest, items: list[RawItem
                 reason, detail = r["reason"], f"{key[0]}: {r['detail']}"
                 break
             hashes.append(r["media_hash"])
-            media.setdefault(r["media_hash"], _media_row(r))
+            media.setdefault(r["media_hash"], {**_media_row(r), "run_id": run_id})
         if reason:
             refused.append({"source": manifest.name, "item": it.item, "reason": reason, "detail": detail,
                             "stage": STAGE, "run_id": run_id})
@@ -163,7 +163,7 @@ def write_source(catalog: Catalog, manifest: SourceManifest, items: list[RawItem
         samples.append({"sample_id": f"{manifest.name}/{it.item}", "source": manifest.name, "item": it.item,
                         "task": manifest.task, "conversation": it.conversation, "media_hashes": hashes,
                         "stage_hints": list(manifest.stage_hints),
-                        "content_sha256": content_sha256(it.conversation, hashes)})
+                        "content_sha256": content_sha256(it.conversation, hashes), "run_id": run_id})
 
     with catalog.transaction() as con:
         # What a row says beyond its content: a manifest edit (task, stage hints) also rewrites the row.
@@ -178,7 +178,7 @@ def write_source(catalog: Catalog, manifest: SourceManifest, items: list[RawItem
         report.new, report.replaced = len(new), len(changed)
         report.unchanged = len(samples) - len(new) - len(changed)
         report.new_media = len(set(media) - known_media)
-        catalog.insert("sources", [_source_row(manifest)], on_conflict="replace", con=con)
+        catalog.insert("sources", [{**_source_row(manifest), "run_id": run_id}], on_conflict="replace", con=con)
         catalog.insert("media", [media[h] for h in media if h not in known_media], con=con)
         catalog.insert("samples", new, con=con)
         catalog.insert("samples", changed, on_conflict="replace", con=con)
@@ -201,7 +201,7 @@ def ingest(manifests: Sequence[SourceManifest], catalog: Catalog, *, media_store
 
     ``media_store``: where media packed in tars are extracted, content-addressed
     (default ``<catalog folder>/media``), so every ``media.storage_path`` is a plain file.
-    ``run_id``: the caller's run (``mavors ingest``, the curate flow), stored with the refusals.
+    ``run_id``: the caller's run (``mavors ingest``, the curate flow), stored with the rows it writes.
     """
     media_store = media_store or catalog.path.parent / "media"
     read = [(m, list(iter_items(m, media_store))) for m in manifests]

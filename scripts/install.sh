@@ -33,3 +33,10 @@ import vllm  # noqa: F401  (fails here, not in the middle of a test run)
 from transformers import Qwen2VLImageProcessor  # noqa: F401  (needs the torchvision shim)
 print(f"installed: torch {torch.__version__}, transformers {transformers.__version__}")
 PY
+
+# Headless Chromium for the run report's browser check (tests/pipelines/report/test_html.py skips without it).
+if ! command -v chromium-headless-shell >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      chromium-headless-shell; } >/dev/null 2>&1 \
+    || echo "no headless Chromium (apt-get failed): the report's browser check will be skipped"
+fi

@@ -10,18 +10,14 @@ from rich.console import Console
 console = Console()
 
 
-def report_path(work_dir: Path, run_id: str) -> Path:
-    """Where a run's report lives: ``<work_dir>/reports/<run_id>.html`` (the flows write it there too)."""
-    return work_dir / "reports" / f"{run_id}.html"
-
-
-def report_cmd(run_id: str = typer.Argument(..., help="A run id from the catalog's runs table, or 'latest'."),
+def report_cmd(run_id: str = typer.Argument(..., help="A run id from the catalog's runs table, or 'latest' (the newest top-level run)."),
                out: Optional[Path] = typer.Option(None, "--out", help="Output file (default: under the work dir).")
                ) -> None:
-    """Write the HTML report of a run: composition, captions, PPL, dedup, shards, training, DPO, evals."""
+    """Write the HTML report of a run (its rows and its subflows'): samples, captions, PPL, dedup, shards,
+    training, DPO pairs, evals, quarantine; 'latest' is the newest top-level run."""
     from core.catalog import Catalog
     from core.settings import load_settings
-    from pipelines.report.html import resolve_run, write_report
+    from pipelines.report.html import report_path, resolve_run, write_report
 
     settings = load_settings()
     with Catalog(settings.catalog) as cat:

@@ -122,22 +122,45 @@ def recorded_run(flow: str, params: FlowParams) -> Iterator[RunContext]:
 
     The run id is Prefect's flow-run id (a rerun after a crash is a new run). The catalog's
     *lineage* (its first run id) enters every cache key: a deleted and recreated catalog never
-    gets results cached against the old one.
+    gets results cached against the old one. Once the run is recorded as ended, the run block of its
+    report (written by its last step, while it was running) is rewritten with the end.
     """
     settings = params.settings()
     record = {**params.model_dump(mode="json"), "code_digest": code_digest()}
-    with runs.recorded_run(settings.catalog, flow, record, run_id=_prefect_run_id()) as run:
+    run_id = _prefect_run_id()
+    try:
+        with runs.recorded_run(settings.catalog, flow, record, run_id=run_id) as run:
+            run_id = run.run_id
+            with Catalog(settings.catalog) as cat:
+                lineage = cat.scalar("SELECT run_id FROM runs ORDER BY started_at, run_id LIMIT 1")
+            scope = None
+            if params.use_cache:
+                # Absolute on purpose: cached step results carry paths of where they ran, so a moved or copied
+                # work dir starts a fresh cache (its library steps still skip what the catalog records as done).
+                scope = _digest({"code": code_digest(), "lineage": lineage,
+                                 "catalog": str(settings.catalog.resolve()), "work_dir": str(settings.work_dir.resolve())})
+            get_run_logger().info("run %s of %s: catalog %s, work dir %s", run.run_id, flow, settings.catalog,
+                                  settings.work_dir)
+            yield RunContext(run_id=run.run_id, flow=flow, settings=settings, use_ray=params.use_ray,
+                             cache_scope=scope)
+    finally:
+        if run_id is not None:  # the report (its last step) was written while the run was still running
+            refresh_report_status(settings, run_id)
+
+
+def refresh_report_status(settings: Settings, run_id: str) -> None:
+    """pipelines.report.html.refresh_status on the run's report, if it wrote one. Runs after the run has ended,
+    also when it failed: a failure to refresh is logged, never raised over the run's own outcome."""
+    from pipelines.report.html import refresh_status, report_path
+
+    path = report_path(settings.work_dir, run_id)
+    if not path.is_file():
+        return
+    try:
         with Catalog(settings.catalog) as cat:
-            lineage = cat.scalar("SELECT run_id FROM runs ORDER BY started_at, run_id LIMIT 1")
-        scope = None
-        if params.use_cache:
-            # Absolute on purpose: cached step results carry paths of where they ran, so a moved or copied work
-            # dir starts a fresh cache (its library steps still skip what the catalog records as done).
-            scope = _digest({"code": code_digest(), "lineage": lineage, "catalog": str(settings.catalog.resolve()),
-                             "work_dir": str(settings.work_dir.resolve())})
-        get_run_logger().info("run %s of %s: catalog %s, work dir %s", run.run_id, flow, settings.catalog,
-                              settings.work_dir)
-        yield RunContext(run_id=run.run_id, flow=flow, settings=settings, use_ray=params.use_ray, cache_scope=scope)
+            refresh_status(cat, run_id, path)
+    except (CatalogError, OSError) as e:
+        get_run_logger().warning("report %s still shows the run as running: %s", path, e)
 
 
 # -- steps ------------------------------------------------------------------------------------------
@@ -230,10 +253,10 @@ def step(name: str, *, retries: int = 2, backoff_s: float = 2.0,
 def write_run_report(run: RunContext, run_id: str, upstream: Any) -> str:
     """pipelines.report.html.write_report: the run's HTML report (tables and plots from the catalog).
     ``run_id`` is an explicit input so that every run gets its own report (cache keys omit the run)."""
-    from pipelines.report.html import write_report
+    from pipelines.report.html import report_path, write_report
 
     with run.catalog() as cat:
-        path = write_report(cat, run_id, run.dir("reports") / f"{run_id}.html")
+        path = write_report(cat, run_id, report_path(run.settings.work_dir, run_id))
     publish_link(run, "report", path, f"run report {run.run_id}")
     return str(path)
 

@@ -8,7 +8,8 @@ from pipelines.report.sections import Section
 
 
 def print_sections(console: Console, sections: list[Section]) -> None:
-    """One table per section table that has rows, titled with its section; ``None`` prints as ``-``."""
+    """One table per section table that has rows, titled with its section (subsections follow their section);
+    ``None`` prints as ``-``, a media cell as its file paths."""
     for sec in sections:
         for columns, rows in sec.tables:
             if not rows:
@@ -19,3 +20,4 @@ def print_sections(console: Console, sections: list[Section]) -> None:
             for row in rows:
                 table.add_row(*("-" if v is None else str(v) for v in row))
             console.print(table)
+        print_sections(console, sec.subsections)

@@ -105,3 +105,22 @@ def test_a_run_killed_at_its_fault_point_stays_running_until_the_next_run(tmp_pa
     with recorded_run(path, "dedup run"):
         pass
     assert [r[2] for r in _runs(path)] == ["interrupted", "completed"]
+
+
+def test_a_run_started_inside_another_records_it_as_its_parent(tmp_path):
+    """The end-to-end flow's parts are runs of their own; each names the run it ran inside, at any depth, and
+    a run after the block is top-level again."""
+    path = tmp_path / "catalog.duckdb"
+    with recorded_run(path, "end_to_end") as outer:
+        with recorded_run(path, "curate") as part:
+            with recorded_run(path, "ingest") as inner:
+                pass
+        with pytest.raises(ValueError):
+            with recorded_run(path, "train") as failed:
+                raise ValueError("bad spec")
+    with recorded_run(path, "report") as after:
+        pass
+    with duckdb.connect(str(path), read_only=True) as con:
+        parents = dict(con.execute("SELECT run_id, parent_run_id FROM runs").fetchall())
+    assert parents == {outer.run_id: None, part.run_id: outer.run_id, inner.run_id: part.run_id,
+                       failed.run_id: outer.run_id, after.run_id: None}

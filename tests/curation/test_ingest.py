@@ -35,9 +35,9 @@ def dump_tables(db: Path | Catalog, media_store: Path) -> dict[str, list[tuple]]
     con = db.con if isinstance(db, Catalog) else duckdb.connect(str(db), read_only=True)
     folder = (db.path if isinstance(db, Catalog) else Path(db)).parent
     out = {t: con.execute(f"SELECT * EXCLUDE ({ex}) FROM {t} ORDER BY {order}").fetchall() for t, ex, order in (
-        ("sources", "registered_at", "name"),
-        ("media", "created_at", "media_hash"),
-        ("samples", "created_at", "sample_id"),
+        ("sources", "registered_at, run_id", "name"),
+        ("media", "created_at, run_id", "media_hash"),
+        ("samples", "created_at, run_id", "sample_id"),
         ("quarantine", "created_at, run_id", "source, item, stage, reason"),
     )}
     if not isinstance(db, Catalog):
@@ -211,8 +211,9 @@ def test_ingest_without_ray_gives_the_same_catalog(demo_corpus, demo_catalog, tm
     store = demo_catalog.parent / "media"
     with Catalog(tmp_path / "c.duckdb") as c:
         ingest(demo_manifests(demo_corpus), c, media_store=store, workers=0, run_id="caller-run")
-        # refusals carry the caller's run; no run row of ingest's own
-        assert c.query("SELECT DISTINCT run_id FROM quarantine") == [{"run_id": "caller-run"}]
+        # every row written carries the caller's run (its report shows them); no run row of ingest's own
+        for table in ("sources", "media", "samples", "quarantine"):
+            assert c.query(f"SELECT DISTINCT run_id FROM {table}") == [{"run_id": "caller-run"}], table
         assert c.scalar("SELECT count(*) FROM runs") == 0
     assert dump_tables(tmp_path / "c.duckdb", store) == dump_tables(demo_catalog, store)
 

@@ -104,3 +104,25 @@ def test_a_flow_run_is_one_runs_row_under_prefects_flow_run_id(prefect_api, tmp_
     assert [r[:4] for r in rows] == [(prefect_id, "tiny", "completed", None),
                                      (rows[1][0], "tiny", "failed", "ValueError: the tiny flow failed")]
     assert rows[1][0] != prefect_id and all("code_digest" in json.loads(r[4]) for r in rows)
+
+
+@flow(name="tiny-outer")
+def tiny_outer(params: FlowParams) -> tuple[str, str, str]:
+    """A flow with a subflow, writing its report as its last step (as the end-to-end flow does)."""
+    from pipelines.flows.common import write_run_report
+
+    with recorded_run("tiny-outer", params) as run:
+        inner, _ = tiny(params, False)
+        report = write_run_report(run, run.run_id, None)
+    return run.run_id, inner, report
+
+
+def test_a_subflow_run_names_its_parent_and_the_report_shows_the_end(prefect_api, tmp_path):
+    params = FlowParams(work_dir=tmp_path / "work", use_ray=False, use_cache=False)
+    outer, inner, report = tiny_outer(params)
+    with duckdb.connect(str(tmp_path / "work" / "catalog.duckdb"), read_only=True) as con:
+        parents = dict(con.execute("SELECT run_id, parent_run_id FROM runs").fetchall())
+    assert parents == {outer: None, inner: outer}
+    page = Path(report).read_text()  # written while the run was running, rewritten once it ended
+    assert "<th>status</th><td>completed</td>" in page and "before the run ended" not in page
+    assert inner in page  # the subflow is listed among the report's runs

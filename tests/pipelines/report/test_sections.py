@@ -63,12 +63,12 @@ def test_flow_records_are_the_stats_tables_by_column_name(demo_catalog):
 def test_a_section_over_an_absent_or_empty_table_only_says_so(catalog):
     calls = []
 
-    @section("Probe", "no_such_table", "nothing here")
-    def probe(cat, sec):
+    @section("Probe", "no_such_table", "probes")
+    def probe(cat, sec, scope):
         calls.append(cat)
 
     built = probe(catalog)
-    assert (built.title, built.note, built.has_data, calls) == ("Probe", "nothing here", False, [])
+    assert (built.title, built.note, built.has_data, calls) == ("Probe", "no probes in the catalog", False, [])
     assert not any(s.has_data for s in build_sections(catalog, CATALOG_STATS + RUN_REPORT))
 
 
