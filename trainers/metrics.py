@@ -7,7 +7,8 @@ global-batch mean: they add up). Samples the processor refused are listed in the
 (``skipped``: ``{"sample_id", "reason", "rank"}``; held until the next written record when ``log_every`` > 1).
 On resume the file is cut back to the checkpoint's step, so the log reads like one uninterrupted run.
 Vision balance: ``visual_tokens_per_rank`` (the step's visual tokens on each rank) and ``vision_imbalance``, their
-max / mean (1.0 balanced; :func:`trainers.packing.imbalance`); ``micro_batches``: forward/backward passes per rank.
+max / mean (1.0 balanced; :func:`trainers.packing.imbalance`); ``micro_batches``: forward/backward passes per rank;
+``padded_fraction``: padding among the LLM positions computed (0 for packed rows).
 MFU uses the usual estimate (PaLM appendix B / torchtitan): 6·N FLOPs per token for
 trainable weights, 4·N for frozen weights on the gradient path (forward + input
 gradient), 2·N for frozen weights before the first trainable module, plus attention.
@@ -98,8 +99,8 @@ class MetricsLogger:
         now = time.perf_counter()
         elapsed, self.last = now - self.last, now
         skipped = stats.get("skipped", [])
-        loss, samples, tokens, n_skipped, *extra = all_reduce(
-            [stats["loss"], stats["samples"], stats["tokens"], len(skipped)]
+        loss, samples, tokens, positions, n_skipped, *extra = all_reduce(
+            [stats["loss"], stats["samples"], stats["tokens"], stats.get("positions", 0), len(skipped)]
             + [stats[k] for k in ("reward_margin", "reward_accuracy") if k in stats], mean=False)
         if n_skipped:  # every rank sees the same sum, so all of them take part in the gather
             self.skipped += gather_lists([{**s, "rank": self.rank} for s in skipped])
@@ -112,6 +113,7 @@ class MetricsLogger:
                   "samples": int(samples), "tokens": int(tokens),
                   "samples_per_s": samples / elapsed, "tokens_per_s": tokens / elapsed, "mfu": None,
                   "micro_batches": stats.get("micro_batches"),
+                  "padded_fraction": 1.0 - tokens / positions if positions else None,
                   "visual_tokens_per_rank": [int(v) for v in visual], "vision_imbalance": imbalance(visual),
                   "skipped": self.skipped}
         self.skipped = []

@@ -11,7 +11,8 @@ over its answer tokens for next-token prediction, over its pairs for DPO. A step
 (one all-reduce over this rank's planned micro-batches), then each micro-batch contributes
 sum / global count; a rank with 3 answer tokens weighs 3/300 of one with 300, as in one process.
 A micro-batch whose every sample the processor refused still runs forward and backward, on a
-one-token stand-in whose loss is multiplied by 0, so every rank steps in lockstep.
+one-token stand-in whose loss is multiplied by 0, so every rank steps in lockstep; the same stand-in fills
+up a rank whose token-budget step (:mod:`trainers.packing`) has fewer micro-batches than another rank's.
 """
 from __future__ import annotations
 
@@ -56,6 +57,14 @@ def count_tokens(batch: dict) -> int:
         return count_tokens(batch["chosen"]) + count_tokens(batch["rejected"])
     mask = batch.get("attention_mask")
     return int(mask.sum()) if mask is not None else batch["input_ids"].numel()
+
+
+def count_positions(batch: dict) -> int:
+    """Positions the LLM computes in a batch, padding included (rows x width): with :func:`count_tokens`, the padded
+    fraction."""
+    if "chosen" in batch:
+        return count_positions(batch["chosen"]) + count_positions(batch["rejected"])
+    return batch["input_ids"].numel()
 
 
 def visual_tokens(batch: dict, visual_ids: tuple[int, ...]) -> int:
@@ -177,7 +186,7 @@ class TrainModule:
         normaliser = max(1, int(all_reduce([float(local)], mean=False)[0]))
         n_batches = int(all_reduce([float(len(batches))], mean=False, maximum=True)[0])
         batches += [{"sample_id": []} for _ in range(n_batches - len(batches))]
-        loss_share, samples, tokens, visual, extra = 0.0, 0, 0, 0, {}
+        loss_share, samples, tokens, positions, visual, extra = 0.0, 0, 0, 0, 0, {}
         for i, batch in enumerate(batches):
             self.engine.set_gradient_accumulation_boundary(i == len(batches) - 1)
             loss, stats = self.loss(batch, normaliser)
@@ -186,11 +195,12 @@ class TrainModule:
             loss_share += float(loss.detach())
             samples += len(batch["sample_id"])
             tokens += count_tokens(batch) if batch["sample_id"] else 0
+            positions += count_positions(batch) if batch["sample_id"] else 0
             visual += visual_tokens(batch, self.visual_ids) if batch["sample_id"] else 0
             for k, v in stats.items():
                 extra[k] = extra.get(k, 0.0) + v
         grad_norm = self.engine.get_global_grad_norm()
-        return {"loss": loss_share, "lr": lrs, "samples": samples, "tokens": tokens, "visual_tokens": visual,
-                "micro_batches": len(batches),
+        return {"loss": loss_share, "lr": lrs, "samples": samples, "tokens": tokens, "positions": positions,
+                "visual_tokens": visual, "micro_batches": len(batches),
                 "skipped": [s for b in batches for s in b.get("skipped", [])],
                 "grad_norm": None if grad_norm is None else float(grad_norm), **extra}

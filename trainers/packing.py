@@ -23,10 +23,13 @@ How many micro-batches a step has now depends on the data, so ranks may differ; 
 rank to the largest count with empty micro-batches (:func:`trainers.module.stand_in`), so collectives match.
 
 Vision balance across ranks: :func:`balance_ranks` deals a global batch's samples to ranks by visual tokens
-(greedy longest-first), and :func:`imbalance` is the max/mean load that the metrics report per step.
+(greedy longest-first), planned from the shard records before decoding (:func:`planned_visual_tokens`), and
+:func:`imbalance` is the max/mean load that the metrics report per step. The shard loader still deals whole shards
+to ranks, so no rank sees a global batch's records; a loader that draws global batches calls these two to deal them.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -154,7 +157,10 @@ class BudgetStream:
     def __iter__(self) -> Iterator[dict]:
         units = iter(self.stream)
         while True:
-            yield from self.step_batches([next(units) for _ in range(self.accumulation)])
+            step = list(itertools.islice(units, self.accumulation))
+            if len(step) < self.accumulation:  # a finite stream ended: no partial step (as in samples mode)
+                return
+            yield from self.step_batches(step)
 
 
 # -- vision balance across ranks -------------------------------------------------------------------------
@@ -169,6 +175,14 @@ def balance_ranks(costs: Sequence[int], world_size: int) -> list[list[int]]:
         ranks[r].append(i)
         loads[r] += costs[i]
     return [sorted(r) for r in ranks]
+
+
+def planned_visual_tokens(records: Sequence[dict], processor) -> list[int]:
+    """Visual tokens of shard records (their JSON: ``conversation`` + ``media`` metadata) by the processor's plan
+    (:meth:`model.processing.MavorsProcessor.plan`), before decoding: the costs :func:`balance_ranks` deals by
+    when a loader holds a global batch's records."""
+    return [processor.plan(r["conversation"], r.get("media", []), name=str(r.get("sample_id"))).visual_tokens
+            for r in records]
 
 
 def imbalance(loads: Sequence[float]) -> float | None:

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 
 from conftest import toy_spec
 from mixed_batches import SAMPLES, conversation
-from trainers.packing import (BudgetStream, balance_ranks, budget_groups, imbalance, pack_rows, segment_sums)
+from trainers.packing import (BudgetStream, balance_ranks, budget_groups, imbalance, pack_rows,
+                              planned_visual_tokens, segment_sums)
 
 MIXED = ["text-short", "video", "image", "two-images", "big-image", "text-long", "text-mid"]
 
@@ -177,6 +178,27 @@ def mixed_shards(tmp_path_factory, processor) -> Path:
     return root / "s"
 
 
+def test_shard_records_balance_by_planned_visual_tokens(mixed_shards, processor):
+    """Visual tokens planned from the records' JSON equal the placeholders their decoding makes; dealing the 14
+    records to 2 ranks longest-first is at least as even as dealing them round-robin."""
+    import json
+
+    from curation.shards.read import iter_samples, list_shards
+    from trainers.data import decode_sample
+
+    raws = list(iter_samples(s.url for s in list_shards(mixed_shards)))
+    costs = planned_visual_tokens([json.loads(r["json"]) for r in raws], processor)
+    visual_ids = torch.tensor([processor.image_token_id, processor.video_token_id])
+    assert costs == [int(torch.isin(decode_sample(r, processor, False)["features"]["input_ids"], visual_ids).sum())
+                     for r in raws]
+    ranks = balance_ranks(costs, 2)
+    assert sorted(i for r in ranks for i in r) == list(range(14))
+    loads = [sum(costs[i] for i in r) for r in ranks]
+    every_other = [sum(costs[0::2]), sum(costs[1::2])]  # a round-robin deal by position
+    assert imbalance(loads) <= imbalance(every_other)
+    assert max(loads) - min(loads) <= max(costs)  # LPT: the last sample dealt went to the lighter rank
+
+
 def _stream(mode: str, shards: Path, processor, max_tokens: int | None = None):
     from trainers.batches import build_stream
 
@@ -278,3 +300,7 @@ def test_packed_step_gradient_equals_the_unpacked_one(tiny_models, processor, tm
     assert record["vision_imbalance"] == 1.0 and (record["micro_batches"], want_record["micro_batches"]) == (3, 2)
     assert record["loss"] == pytest.approx(want_record["loss"], rel=1e-5)
     assert record["tokens"] == want_record["tokens"]  # real tokens in both (no padding counted)
+    assert record["padded_fraction"] == 0.0
+    plain_positions = sum(b["input_ids"].numel() for b in plain)
+    assert want_record["padded_fraction"] == pytest.approx(1 - record["tokens"] / plain_positions)
+    assert want_record["padded_fraction"] > 0.1
