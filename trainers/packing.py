@@ -16,6 +16,11 @@ step do not depend on the mode), and only how they are cut into forward/backward
   the IFA keeps them apart by their ``chunk_sequences``. The first label of every sample is ignored, as it is
   unpacked (no position predicts it), so each sample's loss is the one it has alone.
 
+Lengths are the decoded samples' own (the loader and its workers decode the planned units as in ``samples`` mode,
+handing them on unpadded through :class:`DeferredCollate`); they equal what the processor plans from the shard
+metadata before decoding (:meth:`model.processing.MavorsProcessor.plan`, checked in the tests), which is what a
+decision taken before decoding (vision balance, below) uses.
+
 A sample longer than ``max_tokens`` goes alone into its own micro-batch, with a warning: refusing it would make
 the longest videos untrainable, and one over-long row is what ``samples`` mode would run anyway.
 
