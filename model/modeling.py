@@ -233,11 +233,19 @@ class MavorsForConditionalGeneration(MavorsPreTrainedModel):
                 chunk_positions: torch.Tensor | None = None, chunk_sequences: torch.Tensor | None = None,
                 **kwargs):
         """Causal-LM forward; with ``labels`` (-100 outside answer tokens) returns the shifted
-        next-token loss. Token compression is never applied here (it would break label alignment)."""
+        next-token loss. Token compression is never applied here (it would break label alignment).
+
+        Packed rows (:mod:`trainers.packing`: several samples in one row) come with ``position_ids`` restarting at
+        0 at every sample and no ``attention_mask``: the LLM's mask builder then keeps each token's attention inside
+        its sample (block-diagonal causal mask for sdpa/eager, variable-length kernels for flash attention), and
+        RoPE sees each sample's own positions. The IFA needs nothing: ``chunk_sequences`` already separate the
+        samples' media. The mask is passed on as given, so None stays None, and such a call makes no KV cache
+        (transformers only reads packing from ``position_ids`` when there is none)."""
         if inputs_embeds is None:
-            mi = self._splice(input_ids, attention_mask, pixel_values, chunk_grids, chunk_positions,
-                              chunk_sequences, threshold=None)
-            inputs_embeds, attention_mask = mi.inputs_embeds, mi.attention_mask
+            inputs_embeds = self._splice(input_ids, attention_mask, pixel_values, chunk_grids, chunk_positions,
+                                         chunk_sequences, threshold=None).inputs_embeds
+        if attention_mask is None and kwargs.get("position_ids") is not None:
+            kwargs.setdefault("use_cache", False)
         return self.llm(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, **kwargs)
 
     @torch.no_grad()

@@ -20,6 +20,7 @@ frame dropping beyond max_chunks. An image: thumbnail + Eq. 8 sub-images, each r
     batch = proc.encode_batch([conv], media=[["clip.mp4"]])     # training batch (right padding, labels)
     batch = proc.encode_messages(messages, add_generation_prompt=True)   # one sample
     batch = proc.collate([s1, s2], padding_side="left")         # for generate
+    proc.plan(conv, record["media"]).tokens                     # LLM tokens from shard metadata, no decoding
 
 The Hugging Face way works too: importing this module registers the class with ``AutoProcessor`` (the export's
 ``processor_config.json`` names it), and ``__call__`` takes ``text=`` with one ``<|image_pad|>`` /
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -47,13 +49,24 @@ from torch.nn import functional as F
 from model.configuration import MavorsConfig
 from model.conversation import ROLES, conversation_to_messages
 from model.media import MediaSource, describe, load_image, read_video
-from model.preprocessing import check_encodable, dynamic_resolution, image_partition, pooled_grid
+from model.preprocessing import (check_encodable, dynamic_resolution, image_partition, plan_video, pooled_grid,
+                                 resampled_frame_count)
 
 IGNORE_INDEX = -100
 PROCESSOR_FILE = "processor_config.json"  # transformers' name: AutoProcessor reads ``processor_class`` from it
 LEGACY_PROCESSOR_FILE = "mavors_processor.json"  # exports written before the AutoProcessor registration
 SIGLIP_MEAN = (0.5, 0.5, 0.5)
 SIGLIP_STD = (0.5, 0.5, 0.5)
+
+
+@dataclass(frozen=True)
+class SamplePlan:
+    """A sample's size as the processor will encode it (:meth:`MavorsProcessor.plan`)."""
+
+    tokens: int
+    """LLM input tokens: text, vision start/end and one placeholder per visual token."""
+    visual_tokens: int
+    """Visual tokens (the IVE/IFA's work, after pooling)."""
 
 
 class MavorsProcessor:
@@ -176,8 +189,41 @@ class MavorsProcessor:
             sequences = [0] * len(tubelets)
         else:
             raise ValueError(f"unknown media kind {kind!r}")
-        n_tokens = sum(a * b for a, b in (pooled_grid(h, w, self.pooling_size) for h, w in grids))
-        return dict(tubelets=tubelets, grids=grids, positions=positions, sequences=sequences, n_tokens=n_tokens)
+        return dict(tubelets=tubelets, grids=grids, positions=positions, sequences=sequences,
+                    n_tokens=self.grid_tokens(grids))
+
+    def grid_tokens(self, grids: list[tuple[int, int]]) -> int:
+        """Visual tokens of chunks with these patch grids (h, w), after pooling."""
+        return sum(a * b for a, b in (pooled_grid(h, w, self.pooling_size) for h, w in grids))
+
+    def planned_media(self, kind: str, meta: dict, name: str) -> dict:
+        """One medium's visual tokens from its shard metadata (``width``, ``height``; a video's ``duration_s`` at
+        the fixed fps, or ``n_frames``/``fps``), by the rules :meth:`encode_media` follows, without decoding."""
+        p = self.patch_size
+        try:
+            width, height = int(meta["width"]), int(meta["height"])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"{name}: media metadata without width/height ({meta}); cannot plan tokens") from None
+        if kind == "image":
+            plan = image_partition(width, height, self.image_size, p, self.max_sub_images, name)
+            (tw, th), grids = plan.thumbnail, []
+            if plan.grid:
+                (m, n), (sw, sh) = plan.grid, plan.sub_image
+                grids = [(sh // p, sw // p)] * (m * n)
+            return {"n_tokens": self.grid_tokens([(th // p, tw // p)] + grids)}
+        if kind != "video":
+            raise ValueError(f"unknown media kind {kind!r}")
+        check_encodable("video", width, height, p, name)
+        w, h = dynamic_resolution(width, height, self.image_size, p)
+        if meta.get("n_frames") and meta.get("fps"):
+            duration = int(meta["n_frames"]) / float(meta["fps"])  # what read_video measures: n frame steps
+        elif meta.get("duration_s") is not None:
+            duration = float(meta["duration_s"])
+        else:
+            raise ValueError(f"{name}: video metadata without n_frames/fps or duration_s ({meta}); cannot plan tokens")
+        chunks = len(plan_video(resampled_frame_count(duration, self.video_fps), self.frames_per_chunk,
+                                self.max_chunks, name).chunk_positions)
+        return {"n_tokens": self.grid_tokens([(h // p, w // p)] * chunks)}
 
     # ---- text ----------------------------------------------------------------------------------
     def _text_ids(self, text: str) -> list[int]:
@@ -186,6 +232,20 @@ class MavorsProcessor:
     def encode_messages(self, messages: list[dict], add_generation_prompt: bool = False,
                         name: str = "sample") -> dict:
         """One sample: input_ids, attention_mask, labels (L,) and its visual tensors (unbatched)."""
+        return self._sample(*self._render(messages, add_generation_prompt, name, self.encode_media))
+
+    def plan(self, conversation: list[dict], media: list[dict], name: str = "sample") -> "SamplePlan":
+        """LLM input tokens of a LLaVA-style sample, visual tokens included, from its media's metadata (a shard
+        record's ``media`` entries) before any decoding: what :meth:`encode` would make, for token budgets and
+        for balancing vision work across ranks. Same rendering as :meth:`encode`; media sizes by
+        :meth:`planned_media`."""
+        kinds = [m.get("kind") for m in media]
+        ids, _, visual = self._render(conversation_to_messages(conversation, media, name, kinds), False, name,
+                                      self.planned_media)
+        return SamplePlan(tokens=len(ids), visual_tokens=sum(v["n_tokens"] for v in visual))
+
+    def _render(self, messages: list[dict], add_generation_prompt: bool, name: str, media_fn):
+        """ChatML ids, labels and per-medium items (``media_fn(kind, source, name)``, with ``n_tokens``)."""
         ids: list[int] = []
         labels: list[int] = []
         visual: list[dict] = []
@@ -208,7 +268,7 @@ class MavorsProcessor:
                     continue
                 source = part.get(kind)
                 n_media += 1
-                item = self.encode_media(kind, source, f"{name}: {describe(source, f'{kind} #{n_media}')}")
+                item = media_fn(kind, source, f"{name}: {describe(source, f'{kind} #{n_media}')}")
                 pad = self.image_token_id if kind == "image" else self.video_token_id
                 emit([self.vision_start_id] + [pad] * item["n_tokens"] + [self.vision_end_id], False)
                 visual.append(item)
@@ -216,7 +276,7 @@ class MavorsProcessor:
             emit(self._text_ids("\n"), False)
         if add_generation_prompt:
             emit(self._text_ids("<|im_start|>assistant\n"), False)
-        return self._sample(ids, labels, visual)
+        return ids, labels, visual
 
     def encode(self, conversation: list[dict], media: list[MediaSource] | None = None,
                add_generation_prompt: bool = False, name: str = "sample") -> dict:

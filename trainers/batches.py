@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
+from trainers.packing import BudgetStream, DeferredCollate
 from trainers.spec import StageSpec
 from trainers.synthetic import SyntheticStream
 
@@ -34,20 +35,31 @@ def data_dir(spec: StageSpec, work_dir: Path) -> Path | None:
 
 
 def build_stream(spec: StageSpec, model, processor, rank: int, world: int, work_dir: Path):
-    """This rank's micro-batch stream for the stage."""
+    """This rank's micro-batch stream for the stage. In ``tokens``/``packed`` batch modes the planned units of
+    ``micro_size`` samples arrive unpadded and :class:`trainers.packing.BudgetStream` re-forms each step's
+    samples into token-budget micro-batches (the samples of every step are the same in all modes)."""
+    budget = spec.batch.mode != "samples"
     if spec.data.synthetic is not None:
-        return synthetic_stream(spec, model, processor, spec.batch.micro_size, rank, world)
-    from trainers.data import build_loader
+        stream = synthetic_stream(spec, model, processor, spec.batch.micro_size, rank, world, deferred=budget)
+        collate = stream.collate_samples
+    else:
+        from trainers.data import build_loader
 
-    return build_loader(data_dir(spec, work_dir), processor, micro_size=spec.batch.micro_size, rank=rank,
-                        world_size=world, seed=spec.data.seed, shuffle_buffer=spec.data.shuffle_buffer,
-                        dpo=spec.loss.kind == "dpo")
+        stream = build_loader(data_dir(spec, work_dir), DeferredCollate(processor) if budget else processor,
+                              micro_size=spec.batch.micro_size, rank=rank, world_size=world, seed=spec.data.seed,
+                              shuffle_buffer=spec.data.shuffle_buffer, dpo=spec.loss.kind == "dpo")
+        collate = processor.collate if budget else None
+    if not budget:
+        return stream
+    return BudgetStream(stream, spec.batch.accumulation(world), spec.batch.mode, spec.batch.max_tokens, collate)
 
 
-def synthetic_stream(spec: StageSpec, model, processor, micro_size: int, rank: int, world: int) -> SyntheticStream:
+def synthetic_stream(spec: StageSpec, model, processor, micro_size: int, rank: int, world: int,
+                     deferred: bool = False) -> SyntheticStream:
     cfg = spec.data.synthetic
     return SyntheticStream(cfg, vocab_size(model), micro_size, rank, world, spec.data.seed,
-                           dpo=spec.loss.kind == "dpo", processor=processor if cfg.image_px else None)
+                           dpo=spec.loss.kind == "dpo", processor=processor if cfg.image_px else None,
+                           deferred=deferred)
 
 
 def pair_batches(spec: StageSpec, model, processor, rank: int, world: int, work_dir: Path) -> Iterator[dict]:

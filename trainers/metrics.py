@@ -6,6 +6,9 @@ Rank 0 writes; losses and throughput are reduced over ranks first (a rank's ``lo
 global-batch mean: they add up). Samples the processor refused are listed in the record of their step
 (``skipped``: ``{"sample_id", "reason", "rank"}``; held until the next written record when ``log_every`` > 1).
 On resume the file is cut back to the checkpoint's step, so the log reads like one uninterrupted run.
+Vision balance: ``visual_tokens_per_rank`` (the step's visual tokens on each rank) and ``vision_imbalance``, their
+max / mean (1.0 balanced; :func:`trainers.packing.imbalance`); ``micro_batches``: forward/backward passes per rank;
+``padded_fraction``: padding among the LLM positions computed (0 for packed rows).
 MFU uses the usual estimate (PaLM appendix B / torchtitan): 6·N FLOPs per token for
 trainable weights, 4·N for frozen weights on the gradient path (forward + input
 gradient), 2·N for frozen weights before the first trainable module, plus attention.
@@ -19,6 +22,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from trainers.packing import imbalance
 from trainers.param_groups import frozen_prefix, module_of
 
 
@@ -42,13 +46,16 @@ def flops_per_token(model: torch.nn.Module, spec, seq_len: int) -> float:
     return total
 
 
-def all_reduce(values: list[float], mean: bool) -> list[float]:
-    """Sum (or mean) of each value over ranks; identity in a single process. (NCCL reduces GPU tensors only.)"""
+def all_reduce(values: list[float], mean: bool, maximum: bool = False) -> list[float]:
+    """Sum (or mean, or ``maximum``) of each value over ranks; identity in a single process. (NCCL reduces GPU
+    tensors only.)"""
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return values
     device = f"cuda:{torch.cuda.current_device()}" if dist.get_backend() == "nccl" else "cpu"
     t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX if maximum else dist.ReduceOp.SUM)
+    if maximum:
+        return t.tolist()
     return (t / dist.get_world_size() if mean else t).tolist()
 
 
@@ -92,16 +99,22 @@ class MetricsLogger:
         now = time.perf_counter()
         elapsed, self.last = now - self.last, now
         skipped = stats.get("skipped", [])
-        loss, samples, tokens, n_skipped, *extra = all_reduce(
-            [stats["loss"], stats["samples"], stats["tokens"], len(skipped)]
+        loss, samples, tokens, positions, n_skipped, *extra = all_reduce(
+            [stats["loss"], stats["samples"], stats["tokens"], stats.get("positions", 0), len(skipped)]
             + [stats[k] for k in ("reward_margin", "reward_accuracy") if k in stats], mean=False)
         if n_skipped:  # every rank sees the same sum, so all of them take part in the gather
             self.skipped += gather_lists([{**s, "rank": self.rank} for s in skipped])
+        world = dist.get_world_size() if dist.is_initialized() else 1
+        visual = all_reduce([float(stats.get("visual_tokens", 0)) if r == self.rank else 0.0 for r in range(world)],
+                            mean=False)  # each rank's own load, in rank order
         if self.rank != 0 or step % self.module.spec.log_every:
             return
         record = {"step": step, "loss": loss, "lr": stats["lr"], "grad_norm": stats["grad_norm"],
                   "samples": int(samples), "tokens": int(tokens),
                   "samples_per_s": samples / elapsed, "tokens_per_s": tokens / elapsed, "mfu": None,
+                  "micro_batches": stats.get("micro_batches"),
+                  "padded_fraction": 1.0 - tokens / positions if positions else None,
+                  "visual_tokens_per_rank": [int(v) for v in visual], "vision_imbalance": imbalance(visual),
                   "skipped": self.skipped}
         self.skipped = []
         if "reward_margin" in stats:
@@ -109,7 +122,6 @@ class MetricsLogger:
         if self.peak_flops:
             if self.flops_per_token is None:
                 self.flops_per_token = flops_per_token(self.module.model, self.module.spec, self.seq_len)
-            world = dist.get_world_size() if dist.is_initialized() else 1
             record["mfu"] = self.flops_per_token * tokens / elapsed / (self.peak_flops * world)
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")

@@ -11,7 +11,8 @@ over its answer tokens for next-token prediction, over its pairs for DPO. A step
 (one all-reduce over this rank's planned micro-batches), then each micro-batch contributes
 sum / global count; a rank with 3 answer tokens weighs 3/300 of one with 300, as in one process.
 A micro-batch whose every sample the processor refused still runs forward and backward, on a
-one-token stand-in whose loss is multiplied by 0, so every rank steps in lockstep.
+one-token stand-in whose loss is multiplied by 0, so every rank steps in lockstep; the same stand-in fills
+up a rank whose token-budget step (:mod:`trainers.packing`) has fewer micro-batches than another rank's.
 """
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ from trainers.schedule import build_scheduler
 from trainers.spec import StageSpec
 
 # Batch keys that are bookkeeping or targets, not model inputs.
-NON_INPUT_KEYS = frozenset({"labels", "sample_id", "skipped", "__key__", "ref_chosen_logps", "ref_rejected_logps"})
+NON_INPUT_KEYS = frozenset({"labels", "sample_id", "skipped", "__key__", "ref_chosen_logps", "ref_rejected_logps",
+                            "last_of_step", "sample_lengths"})
 
 
 def run_without_grad(module: nn.Module) -> None:
@@ -55,6 +57,34 @@ def count_tokens(batch: dict) -> int:
         return count_tokens(batch["chosen"]) + count_tokens(batch["rejected"])
     mask = batch.get("attention_mask")
     return int(mask.sum()) if mask is not None else batch["input_ids"].numel()
+
+
+def count_positions(batch: dict) -> int:
+    """Positions the LLM computes in a batch, padding included (rows x width): with :func:`count_tokens`, the padded
+    fraction."""
+    if "chosen" in batch:
+        return count_positions(batch["chosen"]) + count_positions(batch["rejected"])
+    return batch["input_ids"].numel()
+
+
+def visual_tokens(batch: dict, visual_ids: tuple[int, ...]) -> int:
+    """Visual tokens the LLM receives in a batch (its image/video placeholders): the vision path's work."""
+    if "chosen" in batch:
+        return visual_tokens(batch["chosen"], visual_ids) + visual_tokens(batch["rejected"], visual_ids)
+    if "input_ids" not in batch or not visual_ids:
+        return 0
+    return int(torch.isin(batch["input_ids"], torch.tensor(visual_ids)).sum())
+
+
+def step_batches(micro_batches: Iterator[dict], accumulation: int) -> list[dict]:
+    """The micro-batches of one optimizer step: ``accumulation`` of them, or, from a token-budget stream
+    (:class:`trainers.packing.BudgetStream`), those up to the one marked ``last_of_step``."""
+    batches = [next(micro_batches)]
+    if "last_of_step" not in batches[0]:
+        return batches + [next(micro_batches) for _ in range(accumulation - 1)]
+    while not batches[-1]["last_of_step"]:
+        batches.append(next(micro_batches))
+    return batches
 
 
 def loss_units(batch: dict, dpo: bool) -> int:
@@ -99,6 +129,8 @@ class TrainModule:
         check_engine_matches_spec(self.engine, spec)
         text_config = getattr(model.config, "text_config", model.config)
         self.pad_id = getattr(text_config, "pad_token_id", None) or 0
+        self.visual_ids = tuple(i for i in (getattr(model.config, "image_token_id", None),
+                                            getattr(model.config, "video_token_id", None)) if i is not None)
 
     @property
     def model(self) -> nn.Module:
@@ -142,23 +174,33 @@ class TrainModule:
 
         ``loss`` (and DPO's ``reward_*``) are this rank's shares: summed over ranks they give the global batch's
         mean. DeepSpeed averages gradients over the data-parallel ranks, so each share is backpropagated times
-        the world size, without its own division by the accumulation steps (``scale_wrt_gas=False``)."""
+        the world size, without its own division by the accumulation steps (``scale_wrt_gas=False``).
+
+        A token-budget stream gives a step as many micro-batches as its samples need, which may differ between
+        ranks: every rank runs the largest count (the others as empty stand-ins), since each backward reduces
+        gradients (ZeRO-2) and collectives must pair up; the last one is marked as the accumulation boundary."""
         self.engine.train()
         lrs = self.lrs()  # the LRs this step uses (the scheduler advances inside engine.step)
-        batches = [next(micro_batches) for _ in range(self.engine.gradient_accumulation_steps())]
+        batches = step_batches(micro_batches, self.engine.gradient_accumulation_steps())
         local = sum(loss_units(b, self.dpo) for b in batches)
         normaliser = max(1, int(all_reduce([float(local)], mean=False)[0]))
-        loss_share, samples, tokens, extra = 0.0, 0, 0, {}
-        for batch in batches:
+        n_batches = int(all_reduce([float(len(batches))], mean=False, maximum=True)[0])
+        batches += [{"sample_id": []} for _ in range(n_batches - len(batches))]
+        loss_share, samples, tokens, positions, visual, extra = 0.0, 0, 0, 0, 0, {}
+        for i, batch in enumerate(batches):
+            self.engine.set_gradient_accumulation_boundary(i == len(batches) - 1)
             loss, stats = self.loss(batch, normaliser)
             self.engine.backward(loss * self.engine.dp_world_size, scale_wrt_gas=False)
             self.engine.step()
             loss_share += float(loss.detach())
             samples += len(batch["sample_id"])
             tokens += count_tokens(batch) if batch["sample_id"] else 0
+            positions += count_positions(batch) if batch["sample_id"] else 0
+            visual += visual_tokens(batch, self.visual_ids) if batch["sample_id"] else 0
             for k, v in stats.items():
                 extra[k] = extra.get(k, 0.0) + v
         grad_norm = self.engine.get_global_grad_norm()
-        return {"loss": loss_share, "lr": lrs, "samples": samples, "tokens": tokens,
+        return {"loss": loss_share, "lr": lrs, "samples": samples, "tokens": tokens, "positions": positions,
+                "visual_tokens": visual, "micro_batches": len(batches),
                 "skipped": [s for b in batches for s in b.get("skipped", [])],
                 "grad_norm": None if grad_norm is None else float(grad_norm), **extra}

@@ -149,7 +149,27 @@ class BatchSpec(ConfigModel):
     global_size: int = Field(ge=1)
     """Samples per optimizer step over all ranks (paper: 6656 / 3328 / 1664)."""
     micro_size: int = Field(1, ge=1)
-    """Samples per rank per forward/backward; accumulation = global / (micro * world)."""
+    """Samples per rank per forward/backward; accumulation = global / (micro * world). In ``tokens`` and
+    ``packed`` modes it is the unit the data plan reads in (a step still consumes ``global_size`` samples, the
+    same ones as in ``samples`` mode), and the forward/backward micro-batches are re-formed from them."""
+    mode: Literal["samples", "tokens", "packed"] = "samples"
+    """How a step's samples on a rank become micro-batches (:mod:`trainers.packing`). ``samples``: ``micro_size``
+    samples each, padded to the longest. ``tokens``: samples sorted by length, each micro-batch padded to at most
+    ``max_tokens`` LLM tokens (rows x longest row). ``packed``: samples concatenated into one row of at most
+    ``max_tokens`` (first-fit decreasing), positions restarting per sample and attention kept inside each sample
+    (no padding). Next-token stages only. Embedded default ``samples``; cluster value ``packed``."""
+    max_tokens: int | None = Field(None, ge=1)
+    """LLM input tokens (visual tokens included) per micro-batch in ``tokens``/``packed`` modes; a sample longer
+    than this goes alone into its own micro-batch, with a warning. Cluster value 16384 (the longest video the
+    processor makes, 64 chunks x 196 tokens, plus its text, fits one row)."""
+
+    @model_validator(mode="after")
+    def _budget_for_token_modes(self) -> "BatchSpec":
+        if self.mode == "samples" and self.max_tokens is not None:
+            raise ValueError("max_tokens only applies to batch modes tokens and packed")
+        if self.mode != "samples" and self.max_tokens is None:
+            raise ValueError(f"batch mode {self.mode} needs max_tokens")
+        return self
 
     def accumulation(self, world_size: int, source: str = "spec") -> int:
         """Gradient accumulation steps for ``world_size`` ranks; a clear error when the batch does not divide."""
@@ -246,6 +266,12 @@ class StageSpec(ConfigModel):
         """A path field's value made usable (:func:`core.config.config_path`): ``{work_dir}/...`` under
         ``work_dir``, relative to the spec file's folder, or absolute (a spec built in code: as given)."""
         return config_path(value, self._source.parent if self._source else None, work_dir)
+
+    @model_validator(mode="after")
+    def _token_modes_for_ntp(self) -> "StageSpec":
+        if self.loss.kind == "dpo" and self.batch.mode != "samples":
+            raise ValueError(f"batch mode {self.batch.mode} is for next-token stages; DPO pairs use mode samples")
+        return self
 
     def digest(self) -> str:
         """sha256 of the canonical JSON (what makes two runs of a stage the same run)."""

@@ -28,8 +28,9 @@ class SyntheticStream:
     """Deterministic random conversations; with ``dpo`` each sample is a (chosen, rejected) pair."""
 
     def __init__(self, cfg: SyntheticData, vocab_size: int, micro_size: int, rank: int, world_size: int,
-                 seed: int, dpo: bool = False, low_token: int = 16, processor=None):
+                 seed: int, dpo: bool = False, low_token: int = 16, processor=None, deferred: bool = False):
         self.cfg, self.vocab_size, self.micro_size, self.processor = cfg, vocab_size, micro_size, processor
+        self.deferred = deferred  # yield {"sample_id", "samples"} unpadded, for trainers.packing.BudgetStream
         self.rank, self.world_size, self.seed, self.dpo = rank, world_size, seed, dpo
         self.low_token = min(low_token, vocab_size - 1)  # keep clear of special tokens at the start of the vocab
         self.micro_batches_done = 0
@@ -86,15 +87,19 @@ class SyntheticStream:
             self.micro_batches_done += 1
             yield self.collate(samples)
 
+    def collate_samples(self, samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Sample tensors -> a batch: the processor's padding collate, or stacking for equal-length token samples."""
+        return self.processor.collate(samples) if self.processor is not None else stack_tensors(samples)
+
     def collate(self, samples: list[dict]) -> dict:
-        """A micro-batch: the processor's padding collate, or stacking for equal-length token samples."""
-        stack = self.processor.collate if self.processor is not None else stack_tensors
+        """A micro-batch (``deferred``: the unpadded samples under ``samples``)."""
         out: dict = {"sample_id": [s["sample_id"] for s in samples]}
         if self.dpo:
             for side in ("chosen", "rejected"):
-                out[side] = stack([s[side] for s in samples])
+                out[side] = self.collate_samples([s[side] for s in samples])
             return out
-        return {**out, **stack([{k: v for k, v in s.items() if k != "sample_id"} for s in samples])}
+        tensors = [{k: v for k, v in s.items() if k != "sample_id"} for s in samples]
+        return {**out, **({"samples": tensors} if self.deferred else self.collate_samples(tensors))}
 
 
 def stack_tensors(samples: list[dict]) -> dict[str, torch.Tensor]:

@@ -1,6 +1,7 @@
 """Micro-batches of every modality for the two-rank tests, made by the tiny Mavors processor from generated media.
 
     plan = rank_plan(processor, dpo=False)   # plan[rank][step] -> [micro-batch, micro-batch]
+    plan = packed_plan(processor, PACKED_MAX_TOKENS)   # the same steps' samples as packed rows (as many as needed)
 
 The arrangement (2 ranks x 2 steps x 2 accumulation steps, micro batch 2): at step 1 rank 0 holds two
 short text-only samples and then a micro-batch whose every sample the processor refused, while rank 1 holds
@@ -69,4 +70,23 @@ def micro_batch(processor, ids: list[str], dpo: bool) -> dict:
 
 def rank_plan(processor, dpo: bool) -> dict[int, list[list[dict]]]:
     return {rank: [[micro_batch(processor, ids, dpo) for ids in step] for step in steps]
+            for rank, steps in ARRANGEMENT.items()}
+
+
+PACKED_MAX_TOKENS = 150
+"""Budget of the packed case: rank 1's step-1 media need 3 rows, rank 0's two text samples 1."""
+
+
+def packed_plan(processor, max_tokens: int) -> dict[int, list[list[dict]]]:
+    """Each rank's steps of ``ARRANGEMENT`` re-formed into packed rows, as ``trainers.packing.BudgetStream`` does."""
+    from trainers.packing import BudgetStream
+
+    def unit(ids: list[str]) -> dict:
+        if not ids:
+            return {"sample_id": [], "skipped": [REFUSED]}
+        return {"sample_id": list(ids), "skipped": [],
+                "samples": [processor.encode(conversation(s), SAMPLES[s][3], name=s) for s in ids]}
+
+    packer = BudgetStream(iter([]), 2, "packed", max_tokens, processor.collate)
+    return {rank: [packer.step_batches([unit(ids) for ids in step]) for step in steps]
             for rank, steps in ARRANGEMENT.items()}

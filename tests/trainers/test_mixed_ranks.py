@@ -4,7 +4,9 @@ Every stage's freeze pattern trains while one rank's micro-batches are text-only
 and the other's hold video, images and multi-image samples: no collective mismatch, bit-identical weights
 on both ranks after every step. The step-1 gradient (2 ranks x 2 accumulation steps) equals a plain
 single-process torch gradient of the global-batch mean over the same samples (answer-token mean for
-next-token loss, pair mean for DPO), and differs from the mean of per-micro-batch means.
+next-token loss, pair mean for DPO), and differs from the mean of per-micro-batch means. Stage 2 on the same
+samples in packed rows, where the ranks need different numbers of rows per step, gives the same gradient; the
+metrics report each rank's vision work.
 """
 from __future__ import annotations
 
@@ -22,8 +24,8 @@ from mixed_batches import ARRANGEMENT, REFUSED, rank_plan
 from trainers.metrics import read_metrics
 
 WORKER = Path(__file__).parent / "two_rank_worker.py"
-STAGES = ("stage1", "stage1_5", "stage2", "dpo")
-FROZEN = {"stage1": {"ive", "llm"}, "stage1_5": {"llm"}, "stage2": set(), "dpo": set()}
+STAGES = ("stage1", "stage1_5", "stage2", "dpo", "stage2-packed")
+FROZEN = {"stage1": {"ive", "llm"}, "stage1_5": {"llm"}, "stage2": set(), "dpo": set(), "stage2-packed": set()}
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +78,32 @@ def test_metrics_list_refused_samples_and_the_global_loss(two_ranks, tiny_models
     assert records[0]["samples"] == sum(len(ids) for r in range(2) for ids in ARRANGEMENT[r][0])
 
 
+def test_metrics_report_each_ranks_vision_work(two_ranks, tiny_models):
+    """``visual_tokens_per_rank``: the image/video placeholders of each rank's step-1 batches, counted here from
+    the processor's ids; ``vision_imbalance`` their max / mean (rank 0 is text-only at step 1)."""
+    from model.processing import MavorsProcessor
+
+    proc = MavorsProcessor.from_pretrained(tiny_models["mavors"])
+    visual_ids = torch.tensor([proc.image_token_id, proc.video_token_id])
+    plan = rank_plan(proc, dpo=False)
+    loads = [sum(int(torch.isin(b["input_ids"], visual_ids).sum()) for b in plan[r][0] if b["sample_id"])
+             for r in range(2)]
+    assert loads[0] == 0 < loads[1]
+    for stage in ("stage2", "stage2-packed"):
+        record = read_metrics(two_ranks / f"{stage}.metrics.jsonl")[0]
+        assert record["visual_tokens_per_rank"] == loads, stage
+        assert record["vision_imbalance"] == pytest.approx(max(loads) / (sum(loads) / 2)), stage
+
+
+def test_packed_rows_give_the_same_step(two_ranks):
+    """Packed, rank 1's step-1 samples need 3 rows and rank 0's 1: both ran 3 micro-batches (step 2: 2 and 2), and
+    the step's global loss is the unpacked one."""
+    packed, plain = (read_metrics(two_ranks / f"{s}.metrics.jsonl") for s in ("stage2-packed", "stage2"))
+    assert [r["micro_batches"] for r in packed] == [3, 2] and [r["micro_batches"] for r in plain] == [2, 2]
+    assert packed[0]["loss"] == pytest.approx(plain[0]["loss"], rel=1e-5)
+    assert packed[0]["skipped"] == plain[0]["skipped"]
+
+
 # ---- the single-process reference --------------------------------------------------------------------
 def _inputs(batch: dict) -> dict:
     return {k: v for k, v in batch.items() if k not in ("labels", "sample_id", "skipped")}
@@ -117,8 +145,9 @@ def _relative_distance(got: dict, want: dict) -> float:
     return float(diff / torch.cat([w.flatten() for w in want.values()]).norm())
 
 
-def test_ntp_gradient_is_the_global_token_mean(two_ranks, tiny_models):
-    got = torch.load(two_ranks / "stage2.grad.pt")
+@pytest.mark.parametrize("stage", ["stage2", "stage2-packed"])
+def test_ntp_gradient_is_the_global_token_mean(two_ranks, tiny_models, stage):
+    got = torch.load(two_ranks / f"{stage}.grad.pt")
     batches = _step1(tiny_models, dpo=False)
     counts = [int((b["labels"][:, 1:] != -100).sum()) for b in batches]
     rank0 = sum(counts[:1])  # rank 0's only non-empty micro-batch comes first

@@ -3,7 +3,9 @@
     RANK=r WORLD_SIZE=2 LOCAL_RANK=r MASTER_ADDR=127.0.0.1 MASTER_PORT=p python two_rank_worker.py MAVORS_DIR OUT_DIR
 
 For each stage pattern (the shipped demo specs' freeze rules, LR scales and loss) it builds the tiny Mavors,
-trains 2 optimizer steps (2 ranks x 2 accumulation steps x micro batch 2) on ``mixed_batches.rank_plan`` and
+trains 2 optimizer steps (2 ranks x 2 accumulation steps x micro batch 2) on ``mixed_batches.rank_plan`` (and
+``stage2-packed``: stage 2 on the same samples in packed rows, ``mixed_batches.packed_plan``, where the ranks' row
+counts differ) and
 writes ``OUT_DIR/<stage>.rank<r>.json``: sha256 of the full parameters after every step and of every module
 before and after, each rank's loss share per step, and (rank 0) the stage's ``metrics.jsonl``. For stage2 and dpo rank 0 also saves the full gradient of step 1 (``<stage>.grad.pt``),
 assembled with DeepSpeed's ``safe_get_full_grad`` right before the optimizer step.
@@ -19,8 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))  # mixed_batches.py
 
-STAGES = ("stage1", "stage1_5", "stage2", "dpo")
-GRADIENT_STAGES = ("stage2", "dpo")
+STAGES = ("stage1", "stage1_5", "stage2", "dpo", "stage2-packed")
+GRADIENT_STAGES = ("stage2", "dpo", "stage2-packed")
 
 
 def digest(tensors) -> str:
@@ -39,12 +41,17 @@ def stage_spec(stage: str, mavors_dir: str):
     from core.paths import MANIFESTS
     from trainers.spec import StageSpec, load_stage
 
-    shipped = load_stage(MANIFESTS / "stages" / f"demo-{stage}.yaml")
+    from mixed_batches import PACKED_MAX_TOKENS
+
+    packed = stage.endswith("-packed")
+    shipped = load_stage(MANIFESTS / "stages" / f"demo-{stage.removesuffix('-packed')}.yaml")
     return StageSpec.model_validate({
         "name": stage, "init": {"pretrained": mavors_dir}, "data": {"synthetic": {"n_samples": 8}},
         "modules": {m: s.model_dump(exclude_none=True) for m, s in shipped.modules.items()},
         "optim": {"lr": 1e-3}, "schedule": shipped.schedule.model_dump(), "loss": shipped.loss.model_dump(),
-        "batch": {"global_size": 8, "micro_size": 2}, "budget": {"steps": 2}})
+        "batch": {"global_size": 8, "micro_size": 2,
+                  **({"mode": "packed", "max_tokens": PACKED_MAX_TOKENS} if packed else {})},
+        "budget": {"steps": 2}})
 
 
 def capture_full_gradient(module, into: dict) -> None:
@@ -65,7 +72,7 @@ def capture_full_gradient(module, into: dict) -> None:
 
 
 def run(stage: str, mavors_dir: str, out: Path, rank: int) -> None:
-    from mixed_batches import rank_plan
+    from mixed_batches import PACKED_MAX_TOKENS, packed_plan, rank_plan
     from model.modeling import MavorsForConditionalGeneration
     from model.processing import MavorsProcessor
     from trainers.metrics import MetricsLogger
@@ -74,7 +81,11 @@ def run(stage: str, mavors_dir: str, out: Path, rank: int) -> None:
     spec = stage_spec(stage, mavors_dir)
     torch.manual_seed(0)
     model = MavorsForConditionalGeneration.from_pretrained(mavors_dir)
-    steps = rank_plan(MavorsProcessor.from_pretrained(mavors_dir), dpo=spec.loss.kind == "dpo")[rank]
+    processor = MavorsProcessor.from_pretrained(mavors_dir)
+    if spec.batch.mode == "packed":
+        steps = packed_plan(processor, PACKED_MAX_TOKENS)[rank]
+    else:
+        steps = rank_plan(processor, dpo=spec.loss.kind == "dpo")[rank]
     before = module_digests(model)
     module = TrainModule(model, spec, world_size=2)
     grads: dict = {}
