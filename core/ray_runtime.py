@@ -6,11 +6,13 @@ so tests start Ray once per session and flows share one instance.
 Workers run in the driver's working directory (:func:`enter_driver_cwd`, a Ray worker setup
 hook): engine configs and catalog rows name paths relative to it (``mavors-work/...``), and the
 workers of a cluster head started elsewhere would otherwise resolve them against the head's.
+A locally started Ray gets a reaper (:mod:`core.ray_reaper`) that ends its processes if the driver dies.
 """
 from __future__ import annotations
 
 import os
 
+from core.ray_reaper import start_reaper
 from core.settings import RaySettings
 
 
@@ -39,7 +41,7 @@ def ensure_ray(settings: RaySettings | None = None) -> None:
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=False, ignore_reinit_error=True)
     else:
-        ray.init(
+        context = ray.init(
             runtime_env=runtime_env,
             num_cpus=settings.num_cpus,
             include_dashboard=False,
@@ -47,3 +49,5 @@ def ensure_ray(settings: RaySettings | None = None) -> None:
             log_to_driver=False,
             ignore_reinit_error=True,
         )
+        # Ray's agents and idle workers can outlive a SIGKILLed driver; the reaper ends them.
+        start_reaper(context.address_info["session_dir"])
