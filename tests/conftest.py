@@ -44,6 +44,17 @@ def ray_local():
     ray.shutdown()
 
 
+@pytest.fixture(scope="module")
+def ray_by_value(request):
+    """Ray workers cannot import test modules: ship the requesting module's functions and classes by value
+    (``pytestmark = pytest.mark.usefixtures("ray_by_value")``)."""
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(request.module)
+    yield
+    ray.cloudpickle.unregister_pickle_by_value(request.module)
+
+
 @pytest.fixture
 def catalog(tmp_path):
     """A fresh, migrated catalog file."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,8 @@ from curation.captions import (
 from core.catalog import Catalog
 from core.paths import MANIFESTS
 from inference import EngineError, load_engine
+
+pytestmark = pytest.mark.usefixtures("ray_by_value")  # Ray workers get this module by value
 
 SOURCES = ["kinetics_like", "image_captions"]
 REASONING = "Description 1 says one thing, description 2 another; I keep what they share."
@@ -62,16 +63,6 @@ class Recorder:
 def _text(messages):
     content = messages[-1]["content"]
     return content if isinstance(content, str) else " ".join(p.get("text", "") for p in content)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _pickle_this_module_by_value():
-    """Ray workers cannot import test modules: ship Recorder by value."""
-    import ray.cloudpickle
-
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    yield
-    ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
 
 
 def roster_for(tiny_models, extra: list[CaptionerConfig] = ()) -> RosterConfig:

@@ -7,7 +7,6 @@ steps carry: ints, floats, bytes, text, and a float column that is null for a wh
 """
 from __future__ import annotations
 
-import sys
 import threading
 from typing import ClassVar
 
@@ -15,6 +14,8 @@ import pytest
 
 from inference import EngineConfig
 from inference.pool import EngineStage, MapStage, run_stages
+
+pytestmark = pytest.mark.usefixtures("ray_by_value")  # Ray workers get this module by value
 
 ROWS = [{"x": i, "name": f"r{i}", "blob": bytes([i, 255 - i])} for i in range(10)]
 ENGINE = EngineConfig(model_path="unused-fake", num_replicas=2)
@@ -61,16 +62,6 @@ STAGES = [MapStage(halve_from_four, {"start": 4}, num_cpus=0.5),
 def expected() -> list[dict]:
     return [{**r, "half": r["x"] / 2 if r["x"] >= 4 else None, "triple": 3 * r["x"], "quintuple": 5 * r["x"]}
             for r in ROWS]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _pickle_this_module_by_value():
-    """Ray workers cannot import test modules: ship the fakes by value."""
-    import ray.cloudpickle
-
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    yield
-    ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
 
 
 def test_in_process_rows_batches_and_closed_engines():
