@@ -77,7 +77,7 @@ def demo_corpus(tmp_path_factory) -> Path:
 def demo_catalog(demo_corpus, ray_local, tmp_path_factory) -> Path:
     """Path of a catalog file with every demo source ingested (media of tars under ``<its folder>/media``).
 
-    Shared by the session: a test that writes must copy it first (``shutil.copy(demo_catalog, tmp_path)``).
+    Shared by the session: a test that writes must copy it first (:func:`copy_catalog`).
     """
     from core.catalog import Catalog
     from curation.ingest import ingest
@@ -89,14 +89,22 @@ def demo_catalog(demo_corpus, ray_local, tmp_path_factory) -> Path:
     return path
 
 
+def copy_catalog(src: Path, dst: Path) -> Path:
+    """A copy of catalog file ``src`` at ``dst`` that still finds its media: paths under the catalog's folder are
+    stored relative to it (``media/..``), so the copy's folder gets a link to the original's ``media``."""
+    dst = Path(shutil.copy(src, dst))
+    media, link = Path(src).parent / "media", dst.parent / "media"
+    if media.is_dir() and not link.exists():
+        link.symlink_to(media, target_is_directory=True)
+    return dst
+
+
 @pytest.fixture
 def demo_cat(demo_catalog, tmp_path):
     """A writable copy of the ingested demo catalog, open for the test."""
     from core.catalog import Catalog
 
-    path = tmp_path / "catalog.duckdb"
-    shutil.copy(demo_catalog, path)
-    with Catalog(path) as cat:
+    with Catalog(copy_catalog(demo_catalog, tmp_path / "catalog.duckdb")) as cat:
         yield cat
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from core.paths import MANIFESTS
 from core.catalog import Catalog
-from core.config import load_yaml
+from conftest import copy_catalog
 from curation.dedup import (
     DedupPolicy, TaskRule, UnscoredSamplesError, explain, format_explanation, load_policy, report, run_policy,
 )
@@ -252,10 +252,13 @@ def test_shipped_policies_load():
     for path in paths:
         p = load_policy(path)
         assert p.tasks["qa"].rule == "keep_k_lowest" and p.tasks["caption"].rule == "random_one_of_k_lowest"
-    from curation.perplexity import ScorerConfig
+    from curation.perplexity import load_scorer_config
 
-    for path in sorted((MANIFESTS / "dedup" / "scorers").glob("*.yaml")):
-        load_yaml(path, ScorerConfig)
+    scorers = MANIFESTS / "dedup" / "scorers"
+    expected = {"tiny-qwen2vl.yaml": "/w/models/qwen2vl", "qwen2vl-72b.yaml": "/models/Qwen2-VL-72B-Instruct"}
+    assert sorted(p.name for p in scorers.glob("*.yaml")) == sorted(expected)
+    for name, model_path in expected.items():  # {work_dir} is the settings' work dir; absolute paths stay
+        assert str(load_scorer_config(scorers / name, work_dir="/w").engine.model_path) == model_path
 
 
 @pytest.fixture(scope="module")
@@ -266,7 +269,7 @@ def demo_decisions(demo_catalog, demo_corpus, tmp_path_factory):
     from curation.phash import build_clusters, compute_signatures
 
     path = tmp_path_factory.mktemp("dedup-demo") / "catalog.duckdb"
-    shutil.copy(demo_catalog, path)
+    copy_catalog(demo_catalog, path)
     with Catalog(path) as cat:
         ids = [r["sample_id"] for r in cat.query("SELECT sample_id FROM samples ORDER BY sample_id")]
         cat.insert("ppl_scores", [{"sample_id": sid, "scorer": SCORER, "template_version": "llava2chat-v1",

@@ -12,13 +12,14 @@ import torch
 
 from core.catalog import Catalog
 from curation.heldout import export_heldout, reserve_heldout
+from conftest import copy_catalog
 
 
 @pytest.fixture(scope="module")
 def heldout(demo_catalog, tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
     path = root / "catalog.duckdb"
-    shutil.copy(demo_catalog, path)
+    copy_catalog(demo_catalog, path)
     with Catalog(path) as cat:
         reserve_heldout(cat, per_family=2, seed=0)
         task_dir = export_heldout(cat, root / "eval")

@@ -104,7 +104,8 @@ def built(demo_catalog, tiny_models, tmp_path_factory):
     (set_id, ck_hash), = [tuple(r.values()) for r in cat.query(
         "SELECT pair_set_id, checkpoint_sha256 FROM dpo_pair_sets")]
     ids, _ = mixture_inputs(cat, "test-dpo")
-    shards = [r["path"] for r in cat.query("SELECT path FROM shards WHERE mixture = ? ORDER BY path", [f"dpo/{set_id}"])]
+    shards = [str(cat.resolved(r["path"])) for r in cat.query(  # stored relative to the catalog's folder
+        "SELECT path FROM shards WHERE mixture = ? ORDER BY path", [f"dpo/{set_id}"])]
     yield Built(cat, set_id, ck_hash, ids, cfg, tmp, shards, output, args, settings)
     cat.close()
 
@@ -168,7 +169,7 @@ def test_pairs_obey_their_domain_rules(built):
             audit = cat.scalar("SELECT audit_path FROM dpo_inputs WHERE pair_set_id = ? AND sample_id = ?",
                                [set_id, p["sample_id"]])
             assert audit == p["rejected_media_path"]
-            with av.open(audit) as shuffled, av.open(p["media_paths"][0]) as original:
+            with av.open(cat.resolved(audit)) as shuffled, av.open(cat.resolved(p["media_paths"][0])) as original:
                 assert shuffled.streams.video[0].frames == original.streams.video[0].frames
 
 
@@ -196,7 +197,7 @@ def test_pair_shards_hold_the_stored_pairs_and_load_as_trl_rows(built):
         assert value.count("<image>") + value.count("<video>") == len(row["media_paths"])
         for i, (m, kind, path) in enumerate(zip(rec["media"], row["media_kinds"], row["media_paths"])):
             assert m["file"] == f"{i}.{Path(path).suffix.lstrip('.').lower()}" and m["kind"] == kind
-            assert members[f"{key}.{m['file']}"] == Path(path).read_bytes()
+            assert members[f"{key}.{m['file']}"] == built.cat.resolved(path).read_bytes()
         assert {n for n in members if n.startswith(key + ".")} == {f"{key}.json"} | {
             f"{key}.{m['file']}" for m in rec["media"]}
     stock = list(wds.WebDataset(built.shards, shardshuffle=False, empty_check=False))
