@@ -343,7 +343,8 @@ class _Statements:
 
 
 class _Result:
-    """A fetched result with the cursor methods callers use (``description``, ``fetchone/fetchmany/fetchall``)."""
+    """A fetched result with the cursor methods callers use (``description``, ``fetchone/fetchmany/fetchall``,
+    ``fetchnumpy``)."""
 
     def __init__(self, description: list | None, rows: list[tuple]):
         self.description = description
@@ -360,6 +361,12 @@ class _Result:
 
     def fetchall(self) -> list[tuple]:
         return self.fetchmany(len(self._rows))
+
+    def fetchnumpy(self) -> dict[str, Any]:
+        import numpy as np
+
+        rows = self.fetchall()
+        return {d[0]: np.array([r[i] for r in rows]) for i, d in enumerate(self.description or [])}
 
 
 class _Locked(Exception):
