@@ -262,8 +262,7 @@ class Catalog:
         if paths:
             rows = [{**r, **{c: self.stored(r[c]) for c in paths}} for r in rows]
         verb = {"error": "INSERT", "ignore": "INSERT OR IGNORE", "replace": "INSERT OR REPLACE"}[on_conflict]
-        with self.connection() as own:
-            target = con or own
+        with contextlib.nullcontext(con) if con is not None else self.connection() as target:
             json_cols = _json_columns(target, table)
             cols = list(rows[0].keys())
             data = {c: [_cell(r.get(c), c in json_cols) for r in rows] for c in cols}
