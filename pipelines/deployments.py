@@ -17,9 +17,10 @@ The defaults of the flow parameters are the demo's (demo manifests, tiny models)
 deployments against a cluster settings file (one with a Ray address) while any parameter still
 holds such a default is refused (:func:`demo_defaults`) unless the caller allows it.
 
-Every deployment has a concurrency limit of one: two runs of the same flow never hold the
-catalog at once (DuckDB has one writer process); different flows on one catalog retry a busy
-lock with backoff (``pipelines.flows.common.is_transient``).
+Every deployment has a concurrency limit of one: two runs of the same flow never work on the same
+data at once. Different flows share one catalog: each holds the file only while it reads or writes, and
+waits for it when another holds it (``core.catalog.LOCK_WAIT_S``; then a step retries,
+``pipelines.flows.common.is_transient``).
 """
 from __future__ import annotations
 

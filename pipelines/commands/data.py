@@ -96,7 +96,7 @@ def stats_cmd() -> None:
     from pipelines.report.sections import CATALOG_STATS, build_sections
 
     settings = load_settings()
-    with Catalog(settings.catalog, read_only=True) as cat:
+    with Catalog(settings.catalog, read_only=True) as cat, cat.connection():  # one open for all its reads
         sections = [s for s in build_sections(cat, CATALOG_STATS) if s.has_data]
     if not sections:
         console.print(f"{settings.catalog}: empty catalog")
@@ -114,7 +114,7 @@ def query_cmd(sql: str = typer.Argument(..., help="One SQL statement; the catalo
     from pipelines.report.browse import run_query
 
     settings = load_settings()
-    with Catalog(settings.catalog, read_only=True) as cat:
+    with Catalog(settings.catalog, read_only=True) as cat, cat.connection():  # one open for all its reads
         columns, rows, more = run_query(cat, sql, limit or None)
     table = Table(*columns)
     for row in rows:
@@ -133,7 +133,7 @@ def describe_cmd(name: Optional[str] = typer.Argument(None, help="A table or vie
     from pipelines.report.browse import describe, relations
 
     settings = load_settings()
-    with Catalog(settings.catalog, read_only=True) as cat:
+    with Catalog(settings.catalog, read_only=True) as cat, cat.connection():  # one open for all its reads
         if name is None:
             title, (columns, rows) = str(settings.catalog), (["name", "kind", "rows", "comment"], relations(cat))
         else:
@@ -154,7 +154,7 @@ def show_cmd(sample_id: str = typer.Argument(..., help="A samples.sample_id ('<s
     from pipelines.report.browse import sample_card
     from pipelines.report.console import print_sections
 
-    with Catalog(load_settings().catalog, read_only=True) as cat:
+    with Catalog(load_settings().catalog, read_only=True) as cat, cat.connection():  # one open for all its reads
         sections = sample_card(cat, sample_id)
     for sec in sections:
         if sec.has_data:

@@ -97,7 +97,7 @@ def export_cmd(
     if fmt != "parquet":
         raise ValueError(f"--format {fmt}: only parquet is supported")
     settings = load_settings()
-    with Catalog(settings.catalog, read_only=True) as cat:
+    with Catalog(settings.catalog, read_only=True) as cat, cat.connection():  # one open for all its reads
         set_id = pair_set or cat.scalar("SELECT pair_set_id FROM dpo_pair_sets ORDER BY created_at DESC LIMIT 1")
         if set_id is None:
             raise ValueError(f"{settings.catalog}: no DPO pair sets yet (run mavors dpo build)")

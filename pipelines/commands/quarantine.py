@@ -41,7 +41,7 @@ def list_cmd(stage: Optional[str] = typer.Option(None, help="Only this stage (in
     from core.settings import load_settings
     from curation.quarantine import COLUMNS, quarantined
 
-    with Catalog(load_settings().catalog, read_only=True) as cat:
+    with Catalog(load_settings().catalog, read_only=True) as cat, cat.connection():  # one open for all its reads
         rows = quarantined(cat, stage=stage, reason=reason)
     table = Table(title=f"{len(rows)} quarantined")
     for col in COLUMNS:

@@ -20,7 +20,7 @@ def report_cmd(run_id: str = typer.Argument(..., help="A run id from the catalog
     from pipelines.report.html import report_path, resolve_run, write_report
 
     settings = load_settings()
-    with Catalog(settings.catalog) as cat:
+    with Catalog(settings.catalog) as cat, cat.connection():  # one open for the report's reads
         run = resolve_run(cat, run_id)
         path = write_report(cat, run["run_id"], out or report_path(settings.work_dir, run["run_id"]))
     console.print(f"report: {path}")

@@ -101,7 +101,7 @@ def verify_cmd(directory: Path = typer.Argument(..., help="A shard folder (with 
         from core.catalog import Catalog
         from core.settings import load_settings
 
-        with Catalog(load_settings().catalog, read_only=True) as cat:
+        with Catalog(load_settings().catalog, read_only=True) as cat, cat.connection():  # one open for all its reads
             recorded = {r["name"]: r["sha256"] for r in cat.query("SELECT name, sha256 FROM shards")}
     report = verify_shards(directory, recorded=recorded, decode=decode)
     for p in report.problems:

@@ -10,9 +10,9 @@ Imported by the flow modules (``pipelines/flows/<flow>.py``); nothing here touch
   and a fault-injection point named by the step (:mod:`core.faults`, ``MAVORS_FAULT_AT``).
 - :func:`publish_table`, :func:`publish_link`: markdown/link artifacts on the current run.
 
-Single-writer rule (DuckDB): the flow process is the only catalog writer. A step opens the catalog
-for the library call it makes and closes it before returning (:meth:`RunContext.catalog`), so
-trainer subprocesses launched by a later step never meet a held lock.
+One file, several processes (DuckDB): a :class:`core.catalog.Catalog` holds the file only for one read or
+transaction at a time, so a reader or another flow gets in between a flow's writes, and a process that finds
+the file held waits for it (``core.catalog.LOCK_WAIT_S``); trainer subprocesses never meet a held lock.
 """
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ class RunContext(BaseModel):
 
     @contextlib.contextmanager
     def catalog(self) -> Iterator[Catalog]:
-        """The catalog, open for one step only (the flow process is its single writer)."""
+        """The catalog for one step (it holds the file only while it reads or writes)."""
         with Catalog(self.settings.catalog) as cat:
             yield cat
 
@@ -157,7 +157,7 @@ def refresh_report_status(settings: Settings, run_id: str) -> None:
     if not path.is_file():
         return
     try:
-        with Catalog(settings.catalog) as cat:
+        with Catalog(settings.catalog) as cat, cat.connection():
             refresh_status(cat, run_id, path)
     except (CatalogError, OSError) as e:
         get_run_logger().warning("report %s still shows the run as running: %s", path, e)
@@ -255,7 +255,7 @@ def write_run_report(run: RunContext, run_id: str, upstream: Any) -> str:
     ``run_id`` is an explicit input so that every run gets its own report (cache keys omit the run)."""
     from pipelines.report.html import report_path, write_report
 
-    with run.catalog() as cat:
+    with run.catalog() as cat, cat.connection():  # one open for the report's reads
         path = write_report(cat, run_id, report_path(run.settings.work_dir, run_id))
     publish_link(run, "report", path, f"run report {run.run_id}")
     return str(path)

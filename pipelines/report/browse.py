@@ -18,11 +18,12 @@ from pipelines.report.sections import Section, Table
 
 def run_query(cat: Catalog, sql: str, limit: int | None = None) -> tuple[list[str], list[list[Any]], bool]:
     """Columns, up to ``limit`` rows (``None``: all) and whether more rows were left out."""
-    cur = cat.con.execute(sql)
-    if cur.description is None:  # a statement that returns nothing (only reachable on a writable catalog)
-        return [], [], False
-    columns = [d[0] for d in cur.description]
-    rows = cur.fetchall() if limit is None else cur.fetchmany(limit + 1)
+    with cat.connection() as con:  # one connection for the cursor: only the rows shown are fetched
+        cur = con.execute(sql)
+        if cur.description is None:  # a statement that returns nothing (only reachable on a writable catalog)
+            return [], [], False
+        columns = [d[0] for d in cur.description]
+        rows = cur.fetchall() if limit is None else cur.fetchmany(limit + 1)
     more = limit is not None and len(rows) > limit
     return columns, [list(r) for r in rows[:limit]], more
 
