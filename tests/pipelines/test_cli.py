@@ -71,7 +71,10 @@ def _invoke(args, tmp_path, monkeypatch):
 
 
 def test_a_failing_eval_run_is_recorded_failed_with_its_message(tmp_path, monkeypatch):
-    # An empty catalog has no held-out set: the evaluation refuses to run.
+    # An empty catalog has no held-out set: the evaluation refuses to run (after the checkpoint check, which a
+    # folder with a config.json passes).
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "config.json").write_text("{}")
     result, rows = _invoke(["eval", "run", "--checkpoint", str(tmp_path / "export"), "--stage", "stage2"],
                            tmp_path, monkeypatch)
     assert isinstance(result.exception, RuntimeError)
