@@ -228,13 +228,23 @@ def is_transient(task_: Any, task_run: Any, state: Any) -> bool:
     return any(t.__name__ in _TRANSIENT_NAMES for t in type(exc).__mro__)
 
 
-def _run_name(name: str) -> str:
+def _run_name(task_: Any) -> str:
     """The step's run name where the flow gave one (``train-<stage>``, ``evaluate-<stage>``), else its name."""
+    return task_.task_run_name if isinstance(task_.task_run_name, str) else task_.name
+
+
+def _current_run_name(name: str) -> str:
     from prefect.context import TaskRunContext
 
     ctx = TaskRunContext.get()
-    given = ctx.task.task_run_name if ctx is not None else None
-    return given if isinstance(given, str) else name
+    return _run_name(ctx.task) if ctx is not None else name
+
+
+def _cached_line(task_: Any, task_run: Any, state: Any) -> None:
+    """A step served from Prefect's cache runs no body: its console line (pipelines.console) comes from here."""
+    if state.name == "Cached":
+        with progress.task(f"{_run_name(task_)} (cached)"):
+            pass
 
 
 def step(name: str, *, retries: int = 2, backoff_s: float = 2.0,
@@ -248,14 +258,14 @@ def step(name: str, *, retries: int = 2, backoff_s: float = 2.0,
         def body(*args: Any, **kwargs: Any) -> Any:
             run = args[0] if args else kwargs.get("run")
             # the step's line on the console (pipelines.console), its library bars drawn inside it
-            with progress.task(_run_name(name)), \
+            with progress.task(_current_run_name(name)), \
                     fault_point(name, run.settings.catalog if isinstance(run, RunContext) else None):
                 return fn(*args, **kwargs)
 
         return task(
             body, name=name, retries=retries, retry_delay_seconds=exponential_backoff(backoff_s),
             retry_jitter_factor=0.5, retry_condition_fn=is_transient, cache_key_fn=step_cache_key,
-            persist_result=True, timeout_seconds=timeout_s,
+            persist_result=True, timeout_seconds=timeout_s, on_completion=[_cached_line],
         )
     return wrap
 
