@@ -6,6 +6,7 @@ one run record per flow run.
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -155,7 +156,8 @@ def test_every_step_prints_one_line_also_when_served_from_the_cache(prefect_api,
         count_rows.with_options(task_run_name="count-rows-again")(run, 3)  # same inputs: the cache answers
 
     out = io.StringIO()
-    scope = f"test-cache-lines-{tmp_path.name}"  # a scope of its own: no other run's cached result answers
+    # a scope of its own: Prefect's result storage outlives the session, and no earlier session's result may answer
+    scope = f"test-cache-lines-{uuid.uuid4()}"
     with progress.rendered_by(RichRenderer(Console(file=out, width=120, force_terminal=False))):
         lines_flow(_run(scope=scope))
     assert bodies == [3]
