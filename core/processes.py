@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from core.paths import REPO_ROOT
@@ -27,13 +27,28 @@ def project_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 def run_logged(cmd: list[str], log_path: Path, *, cwd: Path | None = None,
-               env: Mapping[str, str] | None = None, what: str = "command") -> None:
+               env: Mapping[str, str] | None = None, what: str = "command",
+               poll: Callable[[], None] | None = None, poll_s: float = 1.0) -> None:
     """Run ``cmd`` to completion, stdout and stderr appended to ``log_path``; on a non-zero exit raise
-    naming the log and showing its last lines."""
+    naming the log and showing its last lines. ``poll()`` runs every ``poll_s`` seconds while the child
+    runs (a progress follower reading what the child writes)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
-        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=project_env(env),
-                            cwd=cwd or REPO_ROOT).returncode
+        child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=project_env(env),
+                                 cwd=cwd or REPO_ROOT)
+        try:
+            while True:
+                try:
+                    rc = child.wait(timeout=poll_s if poll is not None else None)
+                    break
+                except subprocess.TimeoutExpired:
+                    poll()
+        finally:
+            if child.poll() is None:  # interrupted (Ctrl-C, a failing poll): the child goes with us
+                child.kill()
+                child.wait()
+        if poll is not None:
+            poll()
     if rc != 0:
         tail = log_path.read_text(errors="replace").splitlines()[-15:]
         raise RuntimeError(f"{what} exited with {rc}; log {log_path}:\n" + "\n".join(tail))

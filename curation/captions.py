@@ -422,8 +422,8 @@ def _raw_pass(cat, roster, media, report, use_ray, run_id, factory, ray_settings
     stages: list[Stage] = [MapStage(decode_media, {"video_frames": frames}, num_cpus=roster.decode_cpus)] + [
         EngineStage(CaptionStage, by_name[n].engine, (roster_json,), {"name": n, "factory": factory},
                     num_cpus=roster.engine_cpus) for n in names]
-    for batch in run_stages(work, stages, batch_size=roster.rows_per_commit,
-                            use_ray=use_ray, ray_settings=ray_settings):
+    for batch in run_stages(work, stages, batch_size=roster.rows_per_commit, use_ray=use_ray,
+                            ray_settings=ray_settings, label=f"captions ({', '.join(names)})"):
         _write_raw(cat, roster, batch, report, run_id)
 
 
@@ -502,8 +502,8 @@ def _merge_pass(cat, roster, media, report, use_ray, run_id, factory, ray_settin
         return
     stage = EngineStage(MergeStage, m.engine, (roster.model_dump_json(),), {"factory": factory},
                         num_cpus=roster.engine_cpus)
-    for batch in run_stages(work, [stage], batch_size=roster.rows_per_commit,
-                            use_ray=use_ray, ray_settings=ray_settings):
+    for batch in run_stages(work, [stage], batch_size=roster.rows_per_commit, use_ray=use_ray,
+                            ray_settings=ray_settings, label=f"merge captions ({m.name})"):
         _write_merged(cat, roster, batch, report, run_id)
 
 

@@ -260,18 +260,32 @@ def resolve_policy_name(cat: Catalog, policy: str | None) -> str:
         if policy not in names:
             raise ValueError(f"no dedup decisions for policy {policy!r} (have: {', '.join(names) or 'none'})")
         return policy
+    if not names:
+        raise ValueError("no sample is decided yet: no `mavors dedup run` has recorded decisions in this catalog")
     if len(names) != 1:
-        raise ValueError(f"name the policy: decisions exist for {', '.join(names) or 'no policy yet'}")
+        raise ValueError(f"name the policy: decisions exist for {', '.join(names)}")
     return names[0]
 
 
 def explain(cat: Catalog, sample_id: str, policy: str | None = None) -> dict[str, Any]:
-    """The decision for one sample and the members of its (group, task), ordered by rank."""
+    """The decision for one sample and the members of its (group, task), ordered by rank.
+
+    An id the catalog does not know and a sample not decided yet fail with different messages: the first is a
+    typo (or a refused item), the second wants another ``mavors dedup run``.
+    """
+    if not cat.scalar("SELECT count(*) FROM samples WHERE sample_id = ?", [sample_id]):
+        source, _, item = sample_id.partition("/")
+        refused = cat.query("SELECT stage, reason FROM quarantine WHERE source = ? AND item = ? ORDER BY stage, reason",
+                            [source, item])
+        reasons = ", ".join(f"{r['stage']} {r['reason']}" for r in refused)
+        why = (f": it was quarantined ({reasons})" if refused
+               else " (sample ids are '<source>/<item>'; see mavors catalog query)")
+        raise ValueError(f"sample {sample_id!r} is not in the catalog {cat.path}{why}")
     name = resolve_policy_name(cat, policy)
     rows = cat.query("SELECT * FROM dedup_decisions WHERE policy = ? AND sample_id = ?", [name, sample_id])
     if not rows:
-        raise ValueError(f"sample {sample_id!r} has no decision under policy {name!r} "
-                         "(not in the catalog, or ingested after the last `mavors dedup run`)")
+        raise ValueError(f"sample {sample_id!r} is not decided yet under policy {name!r}: it was ingested after the "
+                         "last `mavors dedup run`; run it again")
     decision = rows[0]
     members = []
     if decision["group_key"] is not None:

@@ -21,10 +21,11 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core import progress
 from core.catalog import Catalog
 from curation.media import hash_and_probe
 from core.settings import RaySettings
@@ -34,7 +35,6 @@ from model.preprocessing import MediaError
 STAGE = "ingest"
 
 MediaKey = tuple[str, str]  # (absolute path, "image" | "video")
-Progress = Callable[[int, int], None]  # (media done, media total)
 
 
 @dataclass
@@ -91,7 +91,7 @@ def _probe_batch(batch: dict):
 
 
 def probe_media(media: Sequence[MediaKey], *, ray_settings: RaySettings | None = None, workers: int | None = None,
-                progress: Progress | None = None, batch_size: int = 8) -> dict[MediaKey, dict]:
+                batch_size: int = 8) -> dict[MediaKey, dict]:
     """Hash and probe files on Ray Data; returns (path, kind) -> result row (``reason`` set on failure).
 
     ``workers``: at most this many concurrent Ray tasks (None: as many as Ray has CPUs);
@@ -99,13 +99,21 @@ def probe_media(media: Sequence[MediaKey], *, ray_settings: RaySettings | None =
     """
     if not media:
         return {}
-    if workers == 0:
-        results = {}
-        for key in media:
-            results[key] = _probe_rows({"path": [key[0]], "kind": [key[1]]})[0]
-            if progress:
-                progress(len(results), len(media))
-        return results
+    with progress.task("hash + probe media", total=len(media)) as bar:
+        return _probe_in_process(media, bar) if workers == 0 else _probe_on_ray(media, ray_settings, workers,
+                                                                                 batch_size, bar)
+
+
+def _probe_in_process(media: Sequence[MediaKey], bar: progress.Task) -> dict[MediaKey, dict]:
+    results = {}
+    for key in media:
+        results[key] = _probe_rows({"path": [key[0]], "kind": [key[1]]})[0]
+        bar.advance()
+    return results
+
+
+def _probe_on_ray(media: Sequence[MediaKey], ray_settings: RaySettings | None, workers: int | None,
+                  batch_size: int, bar: progress.Task) -> dict[MediaKey, dict]:
     import ray
 
     from core.ray_runtime import ensure_ray
@@ -122,8 +130,7 @@ def probe_media(media: Sequence[MediaKey], *, ray_settings: RaySettings | None =
     results: dict[MediaKey, dict] = {}
     for row in ds.iter_rows():
         results[(row["path"], row["kind"])] = row
-        if progress:
-            progress(len(results), len(media))
+        bar.advance()
     return results
 
 
@@ -196,7 +203,7 @@ def write_source(catalog: Catalog, manifest: SourceManifest, items: list[RawItem
 
 def ingest(manifests: Sequence[SourceManifest], catalog: Catalog, *, media_store: Path | None = None,
            ray_settings: RaySettings | None = None, workers: int | None = None,
-           progress: Progress | None = None, run_id: str | None = None) -> list[SourceReport]:
+           run_id: str | None = None) -> list[SourceReport]:
     """Ingest sources (in order) into ``catalog``; returns one report per source.
 
     ``media_store``: where media packed in tars are extracted, content-addressed
@@ -206,5 +213,5 @@ def ingest(manifests: Sequence[SourceManifest], catalog: Catalog, *, media_store
     media_store = media_store or catalog.path.parent / "media"
     read = [(m, list(iter_items(m, media_store))) for m in manifests]
     wanted = list(dict.fromkeys(k for _, items in read for it in items if it.reason is None for k in it.media))
-    probed = probe_media(wanted, ray_settings=ray_settings, workers=workers, progress=progress)
+    probed = probe_media(wanted, ray_settings=ray_settings, workers=workers)
     return [write_source(catalog, m, items, probed, run_id) for m, items in read]

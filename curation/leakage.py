@@ -42,21 +42,33 @@ def find_leaks(cat: Catalog, shards: Iterable[str | Path]) -> list[Leak]:
     held_media = {r[0] for r in cat.con.execute("SELECT media_hash FROM heldout").fetchall()}
     leaks: list[Leak] = []
     for shard in _tar_files(shards):
-        with tarfile.open(shard) as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                data = tar.extractfile(member).read()
-                if member.name.endswith(".json"):
-                    meta = json.loads(data)
-                    if meta.get("sample_id") in held_ids:
-                        leaks.append(Leak(str(shard), member.name, "sample_id", meta["sample_id"]))
-                    leaks += [Leak(str(shard), member.name, "media_hash", h)
-                              for h in _record_media_hashes(meta) if h in held_media]
-                else:
-                    digest = hashlib.sha256(data).hexdigest()
-                    if digest in held_media:
-                        leaks.append(Leak(str(shard), member.name, "media_bytes", digest))
+        try:
+            leaks += _shard_leaks(shard, held_ids, held_media)
+        except (tarfile.TarError, EOFError) as e:
+            # tarfile's own text names neither the file nor, for a non-tar, one reason (it lists every codec tried)
+            reason = "truncated (unexpected end of data)" if "end of data" in str(e) or isinstance(e, EOFError) \
+                else "not a tar file"
+            raise LeakageError(f"{shard}: cannot read the shard: {reason}") from e
+    return leaks
+
+
+def _shard_leaks(shard: Path, held_ids: set[str], held_media: set[str]) -> list[Leak]:
+    leaks = []
+    with tarfile.open(shard) as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            data = tar.extractfile(member).read()
+            if member.name.endswith(".json"):
+                meta = json.loads(data)
+                if meta.get("sample_id") in held_ids:
+                    leaks.append(Leak(str(shard), member.name, "sample_id", meta["sample_id"]))
+                leaks += [Leak(str(shard), member.name, "media_hash", h)
+                          for h in _record_media_hashes(meta) if h in held_media]
+            else:
+                digest = hashlib.sha256(data).hexdigest()
+                if digest in held_media:
+                    leaks.append(Leak(str(shard), member.name, "media_bytes", digest))
     return leaks
 
 

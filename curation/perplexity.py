@@ -308,7 +308,7 @@ def run_scoring(cat: Catalog, config: ScorerConfig, *, use_ray: bool = True, lim
     if not work:
         return counts
     for results in run_stages(work, scoring_stages(config), batch_size=config.rows_per_commit, use_ray=use_ray,
-                              ray_settings=ray_settings):
+                              ray_settings=ray_settings, label="perplexity"):
         write_results(cat, config, results, run_id)
         counts["scored"] += sum(1 for r in results if r["ok"])
         counts["quarantined"] += sum(1 for r in results if not r["ok"])

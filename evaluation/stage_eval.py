@@ -17,9 +17,11 @@ from pathlib import Path
 
 import torch
 
+from core import progress
 from core.catalog import Catalog
 from core.processes import run_logged
 from curation.heldout import FAMILIES, export_heldout
+from inference.loader import check_model_path
 
 
 @functools.lru_cache(maxsize=4)
@@ -39,13 +41,15 @@ def _docs(data_dir: Path, family: str) -> list[dict]:
 def heldout_loss(model, processor, docs: list[dict]) -> tuple[float, int]:
     """Token-weighted mean NLL of the reference answers given media and question; (loss, answer tokens)."""
     total, tokens = 0.0, 0
-    for d in docs:
-        tag = "<video>" if d["kind"] == "video" else "<image>"
-        conv = [{"from": "human", "value": f"{tag}\n{d['question']}"}, {"from": "gpt", "value": d["answer"]}]
-        batch = processor.collate([processor.encode(conv, [d["media"]], name=d["sample_id"])])
-        n = int((batch["labels"][:, 1:] != -100).sum())
-        total += model(**batch).loss.item() * n
-        tokens += n
+    with progress.task("held-out loss", total=len(docs)) as bar:
+        for d in docs:
+            tag = "<video>" if d["kind"] == "video" else "<image>"
+            conv = [{"from": "human", "value": f"{tag}\n{d['question']}"}, {"from": "gpt", "value": d["answer"]}]
+            batch = processor.collate([processor.encode(conv, [d["media"]], name=d["sample_id"])])
+            n = int((batch["labels"][:, 1:] != -100).sum())
+            total += model(**batch).loss.item() * n
+            tokens += n
+            bar.advance()
     return (total / tokens if tokens else float("nan")), tokens
 
 
@@ -53,6 +57,7 @@ def evaluate_checkpoint(checkpoint: str | Path, eval_dir: str | Path, limit: int
     """Run the held-out tasks and the held-out loss on ``checkpoint`` in this process; return result rows
     (task, metric, value, samples). The held-out files must be exported under ``eval_dir`` already
     (:func:`curation.heldout.export_heldout`)."""
+    check_model_path(Path(checkpoint))  # an empty or wrong folder: one line naming it, not transformers' OSError
     # the held-out sets are local JSONL files: never let `datasets` look for them on a hub
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -119,6 +124,7 @@ def evaluate_export(cat: Catalog, checkpoint: str | Path, stage: str, run_id: st
                     limit: int | None = None) -> list[dict]:
     """Export the catalog's held-out sets, evaluate ``checkpoint`` on them in this process and record the
     ``evals`` rows (``mavors eval run``; the flows evaluate in a child process: :func:`evaluate_in_subprocess`)."""
+    check_model_path(Path(checkpoint))  # before any work
     export_heldout(cat, eval_dir)
     return record_evals(cat, evaluate_checkpoint(checkpoint, eval_dir, limit), stage, checkpoint, run_id)
 

@@ -55,6 +55,8 @@ class MavorsEngine:
     def _start_vllm(self, path: Path):
         import vllm
 
+        from inference.vllm_engine import load_bar
+
         llm_dir = path / "llm"
         if not (llm_dir / "config.json").is_file():
             self._export = llm_dir = Path(tempfile.mkdtemp(prefix="mavors-llm-"))
@@ -63,7 +65,7 @@ class MavorsEngine:
         return vllm.LLM(model=str(llm_dir), dtype=self.config.dtype, max_model_len=self.config.max_model_len,
                         tensor_parallel_size=self.config.tensor_parallel_size, enable_prompt_embeds=True,
                         gpu_memory_utilization=self.config.gpu_memory_utilization,
-                        enforce_eager=self.config.enforce_eager, seed=self.config.seed)
+                        enforce_eager=self.config.enforce_eager, seed=self.config.seed, use_tqdm_on_load=load_bar())
 
     # -- encoding ------------------------------------------------------------------------------
     def _messages(self, request: ChatRequest) -> list[dict[str, Any]]:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from core import progress
 from inference.config import EngineConfig
 
 Batch = dict[str, list[Any]]
@@ -61,18 +62,21 @@ Stage = EngineStage | MapStage
 
 
 def run_stages(rows: list[dict[str, Any]], stages: list[Stage], *, batch_size: int, use_ray: bool,
-               ray_settings=None, prefetch: int = 2) -> Iterator[list[dict[str, Any]]]:
+               ray_settings=None, prefetch: int = 2, label: str = "rows") -> Iterator[list[dict[str, Any]]]:
     """Run ``rows`` through ``stages`` in order; yield the finished rows, ``batch_size`` per batch.
 
     ``prefetch``: in this process, how many batches the leading map stages may run ahead of the engines
     (0: one stage after the other, the baseline ``benchmarks/captions.py`` compares against).
+    ``label``: the progress task (:mod:`core.progress`) that counts the rows as their batches come back.
     """
     if not rows:
         return
-    if use_ray:
-        yield from _on_ray(rows, stages, batch_size, ray_settings)
-    else:
-        yield from _in_process(rows, stages, batch_size, prefetch)
+    with progress.task(label, total=len(rows)) as bar:
+        batches = (_on_ray(rows, stages, batch_size, ray_settings) if use_ray
+                   else _in_process(rows, stages, batch_size, prefetch))
+        for batch in batches:
+            yield batch
+            bar.advance(len(batch))
 
 
 def _in_process(rows: list[dict[str, Any]], stages: list[Stage], batch_size: int,

@@ -28,6 +28,12 @@ def vllm_sampling(vllm: Any, params: SamplingParams) -> Any:
                                max_tokens=params.max_tokens, seed=params.seed, stop=list(params.stop) or None)
 
 
+def load_bar() -> bool:
+    """Whether vLLM draws its checkpoint-loading bar (``use_tqdm_on_load``): it passes tqdm a ``disable`` of its
+    own, so ``TQDM_DISABLE`` (set by ``mavors`` without ``-v``) is handed to it here."""
+    return os.environ.get("TQDM_DISABLE", "").lower() not in ("1", "true", "yes")
+
+
 def completions(tokenizer: Any, output: Any, params: SamplingParams) -> list[Completion]:
     """The completions of one ``RequestOutput``, decoded as the transformers backend decodes.
 
@@ -72,7 +78,7 @@ class VllmEngine:
             model=path, dtype=config.dtype, max_model_len=config.max_model_len,
             tensor_parallel_size=config.tensor_parallel_size, trust_remote_code=config.trust_remote_code,
             gpu_memory_utilization=config.gpu_memory_utilization, enforce_eager=config.enforce_eager,
-            seed=config.seed, **llm_kwargs,
+            seed=config.seed, use_tqdm_on_load=load_bar(), **llm_kwargs,
         )
         self._vllm = vllm
 

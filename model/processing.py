@@ -133,7 +133,9 @@ class MavorsProcessor:
     # ---- visual inputs -------------------------------------------------------------------------
     def _to_tensor(self, frame: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
         """uint8 (H, W, 3) -> normalized float (3, h, w) at size=(w, h), bicubic with antialiasing."""
-        x = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)[None].float()  # (1, 3, H, W)
+        # a copy, not a view: decoded frames are often read-only buffers (PyAV planes, Arrow columns), which
+        # torch.from_numpy wraps with a warning; the float conversion copies anyway
+        x = torch.tensor(np.ascontiguousarray(frame), dtype=torch.float32).permute(2, 0, 1)[None]  # (1, 3, H, W)
         if (x.shape[-1], x.shape[-2]) != size:
             x = F.interpolate(x, size=(size[1], size[0]), mode="bicubic", antialias=True, align_corners=False)
         x = x.clamp(0, 255)[0] / 255.0

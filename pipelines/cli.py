@@ -7,7 +7,8 @@
 
 Each area registers its commands from ``pipelines/commands/<area>.py`` (a
 ``register(app)`` function). Heavy libraries are imported inside commands so
-``mavors --help`` stays fast. Errors print as one line unless ``--debug``.
+``mavors --help`` stays fast. Errors print as one line unless ``--debug``; third-party
+logs and bars show only with ``-v`` (:mod:`pipelines.console`).
 """
 from __future__ import annotations
 
@@ -54,6 +55,8 @@ def _global(
     config: Optional[Path] = typer.Option(None, "--config", envvar="MAVORS_CONFIG",
                                           help="Settings YAML (work dir, catalog, Ray address)."),
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the libraries' own logs, warnings and "
+                                 "progress bars (vLLM, transformers, Prefect, Ray), quiet by default."),
     version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
                                  help="Print the installed version and exit."),
 ) -> None:
@@ -61,6 +64,11 @@ def _global(
         os.environ["MAVORS_CONFIG"] = str(config)
     if debug:
         os.environ["MAVORS_DEBUG"] = "1"
+    from core import progress
+    from pipelines.console import RichRenderer, quiet
+
+    quiet(verbose)
+    ctx.with_resource(progress.rendered_by(RichRenderer(console)))
 
 
 for _name in COMMAND_MODULES:

@@ -141,7 +141,8 @@ def run_chain(names: list[str], stages_dir: Path, run_dir: Path, work_dir: Path 
     ``run_one(spec, run_dir, work_dir, source)`` trains one stage in this process (default ``run_stage``).
     ``data_overrides``: see :func:`plan_chain`.
     """
-    from trainers.stage import run_stage
+    from trainers.metrics import followed_steps
+    from trainers.stage import run_stage, stage_paths
 
     run_one = run_one or run_stage
     records = []
@@ -155,7 +156,9 @@ def run_chain(names: list[str], stages_dir: Path, run_dir: Path, work_dir: Path 
             else:
                 cmd = deepspeed_command(stage.path, run_dir, work_dir, launch,
                                         data_args(data_overrides or {}, stage.name))
-                run_logged(cmd, Path(run_dir) / stage.name / "launcher.log", what="launcher")
+                metrics = stage_paths(run_dir, stage.name).metrics
+                with followed_steps(stage.name, metrics, stage.spec.total_steps()) as poll:
+                    run_logged(cmd, Path(run_dir) / stage.name / "launcher.log", what="launcher", poll=poll)
             if not is_exported(out):
                 raise RuntimeError(f"stage {stage.name} finished without an export at {out}")
             record = {**read_stage_record(out), "status": "trained"}

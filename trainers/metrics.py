@@ -15,13 +15,16 @@ gradient), 2·N for frozen weights before the first trainable module, plus atten
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
+from core import progress
 from trainers.packing import imbalance
 from trainers.param_groups import frozen_prefix, module_of
 
@@ -74,6 +77,23 @@ def read_metrics(path: str | Path) -> list[dict]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@contextlib.contextmanager
+def followed_steps(name: str, path: str | Path, total: int) -> Iterator[Callable[[], None]]:
+    """A progress task (:mod:`core.progress`) for a stage trained by a child process: yields the poll that sets
+    its steps from the newest complete record of the child's metrics file (a half-written last line is skipped)."""
+    path = Path(path)
+    with progress.task(f"train {name}", total=total) as bar:
+        def poll() -> None:
+            lines = path.read_text().splitlines() if path.exists() else []
+            for line in reversed(lines):
+                try:
+                    bar.update(int(json.loads(line)["step"]))
+                    return
+                except (ValueError, KeyError):
+                    continue
+        yield poll
 
 
 class MetricsLogger:

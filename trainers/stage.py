@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from core import progress
 from core.faults import fault_point
 from core.processes import free_port
 from trainers.batches import build_stream, data_dir, pair_batches
@@ -75,6 +76,22 @@ def init_distributed(device: str) -> None:
     deepspeed.init_distributed(dist_backend="nccl" if device == "cuda" else "gloo")
 
 
+class StepProgress:
+    """Loop callback: the optimizer steps done, on the stage's progress task (:mod:`core.progress`)."""
+
+    def __init__(self, bar: progress.Task) -> None:
+        self.bar = bar
+
+    def on_start(self, step: int) -> None:
+        self.bar.update(step)
+
+    def on_step(self, step: int, stats: dict) -> None:
+        self.bar.update(step)
+
+    def on_end(self, step: int) -> None:
+        pass
+
+
 def run_stage(spec: StageSpec, run_dir: str | Path, work_dir: str | Path = ".", source: str = "spec",
               device: str | None = None, peak_flops: float | None = None,
               loader=load_start) -> dict:
@@ -104,8 +121,9 @@ def run_stage(spec: StageSpec, run_dir: str | Path, work_dir: str | Path = ".", 
     metrics = MetricsLogger(paths.metrics, module, peak_flops, seq_len)
     # The loop is the fault point trainer-<stage> (core.faults): MAVORS_FAULT_AT=trainer-<stage>@<n> hangs a
     # callback that SIGKILLs this rank right after step n (the resume tests).
-    with fault_point(f"trainer-{spec.name}") as fault_callbacks:
-        final_step = fit(module, stream, [metrics, checkpointer, *fault_callbacks], start_step)
+    with fault_point(f"trainer-{spec.name}") as fault_callbacks, \
+            progress.task(f"train {spec.name}", total=spec.total_steps()) as bar:
+        final_step = fit(module, stream, [metrics, checkpointer, StepProgress(bar), *fault_callbacks], start_step)
     record = {"stage": spec.name, "spec": spec.model_dump(mode="json"), "spec_digest": spec.digest(), "source": source,
               "world_size": world, "steps": final_step, "samples": final_step * spec.batch.global_size,
               "resumed_from_step": start_step, "init_fingerprints": init_fingerprints,

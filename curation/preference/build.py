@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core import progress
 from core.catalog import Catalog
 from inference import (
     ChatRequest, Engine, EngineConfig, EngineError, GenerationResult, SamplingParams, load_engine,
@@ -337,13 +338,15 @@ def build_pair_set(cat: Catalog, checkpoint: str | Path, sample_ids: Iterable[st
         try:
             builder = Builder(config, policy, ModelJudge(judge_engine, config.judge, name=judge_name),
                               set_dir / "shuffled_videos")
-            for domain in DOMAINS:
-                pending = [i for i in inputs if i.domain == domain]
-                for start in range(0, len(pending), config.batch_inputs):
-                    batch = pending[start:start + config.batch_inputs]
-                    record_outcomes(cat, set_id, builder.decide(domain, batch), ck_hash, run_id)
-                    report.decided += len(batch)
-                    log.info("dpo %s: %s %d/%d decided", set_id, domain, start + len(batch), len(pending))
+            with progress.task("DPO pairs", total=len(inputs)) as bar:
+                for domain in DOMAINS:
+                    pending = [i for i in inputs if i.domain == domain]
+                    for start in range(0, len(pending), config.batch_inputs):
+                        batch = pending[start:start + config.batch_inputs]
+                        record_outcomes(cat, set_id, builder.decide(domain, batch), ck_hash, run_id)
+                        report.decided += len(batch)
+                        bar.advance(len(batch))
+                        log.info("dpo %s: %s %d/%d decided", set_id, domain, start + len(batch), len(pending))
         finally:
             if judge_engine is not policy:
                 judge_engine.close()

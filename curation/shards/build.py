@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from core import progress
 from core.storage import storage_errors
 from curation.media import MediaInfo
 from curation.mixtures import STAGES, MixtureConfig, stage_slug
@@ -88,14 +89,24 @@ def recorded_out_root(cat: Catalog, mixture: str) -> Path | None:
 
 
 def run_tasks(fn: Callable[..., Any], jobs: Sequence[tuple], *, parallel: bool,
-              ray_settings: RaySettings | None, on_result: Callable[[Any], None]) -> None:
+              ray_settings: RaySettings | None, on_result: Callable[[Any], None], label: str) -> None:
     """Run ``fn(*job)`` for every job (Ray tasks when ``parallel``); ``on_result`` runs in the driver
     as each finishes, so results are recorded while others still run. A task that fails stops the run
     with its own exception (e.g. :class:`core.storage.StorageError`, not Ray's wrapper of it); the
-    tasks still pending are cancelled."""
+    tasks still pending are cancelled. ``label``: the progress task (:mod:`core.progress`) counting jobs."""
+    if not jobs:
+        return
+    with progress.task(label, total=len(jobs)) as bar:
+        for result in _results(fn, jobs, parallel, ray_settings):
+            on_result(result)
+            bar.advance()
+
+
+def _results(fn: Callable[..., Any], jobs: Sequence[tuple], parallel: bool,
+             ray_settings: RaySettings | None) -> Iterator[Any]:
     if not parallel or len(jobs) <= 1:
         for job in jobs:
-            on_result(fn(*job))
+            yield fn(*job)
         return
     import ray
 
@@ -112,7 +123,7 @@ def run_tasks(fn: Callable[..., Any], jobs: Sequence[tuple], *, parallel: bool,
             for ref in pending:
                 ray.cancel(ref)
             raise e.cause from e
-        on_result(result)
+        yield result
 
 
 # -- a mixture build ---------------------------------------------------------------------------------
@@ -220,7 +231,8 @@ def _prepare_media(cat: Catalog, mixture: str, stages: list[str], cache_dir: Pat
         for h, (reason, detail) in bad.items():
             log.warning("media %s refused for shards: %s: %s", h[:12], reason, detail)
 
-    run_tasks(_prepare_batch, chunks, parallel=parallel, ray_settings=ray_settings, on_result=record)
+    run_tasks(_prepare_batch, chunks, parallel=parallel, ray_settings=ray_settings, on_result=record,
+              label=f"transcode + check media (batches of {batch})")
 
 
 
@@ -318,7 +330,8 @@ def _write_stage(cat: Catalog, mixture: MixtureConfig, stage: str, out_dir: Path
             on_shard(info)
 
     jobs = [(str(p.path), p.records) for p in plan if p.path.name not in done]
-    run_tasks(write_shard, jobs, parallel=parallel, ray_settings=ray_settings, on_result=record)
+    run_tasks(write_shard, jobs, parallel=parallel, ray_settings=ray_settings, on_result=record,
+              label=f"shards {mixture.name} stage {stage}")
     shards = [infos[p.path.name] for p in plan]
     write_index(out_dir, shards, mixture=mixture.name, stage=stage, seed=mixture.seed,
                 transcode_profile=cfg.profile_id(), fps=cfg.fps, gop=cfg.gop)

@@ -31,8 +31,11 @@ class ShardEntry:
 
 
 def index_files(root: str | Path) -> list[Path]:
-    """``index.json`` of ``root`` itself, else of every shard folder below it (not the transcode cache)."""
+    """``index.json`` of ``root`` itself, else of every shard folder below it (not the transcode cache).
+    A missing ``root`` is an error of its own: a typo, not a folder that holds no shards."""
     root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: {'not a folder' if root.exists() else 'the folder does not exist'}")
     if (root / INDEX_NAME).exists():
         return [root / INDEX_NAME]
     return sorted(p for p in root.rglob(INDEX_NAME) if ".media" not in p.parts)

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipelines.commands import no_ray_option
+from pipelines.console import untruncated
 
 console = Console()
 captions_app = typer.Typer(no_args_is_help=True, help="Caption synthesis (several VLMs + a merger).")
@@ -47,7 +48,7 @@ def run_cmd(
     table = Table("stage", "items", "failures", "busy s", "items/s")
     for name, s in r["stages"].items():
         table.add_row(name, str(s["items"]), str(s["failures"]), f"{s['seconds']:.2f}", f"{s['items_per_s']:.2f}")
-    console.print(table)
+    console.print(untruncated(table))
 
 
 def register(app: typer.Typer) -> None:

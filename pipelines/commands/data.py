@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 
 from pipelines.commands import no_ray_option
+from pipelines.console import untruncated
 
 console = Console()
 models_app = typer.Typer(no_args_is_help=True, help="Model checkpoints.")
@@ -57,7 +58,6 @@ def ingest_cmd(manifests: list[Path] = typer.Argument(..., help="Source manifest
     """Ingest sources: hash + probe media on Ray, write samples/media/quarantine, one transaction per source."""
     import json
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
     from rich.table import Table
 
     from core.catalog import Catalog
@@ -69,14 +69,9 @@ def ingest_cmd(manifests: list[Path] = typer.Argument(..., help="Source manifest
     settings = load_settings()
     sources = load_manifests(manifests)  # fails fast on a bad manifest, before Ray starts
     with Catalog(settings.catalog) as cat, recorded_run(cat, "ingest", {
-            "sources": [m.name for m in sources], "workers": 0 if no_ray else workers}) as run, Progress(
-        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, transient=True,
-    ) as bar:
-        task = bar.add_task("hash + probe media", total=None)
+            "sources": [m.name for m in sources], "workers": 0 if no_ray else workers}) as run:
         reports = ingest(sources, cat, media_store=settings.dir("media"), ray_settings=settings.ray,
-                         workers=0 if no_ray else workers,
-                         progress=lambda done, total: bar.update(task, completed=done, total=total), run_id=run.run_id)
+                         workers=0 if no_ray else workers, run_id=run.run_id)
         run.detail = json.dumps({r.source: r.new + r.replaced for r in reports})
     table = Table(title=f"Ingested into {settings.catalog}")
     for col in ("source", "items", "new", "replaced", "unchanged", "stale", "new media", "quarantined"):
@@ -84,7 +79,7 @@ def ingest_cmd(manifests: list[Path] = typer.Argument(..., help="Source manifest
     for r in reports:
         refused = ", ".join(f"{k}={v}" for k, v in sorted(r.quarantined.items())) or "-"
         table.add_row(r.source, *(str(x) for x in (r.items, r.new, r.replaced, r.unchanged, r.stale, r.new_media)), refused)
-    console.print(table)
+    console.print(untruncated(table))
 
 
 @catalog_app.command("stats")
@@ -119,7 +114,7 @@ def query_cmd(sql: str = typer.Argument(..., help="One SQL statement; the catalo
     table = Table(*columns)
     for row in rows:
         table.add_row(*("NULL" if v is None else str(v) for v in row))
-    console.print(table)
+    console.print(untruncated(table))
     console.print(f"{len(rows)} rows" + (f" shown, more left out (--limit {limit})" if more else ""))
 
 
@@ -142,7 +137,7 @@ def describe_cmd(name: Optional[str] = typer.Argument(None, help="A table or vie
     table = Table(*columns, title=title, title_justify="left")
     for row in rows:
         table.add_row(*("-" if v is None else str(v) for v in row))
-    console.print(table)
+    console.print(untruncated(table))
 
 
 @catalog_app.command("show")

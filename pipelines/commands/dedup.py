@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipelines.commands import no_ray_option
+from pipelines.console import untruncated
 
 console = Console()
 ppl_app = typer.Typer(no_args_is_help=True, help="Perplexity of sample texts under a VLM.")
@@ -79,7 +80,7 @@ def run_cmd(policy: Path = typer.Argument(..., help="Policy YAML (manifests/dedu
         table.add_column(col)
     for reason, n in counts.items():
         table.add_row(reason, str(n), REASONS.get(reason, ""))
-    console.print(table)
+    console.print(untruncated(table))
 
 
 @dedup_app.command("explain")
@@ -117,7 +118,7 @@ def report_cmd(
         table.add_column(col)
     for r in rep["by_source_task"]:
         table.add_row(r["source"], r["task"], str(r["kept"]), str(r["dropped"]))
-    console.print(table)
+    console.print(untruncated(table))
     console.print(f"histogram: {rep['histogram']}")
 
 

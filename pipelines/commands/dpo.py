@@ -17,6 +17,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from pipelines.console import untruncated
+
 console = Console()
 dpo_app = typer.Typer(no_args_is_help=True, help="DPO preference pairs from a policy checkpoint.")
 
@@ -57,7 +59,7 @@ def build_cmd(
     for domain, reasons in report.counts.items():
         for reason, n in reasons.items():
             table.add_row(domain, reason, str(n))
-    console.print(table)
+    console.print(untruncated(table))
     console.print(f"{len(report.shards)} shard(s) under {root / report.pair_set_id / 'shards'}")
 
 
@@ -78,7 +80,7 @@ def sets_cmd() -> None:
     for r in rows:
         table.add_row(r["pair_set_id"], r["checkpoint_path"], r["ck"], r["backend"], str(r["pairs"]),
                       r["previous_pair_set"] or "-", str(r["created_at"])[:19])
-    console.print(table)
+    console.print(untruncated(table))
 
 
 @dpo_app.command("export")

@@ -8,6 +8,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from pipelines.console import untruncated
+
 console = Console()
 eval_app = typer.Typer(no_args_is_help=True, help="Held-out sets and evaluation after every stage.")
 
@@ -29,7 +31,7 @@ def split_cmd(per_family: int = typer.Option(8, help="Samples held out per task 
     table.add_column("samples", justify="right")
     for family, n in sorted(split.counts.items()):
         table.add_row(family, str(n))
-    console.print(table)
+    console.print(untruncated(table))
     console.print(f"lmms-eval tasks: {task_dir}")
 
 
@@ -65,7 +67,7 @@ def run_cmd(checkpoint: Path = typer.Option(..., help="A stage export (save_pret
         table.add_column(col)
     for r in rows:
         table.add_row(r["task"], r["metric"], f"{r['value']:.4f}", str(r["samples"]))
-    console.print(table)
+    console.print(untruncated(table))
 
 
 def register(app: typer.Typer) -> None:

@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipelines.commands import no_ray_option
+from pipelines.console import untruncated
 
 console = Console()
 flow_app = typer.Typer(no_args_is_help=True, help="Run one Prefect flow.")
@@ -240,7 +241,7 @@ def _print_summary(summary: Any) -> None:
             table.add_column(str(col))
         for row in rows:
             table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()))
-        console.print(table)
+        console.print(untruncated(table))
     for name, path in summary.get("locations", {}).items():
         console.print(f"{name:>12}: {path}")
 

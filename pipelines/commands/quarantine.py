@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipelines.commands import no_ray_option
+from pipelines.console import untruncated
 
 console = Console()
 quarantine_app = typer.Typer(no_args_is_help=True, help="Refused items: list them, clear and retry them.")
@@ -48,7 +49,7 @@ def list_cmd(stage: Optional[str] = typer.Option(None, help="Only this stage (in
         table.add_column(col, overflow="fold")
     for r in rows:
         table.add_row(*("" if r[c] is None else str(r[c]) for c in COLUMNS))
-    console.print(table)
+    console.print(untruncated(table))
 
 
 @quarantine_app.command("retry")

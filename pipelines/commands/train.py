@@ -147,8 +147,9 @@ def stage_recorder(catalog: Path, run_dir: Path, run_id: str) -> Callable[[str, 
     from trainers.records import record_stage
 
     def on_stage(status: str, record: dict) -> None:
-        console.print(f"{record['stage']}: {status}, {record['steps']} steps, final loss {record.get('final_loss')}, "
-                      f"export {record['export']}", highlight=False)
+        loss = record.get("final_loss")
+        console.print(f"{record['stage']}: {status}, {record['steps']} steps, final loss "
+                      f"{'-' if loss is None else f'{loss:.4g}'}, export {record['export']}", highlight=False)
         with Catalog(catalog) as cat:
             record_stage(cat, str(run_dir), record, run_id)
     return on_stage

@@ -30,7 +30,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.tasks import exponential_backoff
 from pydantic import BaseModel, ConfigDict
 
-from core import runs
+from core import progress, runs
 from core.catalog import Catalog, CatalogError
 from core.paths import REPO_ROOT
 from core.config import ConfigModel, ConfigPath
@@ -228,9 +228,28 @@ def is_transient(task_: Any, task_run: Any, state: Any) -> bool:
     return any(t.__name__ in _TRANSIENT_NAMES for t in type(exc).__mro__)
 
 
+def _run_name(task_: Any) -> str:
+    """The step's run name where the flow gave one (``train-<stage>``, ``evaluate-<stage>``), else its name."""
+    return task_.task_run_name if isinstance(task_.task_run_name, str) else task_.name
+
+
+def _current_run_name(name: str) -> str:
+    from prefect.context import TaskRunContext
+
+    ctx = TaskRunContext.get()
+    return _run_name(ctx.task) if ctx is not None else name
+
+
+def _cached_line(task_: Any, task_run: Any, state: Any) -> None:
+    """A step served from Prefect's cache runs no body: its console line (pipelines.console) comes from here."""
+    if state.name == "Cached":
+        with progress.task(f"{_run_name(task_)} (cached)"):
+            pass
+
+
 def step(name: str, *, retries: int = 2, backoff_s: float = 2.0,
          timeout_s: float | None = None) -> Callable[[Callable[..., Any]], Any]:
-    """Make a flow step: a Prefect task with retries, input-keyed caching and the fault hook.
+    """Make a flow step: a Prefect task with retries, input-keyed caching, the fault hook and a progress task.
 
     The decorated function takes ``run: RunContext`` first and calls one library function.
     """
@@ -238,13 +257,15 @@ def step(name: str, *, retries: int = 2, backoff_s: float = 2.0,
         @functools.wraps(fn)
         def body(*args: Any, **kwargs: Any) -> Any:
             run = args[0] if args else kwargs.get("run")
-            with fault_point(name, run.settings.catalog if isinstance(run, RunContext) else None):
+            # the step's line on the console (pipelines.console), its library bars drawn inside it
+            with progress.task(_current_run_name(name)), \
+                    fault_point(name, run.settings.catalog if isinstance(run, RunContext) else None):
                 return fn(*args, **kwargs)
 
         return task(
             body, name=name, retries=retries, retry_delay_seconds=exponential_backoff(backoff_s),
             retry_jitter_factor=0.5, retry_condition_fn=is_transient, cache_key_fn=step_cache_key,
-            persist_result=True, timeout_seconds=timeout_s,
+            persist_result=True, timeout_seconds=timeout_s, on_completion=[_cached_line],
         )
     return wrap
 

@@ -60,12 +60,15 @@ def _subprocess_stage(log_dir: Path, data: dict[str, dict]):
     import sys
 
     from trainers.chain import data_args
+    from trainers.metrics import followed_steps
+    from trainers.stage import stage_paths
 
     def run_one(spec: Any, run_dir: Path, work_dir: Path, source: str) -> None:
         cmd = [sys.executable, "-m", "trainers.stage", "--spec", str(Path(source).resolve()),
                "--run-dir", str(Path(run_dir).resolve()), "--work-dir", str(Path(work_dir).resolve()),
                *data_args(data, spec.name)]
-        run_logged(cmd, log_dir / spec.name / "trainer.log", what="trainer")
+        with followed_steps(spec.name, stage_paths(run_dir, spec.name).metrics, spec.total_steps()) as poll:
+            run_logged(cmd, log_dir / spec.name / "trainer.log", what="trainer", poll=poll)
     return run_one
 
 
@@ -163,8 +166,9 @@ def train_stages(run: RunContext, params: TrainParams) -> list[dict[str, Any]]:
         index = sorted(shards.rglob("index.json")) if shards is not None else []
         previous = train_stage.with_options(task_run_name=f"train-{name}")(
             run, name, spec_file, index, run_dir, params.launch, previous, {name: data[name]} if name in data else {})
+        loss = previous["final_loss"]
         get_run_logger().info("stage %s: %s, %s steps, final loss %s", name, previous["status"],
-                              previous["steps"], previous["final_loss"])
+                              previous["steps"], "-" if loss is None else f"{loss:.4g}")
         records.append(previous)
         if params.evaluate:
             evals += evaluate_stage.with_options(task_run_name=f"evaluate-{name}")(

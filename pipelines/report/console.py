@@ -4,6 +4,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from pipelines.console import untruncated
 from pipelines.report.sections import Section
 
 
@@ -19,5 +20,5 @@ def print_sections(console: Console, sections: list[Section]) -> None:
                 table.add_column(col)
             for row in rows:
                 table.add_row(*("-" if v is None else str(v) for v in row))
-            console.print(table)
+            console.print(untruncated(table))
         print_sections(console, sec.subsections)

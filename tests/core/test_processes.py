@@ -53,3 +53,15 @@ def test_project_env_puts_the_checkout_first_on_pythonpath(monkeypatch, tmp_path
     log = tmp_path / "import.log"
     run_logged([sys.executable, "-c", "import core.processes as p; print(p.__file__)"], log, cwd=tmp_path)
     assert log.read_text().strip() == str(CHECKOUT / "core" / "processes.py")
+
+
+def test_run_logged_polls_while_the_child_runs_and_once_after(tmp_path):
+    """``poll`` sees what the child has written so far (a progress follower), and once more after it exits."""
+    out = tmp_path / "steps.txt"
+    script = ("import time, pathlib\np = pathlib.Path(r'%s')\nfor i in range(1, 4):\n"
+              "    p.write_text(str(i)); time.sleep(0.3)\n" % out)
+    seen = []
+    run_logged([sys.executable, "-c", script], tmp_path / "child.log",
+               poll=lambda: seen.append(int(out.read_text()) if out.exists() else 0), poll_s=0.1)
+    assert seen[-1] == 3 and len(seen) >= 4  # polled during the ~0.9 s run, then after the exit
+    assert seen == sorted(seen) and {1, 2} <= set(seen)

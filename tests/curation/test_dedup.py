@@ -236,8 +236,18 @@ def test_explain_and_report(catalog, tmp_path):
     assert [m["sample_id"] for m in info["members"]] == ["b/1", "c/1", "a/1"]
     text = format_explanation(info)
     assert "a/1: DROPPED (above_k)" in text and "3.0000" in text and "task caption" in text
-    with pytest.raises(ValueError, match="no decision"):
+    # an id the catalog does not know, a refused item and a sample ingested after the run: three messages
+    with pytest.raises(ValueError, match=r"^sample 'nope/1' is not in the catalog .*sample ids are '<source>/<item>'"):
         explain(catalog, "nope/1")
+    catalog.quarantine([{"source": "nope", "item": "2", "reason": "zero_byte", "detail": "", "stage": "ingest",
+                         "run_id": None}])
+    with pytest.raises(ValueError, match=r"^sample 'nope/2' is not in the catalog .*: it was quarantined \(ingest "
+                                         r"zero_byte\)$"):
+        explain(catalog, "nope/2")
+    add(catalog, ("d/1", "qa", ["h2"], 1.0))
+    with pytest.raises(ValueError, match=r"^sample 'd/1' is not decided yet under policy 't': it was ingested after "
+                                         r"the last `mavors dedup run`; run it again$"):
+        explain(catalog, "d/1")
     rep = report(catalog, tmp_path / "rep")
     assert (rep["groups"], rep["shared_groups"], rep["samples_in_shared_groups"]) == (1, 1, 5)
     assert sum(r["kept"] + r["dropped"] for r in rep["by_source_task"]) == 5

@@ -161,3 +161,22 @@ def test_save_and_load_keeps_settings(processor, tmp_path):
     again = MavorsProcessor.from_pretrained(tmp_path / "proc")
     assert again.settings() == processor.settings()
     assert again.image_token_id == processor.image_token_id
+
+
+def test_read_only_frames_convert_without_a_warning(processor):
+    """Decoded frames are often read-only buffers (an Arrow column, a bytes object): the processor copies them
+    into its float tensor instead of wrapping them, so torch's "NumPy array is not writable" warning cannot come."""
+    import warnings
+
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 256, size=(processor.image_size, processor.image_size, 3), dtype=np.uint8)
+    read_only = np.frombuffer(frame.tobytes(), dtype=np.uint8).reshape(frame.shape)
+    assert not read_only.flags.writeable
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        x = processor._to_tensor(read_only, (processor.image_size, processor.image_size))
+    # the same size: no resampling, so the result is the normalisation worked by hand
+    mean = np.array(processor.image_mean, dtype=np.float32)[:, None, None]
+    std = np.array(processor.image_std, dtype=np.float32)[:, None, None]
+    expected = (frame.transpose(2, 0, 1).astype(np.float32) / 255.0 - mean) / std
+    np.testing.assert_allclose(x.numpy(), expected, rtol=0, atol=1e-6)

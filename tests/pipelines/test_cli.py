@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 
@@ -70,7 +71,10 @@ def _invoke(args, tmp_path, monkeypatch):
 
 
 def test_a_failing_eval_run_is_recorded_failed_with_its_message(tmp_path, monkeypatch):
-    # An empty catalog has no held-out set: the evaluation refuses to run.
+    # An empty catalog has no held-out set: the evaluation refuses to run (after the checkpoint check, which a
+    # folder with a config.json passes).
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "config.json").write_text("{}")
     result, rows = _invoke(["eval", "run", "--checkpoint", str(tmp_path / "export"), "--stage", "stage2"],
                            tmp_path, monkeypatch)
     assert isinstance(result.exception, RuntimeError)
@@ -134,3 +138,51 @@ def test_ray_is_switched_off_by_one_spelling_everywhere():
             assert workers.min == 1, f"{name}: --workers 0 must not be a second way to say --no-ray"
     assert {name for name, has in switches.items() if has} == {
         "ingest", "captions run", "ppl score", "shards build", "quarantine retry", "flow run"}
+
+
+def _error_line(proc) -> str:
+    """The one line a failing command prints (exit 1, no traceback, nothing else on stderr)."""
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 1 and len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def test_errors_name_the_file_or_sample_and_the_reason(tmp_path):
+    import io
+    import tarfile
+
+    data = b"{}" * 4000
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("s-000.json")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    cut, junk = tmp_path / "cut.tar", tmp_path / "junk.tar"
+    cut.write_bytes(buf.getvalue()[:2048])  # the header and part of the member: a shard cut short by a crash
+    junk.write_bytes(b"not a tar at all" * 64)
+    empty = tmp_path / "empty-export"
+    empty.mkdir()
+    cases = {
+        ("eval", "check-leakage", str(cut)): f"error: {cut}: cannot read the shard: truncated (unexpected end of data)",
+        ("eval", "check-leakage", str(junk)): f"error: {junk}: cannot read the shard: not a tar file",
+        ("shards", "verify", str(tmp_path / "nowhere")): f"error: {tmp_path / 'nowhere'}: the folder does not exist",
+        ("dedup", "explain", "nosuch/x"): f"error: sample 'nosuch/x' is not in the catalog {tmp_path / 'work'}"
+                                          "/catalog.duckdb (sample ids are '<source>/<item>'; see mavors catalog query)",
+        ("eval", "run", "--checkpoint", str(empty), "--stage", "s"):
+            f"error: {empty}: not a checkpoint directory (no config.json)",
+    }
+    for args, expected in cases.items():
+        assert _error_line(run(list(args), tmp_path)) == expected, args
+
+
+@pytest.mark.slow  # two checkpoint writes: ~25 s on an idle machine, 69 s at load 8
+def test_the_default_console_has_no_third_party_lines_and_v_shows_them(tmp_path):
+    """``mavors models make-tiny`` saves four checkpoints with transformers: its tqdm bars ("Writing model shards",
+    "Loading weights") appear with -v only; by default the command prints its own five lines and nothing else."""
+    quiet = run(["models", "make-tiny", str(tmp_path / "quiet")], tmp_path)
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+    heads = [line.split(":")[0].strip() for line in quiet.stdout.splitlines() if ":" in line]
+    assert heads == ["tokenizer", "siglip", "qwen2", "qwen2vl", "mavors"]  # (rich may wrap a long path)
+    assert "%|" not in quiet.stdout
+    loud = run(["-v", "models", "make-tiny", str(tmp_path / "loud")], tmp_path)
+    assert loud.returncode == 0 and "Writing model shards" in loud.stderr and "Loading weights" in loud.stderr

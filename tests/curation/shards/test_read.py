@@ -30,8 +30,12 @@ def test_list_shards_follows_the_index_files(two_folders):
         ["a", "a-000000.tar"], ["a", "a-000001.tar"], ["a", "a-000002.tar"], ["b", "b-000000.tar"]]
     assert [e.n_samples for e in entries] == [3, 3, 1, 3]
     assert index_files(two_folders / "a") == [two_folders / "a" / "index.json"]
-    with pytest.raises(FileNotFoundError, match="no shards"):
+    # a folder that does not exist says so; one that exists without an index says there are no shards
+    with pytest.raises(FileNotFoundError, match="nowhere: the folder does not exist$"):
         list_shards(two_folders / "nowhere")
+    (two_folders / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="empty: no shards"):
+        list_shards(two_folders / "empty")
 
 
 def test_iter_samples_equals_stock_webdataset(two_folders):

@@ -47,7 +47,7 @@ def workspace(tmp_path):
         (export / "stage.json").write_text(json.dumps({
             "stage": name, "spec": spec.model_dump(mode="json"), "spec_digest": spec.digest(),
             "source": str(stages / f"{name}.yaml"), "world_size": 1, "steps": steps, "samples": 2 * steps,
-            "final_loss": 0.25, "resumed_from_step": 0, "started_at": 1.7e9, "ended_at": 1.7e9 + 60}))
+            "final_loss": 6.987797737121582, "resumed_from_step": 0, "started_at": 1.7e9, "ended_at": 1.7e9 + 60}))
     settings = tmp_path / "settings.yaml"
     settings.write_text(yaml.safe_dump({"work_dir": str(work)}))
     return {"settings": settings, "stages": stages, "work": work}
@@ -107,7 +107,7 @@ def test_print_command_prints_one_launcher_line_per_stage(workspace, tmp_path):
 def test_node_0_records_one_run_and_every_stage(workspace):
     result = _train(workspace, "--stages", "first,second")
     assert result.exit_code == 0, result.output
-    assert "first: skipped, 7 steps, final loss 0.25" in result.output
+    assert "first: skipped, 7 steps, final loss 6.988," in result.output  # rounded: 4 significant digits
     [(run_id, command, status, parameters)] = _query(workspace, "SELECT run_id, command, status, parameters FROM runs")
     assert (command, status) == ("train", "completed")
     assert json.loads(parameters) == {"stages": ["first", "second"], "run": "r", "hostfile": None}

@@ -6,6 +6,7 @@ one run record per flow run.
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -126,3 +127,41 @@ def test_a_subflow_run_names_its_parent_and_the_report_shows_the_end(prefect_api
     page = Path(report).read_text()  # written while the run was running, rewritten once it ended
     assert "<th>status</th><td>completed</td>" in page and "before the run ended" not in page
     assert inner in page  # the subflow is listed among the report's runs
+
+
+def test_every_step_prints_one_line_also_when_served_from_the_cache(prefect_api, tmp_path):
+    """A step's line on the console (pipelines.console): its run name and seconds when it runs, "(cached)" when
+    Prefect's cache answers and the body never runs; the library's bar inside it leaves no line of its own."""
+    import io
+    import re
+
+    from rich.console import Console
+
+    from core import progress
+    from pipelines.console import RichRenderer
+    from pipelines.flows.common import step
+
+    bodies = []
+
+    @step("count-rows", retries=0)
+    def count_rows(run: RunContext, n: int) -> int:
+        bodies.append(n)
+        with progress.task("rows", total=n) as bar:
+            bar.advance(n)
+        return n
+
+    @flow(name="cached-lines")
+    def lines_flow(run: RunContext) -> None:
+        count_rows(run, 3)
+        count_rows.with_options(task_run_name="count-rows-again")(run, 3)  # same inputs: the cache answers
+
+    out = io.StringIO()
+    # a scope of its own: Prefect's result storage outlives the session, and no earlier session's result may answer
+    scope = f"test-cache-lines-{uuid.uuid4()}"
+    with progress.rendered_by(RichRenderer(Console(file=out, width=120, force_terminal=False))):
+        lines_flow(_run(scope=scope))
+    assert bodies == [3]
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2, lines
+    assert re.fullmatch(r"✓ count-rows  \d+\.\d s", lines[0])
+    assert re.fullmatch(r"✓ count-rows-again \(cached\)  \d+\.\d s", lines[1])
