@@ -130,6 +130,9 @@ class DataSpec(ConfigModel):
     """Samples shuffled together: the order is shuffled within each run of this many consecutive positions
     (after the shard slices are shuffled). Larger mixes more, at no memory cost in the loader (it reads by
     offset). Embedded default 1000; cluster value 10000."""
+    workers: int = Field(0, ge=0)
+    """DataLoader worker processes per rank that read and decode micro-batches (the order does not depend on it;
+    ``benchmarks/loader.py`` measures the gain). Embedded default 0 (in the rank's process); cluster value 4."""
     slice_size: int = Field(64, ge=1)
     """Consecutive samples of a shard kept together when an epoch's slices are shuffled; with the window this
     sets how far a shard's neighbours spread (Energon's ``max_samples_per_sequence``). Embedded and cluster 64."""
@@ -275,6 +278,9 @@ class StageSpec(ConfigModel):
     """Torch seed for the stage (dropout etc.)."""
     log_every: int = Field(1, ge=1)
     """Write a metrics line every N optimizer steps."""
+    log_sample_ids: bool = False
+    """Put each step's sample ids (all ranks', gathered) in its metrics record: an audit of which samples trained
+    at which step (resume checks). Embedded and cluster value false (thousands of ids per step)."""
 
     # Path fields keep their text as written (so the digest an export is checked against holds no absolute path
     # of the checkout or the work dir, and a moved work folder reruns); :meth:`path` resolves one when used.
