@@ -50,8 +50,9 @@ def build_ds_config(spec: StageSpec, world_size: int, device: str = "cpu", sourc
         "fp16": {"enabled": False},
         "steps_per_print": 10**9,  # our metrics callback logs; keep DeepSpeed quiet
         "wall_clock_breakdown": False,
-        "checkpoint": {"load_universal": load_universal},
     }
+    if load_universal:
+        config["checkpoint"] = {"load_universal": True}
     assert "optimizer" not in config and "scheduler" not in config
     return config
 
