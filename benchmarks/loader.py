@@ -1,5 +1,6 @@
 """Shard loader worker scaling: steady-state samples/s of :class:`trainers.data.ShardLoader` with the Mavors
-processor at paper settings (384 px, patch 14, F=16, up to 9 sub-images), for 0, 1 and 2 DataLoader workers.
+processor at paper settings (384 px, patch 14, F=16, up to 9 sub-images; ``--processor tiny``: the test model's),
+for 0, 1 and 2 DataLoader workers.
 
     python benchmarks/loader.py                     # ~2 min on 2 cores
     python benchmarks/loader.py --samples 240 --micro 4
@@ -92,15 +93,19 @@ def main() -> None:
     p.add_argument("--micro", type=int, default=4, help="samples per micro-batch")
     p.add_argument("--batches", type=int, default=24, help="micro-batches timed after the first")
     p.add_argument("--repeat", type=int, default=2, help="runs per worker count (best rate reported)")
+    p.add_argument("--processor", choices=("paper", "tiny"), default="paper",
+                   help="paper: 384 px, patch 14, F=16 (an image is 81 MB of float32 tubelets); tiny: the test "
+                        "model's 64 px, patch 16, F=4 (same decoding, small tensors)")
     a = p.parse_args()
     from demo.tiny_models import make_tokenizer
     from model.processing import MavorsProcessor
 
     torch.set_num_threads(1)  # a DataLoader worker runs with one thread: the in-process run gets the same
-    processor = MavorsProcessor(make_tokenizer())  # paper settings: 384 px, patch 14, F=16, 2 fps
+    processor = MavorsProcessor(make_tokenizer()) if a.processor == "paper" else MavorsProcessor(
+        make_tokenizer(), frames_per_chunk=4, patch_size=16, image_size=64, max_sub_images=4)
     with tempfile.TemporaryDirectory() as d:
         root = make_shards(Path(d), a.samples, int(processor.video_fps))
-        print(f"shards: {a.samples} samples (text / 640x480 JPEG / two JPEGs / 8 s mp4 320x240), micro-batch "
+        print(f"{a.processor} processor; shards: {a.samples} samples (text / 640x480 JPEG / two JPEGs / 8 s mp4 320x240), micro-batch "
               f"{a.micro}, {a.batches} micro-batches timed, best of {a.repeat}")
         print(f"  {'workers':<8} {'start-up s':>10} {'samples/s':>10} {'vs 1 worker':>12}   load before")
         rates = {}
