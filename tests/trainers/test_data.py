@@ -343,3 +343,22 @@ def test_refused_samples_are_skipped_counted_and_keep_the_plan(shard_root):
     resumed = make(NarrowRefusingProcessor())
     resumed.load_state_dict(first.state_dict())
     assert head + ids_of(resumed) == [b["sample_id"] for b in batches]
+
+
+def test_blend_in_the_stage_spec(shard_root, replay_root, tmp_path):
+    """``data.blend`` -> the loader's sources (name: the given one, else the shards text; weights as written);
+    duplicate names and DPO blends are refused when the spec loads."""
+    from conftest import toy_spec
+
+    from core.config import ConfigError
+    from trainers.batches import data_dirs, data_sources
+
+    spec = toy_spec(data={"blend": [{"shards": str(shard_root), "weight": 0.9, "name": "stage2"},
+                                    {"shards": str(replay_root), "weight": 0.1}]})
+    sources = data_sources(spec, tmp_path)
+    assert [(s.name, s.weight, s.n_samples) for s in sources] == [("stage2", 0.9, 32), (str(replay_root), 0.1, 5)]
+    assert data_dirs(spec, tmp_path) == [shard_root, replay_root]
+    with pytest.raises((ConfigError, ValueError), match="distinct names"):
+        toy_spec(data={"blend": [{"shards": "a", "weight": 1}, {"shards": "b", "weight": 1, "name": "a"}]})
+    with pytest.raises((ConfigError, ValueError), match="data.blend is for next-token stages"):
+        toy_spec(data={"blend": [{"shards": "a", "weight": 1}]}, loss={"kind": "dpo", "beta": 0.1})
