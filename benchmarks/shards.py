@@ -103,7 +103,7 @@ def loader_rate(root: Path, processor, workers: int, n: int) -> float:
     """Samples/s over the first ``n`` samples, worker start-up included."""
     from trainers.data import build_loader
 
-    loader = build_loader(root, processor, micro_size=8, seed=0, shuffle_buffer=64, num_workers=workers, max_epochs=1)
+    loader = build_loader(root, processor, micro_size=8, seed=0, shuffle_window=64, num_workers=workers, max_epochs=1)
     t = time.perf_counter()
     seen = 0
     for batch in loader:
@@ -159,7 +159,7 @@ def main() -> None:
 
         mavors = MavorsProcessor(make_tokenizer(), frames_per_chunk=4, patch_size=16, image_size=64, max_sub_images=4)
         torch.set_num_threads(1)  # as in DataLoader workers: the baseline gets the same per-process threads
-        print(f"loader: PNG 128x96 + conversation per sample, micro-batch 8, shuffle buffer 64, worker start included")
+        print(f"loader: PNG 128x96 + conversation per sample, micro-batch 8, shuffle window 64, worker start included")
         print(f"  {'decoder (samples timed)':<26} {'stock wds 1 proc':>17} {'ours in-process':>16} {'ours 1 worker':>14}"
               f" {'ours 2 workers':>15}  samples/s")
         for name, proc, n in (("trivial", TrivialProcessor(), a.samples),

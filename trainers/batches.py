@@ -23,7 +23,8 @@ def vocab_size(model) -> int:
 
 
 def data_dir(spec: StageSpec, work_dir: Path) -> Path | None:
-    """Directory of the stage's shards, as the driver handed it in ``data.shards`` (None for synthetic data).
+    """Directory of the stage's shards, as the driver handed it in ``data.shards`` (None for synthetic data and
+    blends: :func:`data_sources` lists a blend's folders).
 
     A rank never derives a folder: ``data.mixture`` is resolved once by the driver
     (:func:`trainers.chain.mixture_data`) and reaches the ranks as ``--data-json``.
@@ -32,6 +33,24 @@ def data_dir(spec: StageSpec, work_dir: Path) -> Path | None:
         raise ValueError(f"stage {spec.name}: data.mixture {spec.data.mixture} was not resolved to its shard folder "
                          "(the driver passes it as data.shards: trainers.chain.mixture_data)")
     return spec.path(spec.data.shards, work_dir) if spec.data.shards is not None else None
+
+
+def data_dirs(spec: StageSpec, work_dir: Path) -> list[Path]:
+    """Every shard folder the stage reads: ``data.shards``, or each ``data.blend`` entry's; [] for synthetic."""
+    if spec.data.blend is not None:
+        return [spec.path(b.shards, work_dir) for b in spec.data.blend]
+    directory = data_dir(spec, work_dir)
+    return [] if directory is None else [directory]
+
+
+def data_sources(spec: StageSpec, work_dir: Path) -> list:
+    """The stage's shard sets as :class:`trainers.data.Source`: one named ``shards`` for ``data.shards``, one
+    per ``data.blend`` entry by its name and weight."""
+    from trainers.data import Source
+
+    if spec.data.blend is not None:
+        return [Source.from_root(b.key, d, b.weight) for b, d in zip(spec.data.blend, data_dirs(spec, work_dir))]
+    return [Source.from_root("shards", d) for d in data_dirs(spec, work_dir)]
 
 
 def build_stream(spec: StageSpec, model, processor, rank: int, world: int, work_dir: Path):
@@ -45,9 +64,10 @@ def build_stream(spec: StageSpec, model, processor, rank: int, world: int, work_
     else:
         from trainers.data import build_loader
 
-        stream = build_loader(data_dir(spec, work_dir), DeferredCollate(processor) if budget else processor,
+        stream = build_loader(data_sources(spec, work_dir), DeferredCollate(processor) if budget else processor,
                               micro_size=spec.batch.micro_size, rank=rank, world_size=world, seed=spec.data.seed,
-                              shuffle_buffer=spec.data.shuffle_buffer, dpo=spec.loss.kind == "dpo")
+                              shuffle_window=spec.data.shuffle_window, slice_size=spec.data.slice_size,
+                              num_workers=spec.data.workers, dpo=spec.loss.kind == "dpo")
         collate = processor.collate if budget else None
     if not budget:
         return stream

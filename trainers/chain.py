@@ -21,7 +21,7 @@ from core.config import ConfigError, work_dir_path
 from core.paths import REPO_ROOT
 from core.processes import run_logged
 from trainers.export import is_exported, read_stage_record
-from trainers.batches import data_dir
+from trainers.batches import data_dirs
 from trainers.initialization import check_init, export_dir
 from trainers.launch import Launch, deepspeed_command, world_size
 from trainers.spec import StageSpec, check_world_size, load_stage
@@ -89,15 +89,16 @@ def mixture_data(names: list[str], stages_dir: Path, shard_dirs: Mapping[str, Ma
 
 
 def check_data(spec: StageSpec, work_dir: Path, source: str) -> None:
-    """Shard data must be a folder (``data.mixture`` resolved by :func:`mixture_data`) holding an index."""
+    """Shard data must be folders (``data.mixture`` resolved by :func:`mixture_data`) holding an index."""
     if spec.data.mixture is not None:
         raise ConfigError(f"{source}: field 'data.mixture': not resolved to the folder its shards were built into; "
                           "the driver passes it (trainers.chain.mixture_data), or give --data STAGE=SHARD_DIR "
                           "after mavors shards build")
-    directory = data_dir(spec, work_dir)
-    if directory is not None and not any(Path(directory).rglob("index.json")):
-        raise ConfigError(f"{source}: field 'data.shards': no shards (index.json) under {directory}; "
-                          "build them first (mavors shards build ...)")
+    field = "data.blend" if spec.data.blend is not None else "data.shards"
+    for directory in data_dirs(spec, work_dir):
+        if not any(Path(directory).rglob("index.json")):
+            raise ConfigError(f"{source}: field '{field}': no shards (index.json) under {directory}; "
+                              "build them first (mavors shards build ...)")
 
 
 def plan_chain(names: list[str], stages_dir: Path, run_dir: Path, work_dir: Path, launch: Launch,

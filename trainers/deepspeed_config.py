@@ -24,8 +24,11 @@ def resolve_precision(spec: StageSpec, device: str) -> str:
     return "bf16" if device == "cuda" else "fp32"
 
 
-def build_ds_config(spec: StageSpec, world_size: int, device: str = "cpu", source: str = "spec") -> dict:
-    """The DeepSpeed JSON config for ``spec`` on ``world_size`` ranks (raises ConfigError if the batch doesn't divide)."""
+def build_ds_config(spec: StageSpec, world_size: int, device: str = "cpu", source: str = "spec",
+                    load_universal: bool = False) -> dict:
+    """The DeepSpeed JSON config for ``spec`` on ``world_size`` ranks (raises ConfigError if the batch doesn't divide).
+    ``load_universal``: the checkpoint to resume is a universal one (another world size saved it:
+    :func:`trainers.checkpointing.universal_tag`)."""
     accumulation = check_world_size(spec, world_size, source)
     precision = resolve_precision(spec, device)
     config = {
@@ -48,6 +51,8 @@ def build_ds_config(spec: StageSpec, world_size: int, device: str = "cpu", sourc
         "steps_per_print": 10**9,  # our metrics callback logs; keep DeepSpeed quiet
         "wall_clock_breakdown": False,
     }
+    if load_universal:
+        config["checkpoint"] = {"load_universal": True}
     assert "optimizer" not in config and "scheduler" not in config
     return config
 

@@ -8,7 +8,8 @@ global-batch mean: they add up). Samples the processor refused are listed in the
 On resume the file is cut back to the checkpoint's step, so the log reads like one uninterrupted run.
 Vision balance: ``visual_tokens_per_rank`` (the step's visual tokens on each rank) and ``vision_imbalance``, their
 max / mean (1.0 balanced; :func:`trainers.packing.imbalance`); ``micro_batches``: forward/backward passes per rank;
-``padded_fraction``: padding among the LLM positions computed (0 for packed rows).
+``padded_fraction``: padding among the LLM positions computed (0 for packed rows); ``sample_ids`` (with the
+spec's ``log_sample_ids``): the step's samples, every rank's in rank order.
 MFU uses the usual estimate (PaLM appendix B / torchtitan): 6·N FLOPs per token for
 trainable weights, 4·N for frozen weights on the gradient path (forward + input
 gradient), 2·N for frozen weights before the first trainable module, plus attention.
@@ -125,6 +126,7 @@ class MetricsLogger:
         if n_skipped:  # every rank sees the same sum, so all of them take part in the gather
             self.skipped += gather_lists([{**s, "rank": self.rank} for s in skipped])
         world = dist.get_world_size() if dist.is_initialized() else 1
+        ids = gather_lists(stats.get("sample_ids", [])) if self.module.spec.log_sample_ids else None
         visual = all_reduce([float(stats.get("visual_tokens", 0)) if r == self.rank else 0.0 for r in range(world)],
                             mean=False)  # each rank's own load, in rank order
         if self.rank != 0 or step % self.module.spec.log_every:
@@ -137,6 +139,8 @@ class MetricsLogger:
                   "visual_tokens_per_rank": [int(v) for v in visual], "vision_imbalance": imbalance(visual),
                   "skipped": self.skipped}
         self.skipped = []
+        if ids is not None:
+            record["sample_ids"] = ids
         if "reward_margin" in stats:
             record["reward_margin"], record["reward_accuracy"] = extra
         if self.peak_flops:

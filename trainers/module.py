@@ -115,7 +115,7 @@ class TrainModule:
     """Model + AdamW(per-module groups) + LambdaLR wrapped by ``deepspeed.initialize``, checked against the spec."""
 
     def __init__(self, model: nn.Module, spec: StageSpec, world_size: int, device: str = "cpu",
-                 source: str = "spec"):
+                 source: str = "spec", load_universal: bool = False):
         import deepspeed
 
         self.spec = spec
@@ -123,7 +123,7 @@ class TrainModule:
             run_without_grad(getattr(model, name))
         optimizer = build_optimizer(model, spec)
         scheduler = build_scheduler(optimizer, spec)
-        self.ds_config = build_ds_config(spec, world_size, device, source)
+        self.ds_config = build_ds_config(spec, world_size, device, source, load_universal)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self.ds_config)
         check_engine_matches_spec(self.engine, spec)
@@ -203,4 +203,5 @@ class TrainModule:
         return {"loss": loss_share, "lr": lrs, "samples": samples, "tokens": tokens, "positions": positions,
                 "visual_tokens": visual, "micro_batches": len(batches),
                 "skipped": [s for b in batches for s in b.get("skipped", [])],
+                "sample_ids": [s for b in batches for s in b["sample_id"]],
                 "grad_norm": None if grad_norm is None else float(grad_norm), **extra}

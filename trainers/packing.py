@@ -29,8 +29,9 @@ rank to the largest count with empty micro-batches (:func:`trainers.module.stand
 
 Vision balance across ranks: :func:`balance_ranks` deals a global batch's samples to ranks by visual tokens
 (greedy longest-first), planned from the shard records before decoding (:func:`planned_visual_tokens`), and
-:func:`imbalance` is the max/mean load that the metrics report per step. The shard loader still deals whole shards
-to ranks, so no rank sees a global batch's records; a loader that draws global batches calls these two to deal them.
+:func:`imbalance` is the max/mean load that the metrics report per step. The shard loader walks one global order and
+every rank computes the addresses of a whole round (:mod:`trainers.data`), but ranks still take strided positions;
+dealing a step's samples by these two instead is not wired into it yet.
 """
 from __future__ import annotations
 

@@ -87,12 +87,34 @@ class SyntheticData(ConfigModel):
     by the processor (``seq_len``/``answer_len`` count words then). None: token ids only."""
 
 
+class BlendSource(ConfigModel):
+    """One shard set of a weighted blend (``data.blend``)."""
+
+    shards: str
+    """Directory of WebDataset shards, as for ``data.shards``."""
+    weight: float = Field(gt=0)
+    """Share of the global order: over any run of positions the set gives ``weight / sum of weights`` of the
+    samples, within one sample (smooth weighted round-robin, :mod:`trainers.data`). Weights need not add to 1."""
+    name: str | None = None
+    """Key of the set's position in the saved loader state (default: the ``shards`` text as written). Resuming
+    finds each set by its name: keep it when a weight changes, give a new one when the set's shards change."""
+
+    @property
+    def key(self) -> str:
+        return self.name if self.name is not None else self.shards
+
+
 class DataSpec(ConfigModel):
-    """The stage's training data; exactly one of ``shards``, ``mixture``, ``synthetic``."""
+    """The stage's training data; exactly one of ``shards``, ``blend``, ``mixture``, ``synthetic``."""
 
     shards: str | None = None
     """Directory of WebDataset shards (``{work_dir}/...``, relative to the spec's folder, or absolute), as written
     by ``mavors shards build`` or the DPO pair builder; the only data source a rank reads."""
+    blend: list[BlendSource] | None = None
+    """Several shard sets mixed by weight into one order (e.g. the Stage-2 mixture at 0.9 and a Stage-1.5
+    replay share at 0.1): ``[{shards: DIR, weight: W, name: N}, ...]``. Each set runs through its own epochs (a
+    small set repeats while a large one is still in its first pass); resuming continues every set where it was.
+    Next-token stages only. Embedded default: none; cluster: the paper's Stage-2 mixture is one built set."""
     mixture: str | None = None
     """A mixture manifest (relative to the spec's folder: ``../mixtures/<name>.yaml``, or absolute) whose
     ``mixture_stage`` the stage trains on. The driver resolves it once to the folder that stage's shards were
@@ -103,17 +125,29 @@ class DataSpec(ConfigModel):
     synthetic: SyntheticData | None = None
     """Random token data (tests, benchmarks)."""
     seed: int = 0
-    """Seed of the sample order (shuffle per epoch); resume replays the same order."""
-    shuffle_buffer: int = Field(1000, ge=1)
-    """Samples in the shuffle buffer of the shard loader."""
+    """Seed of the sample order (shuffle per epoch); resume replays the same order, on any world size."""
+    shuffle_window: int = Field(1000, ge=1)
+    """Samples shuffled together: the order is shuffled within each run of this many consecutive positions
+    (after the shard slices are shuffled). Larger mixes more, at no memory cost in the loader (it reads by
+    offset). Embedded default 1000; cluster value 10000."""
+    workers: int = Field(0, ge=0)
+    """DataLoader worker processes per rank that read and decode micro-batches (the order does not depend on it;
+    ``benchmarks/loader.py`` measures the gain). Embedded default 0 (in the rank's process); cluster value 4."""
+    slice_size: int = Field(64, ge=1)
+    """Consecutive samples of a shard kept together when an epoch's slices are shuffled; with the window this
+    sets how far a shard's neighbours spread (Energon's ``max_samples_per_sequence``). Embedded and cluster 64."""
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "DataSpec":
-        given = [k for k in ("shards", "mixture", "synthetic") if getattr(self, k) is not None]
+        given = [k for k in ("shards", "blend", "mixture", "synthetic") if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError(f"give exactly one of shards, mixture, synthetic (got {given or 'none'})")
+            raise ValueError(f"give exactly one of shards, blend, mixture, synthetic (got {given or 'none'})")
         if (self.mixture is None) != (self.mixture_stage is None):
             raise ValueError("mixture and mixture_stage go together")
+        if self.blend is not None:
+            keys = [b.key for b in self.blend]
+            if not keys or len(set(keys)) != len(keys):
+                raise ValueError(f"blend needs one or more shard sets with distinct names (got {keys})")
         return self
 
 
@@ -244,6 +278,9 @@ class StageSpec(ConfigModel):
     """Torch seed for the stage (dropout etc.)."""
     log_every: int = Field(1, ge=1)
     """Write a metrics line every N optimizer steps."""
+    log_sample_ids: bool = False
+    """Put each step's sample ids (all ranks', gathered) in its metrics record: an audit of which samples trained
+    at which step (resume checks). Embedded and cluster value false (thousands of ids per step)."""
 
     # Path fields keep their text as written (so the digest an export is checked against holds no absolute path
     # of the checkout or the work dir, and a moved work folder reruns); :meth:`path` resolves one when used.
@@ -271,6 +308,8 @@ class StageSpec(ConfigModel):
     def _token_modes_for_ntp(self) -> "StageSpec":
         if self.loss.kind == "dpo" and self.batch.mode != "samples":
             raise ValueError(f"batch mode {self.batch.mode} is for next-token stages; DPO pairs use mode samples")
+        if self.loss.kind == "dpo" and self.data.blend is not None:
+            raise ValueError("data.blend is for next-token stages; a DPO stage trains on one pair set (data.shards)")
         return self
 
     def digest(self) -> str:

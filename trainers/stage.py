@@ -23,7 +23,7 @@ from core import progress
 from core.faults import fault_point
 from core.processes import free_port
 from trainers.batches import build_stream, data_dir, pair_batches
-from trainers.checkpointing import Checkpointer
+from trainers.checkpointing import Checkpointer, universal_tag
 from trainers.export import export_stage, is_exported, module_fingerprints, read_stage_record
 from trainers.initialization import load_start
 from trainers.loop import fit
@@ -114,9 +114,10 @@ def run_stage(spec: StageSpec, run_dir: str | Path, work_dir: str | Path = ".", 
         ref = ensure_reference_logps(model, lambda r, w: pair_batches(spec, model, processor, r, w, Path(work_dir)),
                                      ref_dir)
         stream = WithReference(stream, load_reference_logps(ref), ref)
-    module = TrainModule(model, spec, world, device, source)
+    universal = universal_tag(paths.checkpoints, world)  # the newest checkpoint saved by another world size
+    module = TrainModule(model, spec, world, device, source, load_universal=universal is not None)
     checkpointer = Checkpointer(paths.checkpoints, module, stream)
-    start_step = checkpointer.resume()
+    start_step = checkpointer.resume(universal)
     seq_len = spec.data.synthetic.seq_len if spec.data.synthetic is not None else 0
     metrics = MetricsLogger(paths.metrics, module, peak_flops, seq_len)
     # The loop is the fault point trainer-<stage> (core.faults): MAVORS_FAULT_AT=trainer-<stage>@<n> hangs a

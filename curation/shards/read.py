@@ -8,8 +8,9 @@ A sample comes out as stock ``webdataset`` yields it (``tarfile_to_samples``): a
 ``__key__`` (the member name up to its first dot), ``__url__`` (the shard) and one entry per
 member suffix holding the raw bytes, so code that decodes samples works on either reader.
 Nothing is parsed here: a consumer that skips samples (a resumed epoch) pays no decoding.
-The trainer's loader, DPO pair scoring, ``mavors shards verify`` and the preference
-``datasets`` loader all read through :func:`iter_samples`.
+DPO pair scoring, ``mavors shards verify`` and the preference ``datasets`` loader read through
+:func:`iter_samples`; the trainer's loader reads single samples by position (:class:`ShardReader`, from
+an offset table of the tar's headers), so a rank reads only its own samples.
 """
 from __future__ import annotations
 
@@ -67,3 +68,41 @@ def iter_samples(shards: Iterable[str | Path]) -> Iterator[dict[str, bytes | str
                 sample[suffix.lower()] = tar.extractfile(member).read()
         if sample:
             yield sample
+
+
+class ShardReader:
+    """Random access to the samples of shards by (shard path, sample number), shaped as :func:`iter_samples`
+    yields them. A shard's members are located once, from its tar headers (data is seeked over, not read);
+    the table (member name, offset, size per sample) stays in memory, about a hundred bytes per member."""
+
+    def __init__(self):
+        self.tables: dict[str, list[list[tuple[str, int, int]]]] = {}
+
+    def table(self, shard: str) -> list[list[tuple[str, int, int]]]:
+        if shard not in self.tables:
+            samples: list[list[tuple[str, int, int]]] = []
+            key = None
+            with tarfile.open(shard, "r:") as tar:  # seekable: headers only
+                for member in tar:
+                    if not member.isfile():
+                        continue
+                    k = member.name.partition(".")[0]
+                    if k != key:
+                        samples.append([])
+                        key = k
+                    samples[-1].append((member.name, member.offset_data, member.size))
+            self.tables[shard] = samples
+        return self.tables[shard]
+
+    def read(self, shard: str, index: int) -> dict[str, bytes | str]:
+        """Sample ``index`` (0-based, in file order) of ``shard``."""
+        table = self.table(shard)
+        if not 0 <= index < len(table):
+            raise IndexError(f"{shard}: no sample {index} (it holds {len(table)}; run `mavors shards verify`)")
+        members = table[index]
+        sample: dict[str, bytes | str] = {"__key__": members[0][0].partition(".")[0], "__url__": shard}
+        with open(shard, "rb") as f:
+            for name, offset, size in members:
+                f.seek(offset)
+                sample[name.partition(".")[2].lower()] = f.read(size)
+        return sample

@@ -153,7 +153,7 @@ def stage_data(run: RunContext, params: TrainParams) -> dict[str, dict]:
 
 def train_stages(run: RunContext, params: TrainParams) -> list[dict[str, Any]]:
     """The stage tasks of ``params`` in order (also used by the end-to-end flow inside its own run)."""
-    from trainers.batches import data_dir
+    from trainers.batches import data_dirs
     from trainers.spec import load_stage
 
     run_dir = run.dir("train") / params.run_name
@@ -162,8 +162,8 @@ def train_stages(run: RunContext, params: TrainParams) -> list[dict[str, Any]]:
     plan_stages(run, params.stages, files, run_dir, params.launch, data)
     records, previous, evals = [], None, []
     for name, spec_file in zip(params.stages, files):
-        shards = data_dir(load_stage(spec_file).with_data(data.get(name), str(spec_file)), run.settings.work_dir)
-        index = sorted(shards.rglob("index.json")) if shards is not None else []
+        shards = data_dirs(load_stage(spec_file).with_data(data.get(name), str(spec_file)), run.settings.work_dir)
+        index = sorted(p for folder in shards for p in folder.rglob("index.json"))
         previous = train_stage.with_options(task_run_name=f"train-{name}")(
             run, name, spec_file, index, run_dir, params.launch, previous, {name: data[name]} if name in data else {})
         loss = previous["final_loss"]

@@ -203,7 +203,7 @@ def _stream(mode: str, shards: Path, processor, max_tokens: int | None = None):
     from trainers.batches import build_stream
 
     batch = {"global_size": 4, "micro_size": 2, "mode": mode, **({"max_tokens": max_tokens} if max_tokens else {})}
-    spec = toy_spec(data={"shards": str(shards), "shuffle_buffer": 4}, batch=batch)
+    spec = toy_spec(data={"shards": str(shards), "shuffle_window": 4}, batch=batch)
     return build_stream(spec, None, processor, rank=0, world=1, work_dir=shards)
 
 
@@ -243,7 +243,7 @@ def test_budget_stream_resumes_at_a_step_boundary(mixed_shards, processor):
     resumed = _stream("packed", mixed_shards, processor, 400)
     resumed.load_state_dict(state)
     assert [b["sample_id"] for step in _steps(resumed, 2) for b in step] == rest
-    assert state == {"epoch": 0, "consumed": 8} and len(first) == 2
+    assert state["position"] == 8 and len(first) == 2  # 2 steps x 2 units x micro 2, one rank
 
 
 # ---- one DeepSpeed step: packed gradient == unpacked gradient ------------------------------------------

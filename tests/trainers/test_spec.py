@@ -105,11 +105,12 @@ def test_data_override_replaces_the_data_section_and_keeps_its_seed():
     from conftest import toy_spec
 
     spec = toy_spec(data={"synthetic": {"n_samples": 16, "seq_len": 10, "answer_len": 4}, "seed": 7,
-                          "shuffle_buffer": 5})
+                          "shuffle_window": 5})
     assert spec.with_data(None, "toy.yaml") is spec and spec.with_data({}, "toy.yaml") is spec
     moved = spec.with_data({"shards": "/pairs/shards"}, "toy.yaml")
     assert moved.data.model_dump() == {"shards": "/pairs/shards", "mixture": None, "mixture_stage": None,
-                                       "synthetic": None, "seed": 7, "shuffle_buffer": 1000}
+                                       "synthetic": None, "blend": None, "seed": 7, "shuffle_window": 1000,
+                                       "workers": 0, "slice_size": 64}
     assert moved.model_dump(exclude={"data"}) == spec.model_dump(exclude={"data"})
     assert spec.with_data({"shards": "/p", "seed": 3}, "toy.yaml").data.seed == 3
 
@@ -117,6 +118,6 @@ def test_data_override_replaces_the_data_section_and_keeps_its_seed():
 def test_data_override_is_validated_and_names_its_source():
     from conftest import toy_spec
 
-    expected = r"toy\.yaml: data override .*: field 'data': .*give exactly one of shards, mixture, synthetic"
+    expected = r"toy\.yaml: data override .*: field 'data': .*give exactly one of shards, blend, mixture, synthetic"
     with pytest.raises(ConfigError, match=expected):
         toy_spec().with_data({"shards": "/p", "mixture": "m.yaml", "mixture_stage": "2"}, "toy.yaml")
