@@ -3,7 +3,9 @@
     ckpt = Checkpointer(run_dir / "checkpoints", module, stream)
     start = ckpt.resume()        # 0, or the step of the newest complete checkpoint
 
-A checkpoint holds the model, ZeRO optimizer partitions, the LR scheduler, the
+A checkpoint holds the model's trainable parameters (frozen ones never change from the stage's start weights, which
+resume loads again; leaving them out keeps a Stage-1 checkpoint of a 965M model at its 48M trainable parameters
+instead of a 3.9 GB copy that loading held beside the model), ZeRO optimizer partitions, the LR scheduler, the
 engine's step counter and (client state) the data stream's position, so a run killed
 at any point and restarted continues with exactly the batches and losses an
 uninterrupted run would have produced. DeepSpeed writes the ``latest`` tag file only
@@ -35,6 +37,17 @@ def tag_of(step: int) -> str:
     return f"step_{step:09d}"
 
 
+def load_trainable(src: dict, dst) -> None:
+    """Load a checkpoint's module state (trainable parameters and buffers) into ``dst``; any other missing or
+    unexpected key is an error, as in a strict load."""
+    result = dst.load_state_dict(src, strict=False)
+    frozen = {n for n, p in dst.named_parameters() if not p.requires_grad}
+    missing = set(result.missing_keys) - frozen
+    if missing or result.unexpected_keys:
+        raise RuntimeError(f"checkpoint does not match the model: missing {sorted(missing)[:5]}, "
+                           f"unexpected {sorted(result.unexpected_keys)[:5]}")
+
+
 class Checkpointer:
     """Loop callback and resume helper for DeepSpeed checkpoints under ``directory``."""
 
@@ -45,7 +58,7 @@ class Checkpointer:
         """Load the newest checkpoint (or ``tag``: :func:`universal_tag`) if any; returns the step to continue from."""
         if not (self.directory / "latest").exists():
             return 0
-        path, client = self.module.engine.load_checkpoint(str(self.directory), tag=tag)
+        path, client = self.module.engine.load_checkpoint(str(self.directory), tag=tag, custom_load_fn=load_trainable)
         if path is None:
             raise RuntimeError(f"{self.directory}: 'latest' names a checkpoint that could not be loaded")
         self.stream.load_state_dict(client["data"])
@@ -57,7 +70,8 @@ class Checkpointer:
         # universal_checkpoint_info: what ds_to_universal requires (Megatron's partitioning hints; none here)
         self.module.engine.save_checkpoint(str(self.directory), tag=tag_of(step),
                                            client_state={"data": self.stream.state_dict(), "step": step,
-                                                         "universal_checkpoint_info": {}})
+                                                         "universal_checkpoint_info": {}},
+                                           exclude_frozen_parameters=True)
         if not dist.is_initialized() or dist.get_rank() == 0:
             world = dist.get_world_size() if dist.is_initialized() else 1
             (self.directory / tag_of(step) / SAVED_BY).write_text(json.dumps({"world_size": world, "step": step}))
