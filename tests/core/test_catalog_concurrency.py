@@ -5,6 +5,7 @@ it held waits (jittered backoff) up to the lock wait, then fails with one line n
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -55,20 +56,27 @@ def _wait_line(proc: subprocess.Popen, line: str) -> None:
     assert got == line, f"child said {got!r}; stderr: {proc.stderr.read()[-2000:]}"
 
 
+@contextlib.contextmanager
+def _holding(path, seconds: float):
+    """A child process holding the catalog in a write transaction for ``seconds`` once it says "holding"."""
+    holder = _start(HOLDER, path, seconds)
+    try:
+        _wait_line(holder, "holding")
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_a_reader_in_another_process_waits_for_a_write_and_sees_it_whole(tmp_path):
     path = tmp_path / "catalog.duckdb"
     Catalog(path)
-    holder = _start(HOLDER, path, 1.5)
-    try:
-        _wait_line(holder, "holding")
+    with _holding(path, 1.5) as holder:
         t0 = time.monotonic()
         with Catalog(path, read_only=True) as cat:  # opens once the writer's transaction is done
             n = cat.scalar("SELECT count(*) FROM quarantine")
         waited = time.monotonic() - t0
         _wait_line(holder, "released")
-    finally:
-        holder.kill()
-        holder.wait()
     assert n == 100  # both halves, never the 50 of the open transaction
     assert waited > 0.5  # it did wait for the writer (which held the file 1.5 s after saying so)
 
@@ -100,9 +108,7 @@ def test_two_writers_interleave_their_transactions_and_lose_nothing(tmp_path):
 def test_a_held_file_fails_after_the_lock_wait_with_one_line_naming_file_and_holder(tmp_path):
     path = tmp_path / "catalog.duckdb"
     Catalog(path)
-    holder = _start(HOLDER, path, 60)
-    try:
-        _wait_line(holder, "holding")
+    with _holding(path, 60) as holder:
         t0 = time.monotonic()
         with pytest.raises(CatalogError) as e:
             Catalog(path, lock_wait_s=1.0).scalar("SELECT 1")
@@ -112,9 +118,6 @@ def test_a_held_file_fails_after_the_lock_wait_with_one_line_naming_file_and_hol
                         "try: Catalog(sys.argv[1], read_only=True)\nexcept CatalogError as e: print(e); sys.exit(3)",
                         path, env={"MAVORS_CATALOG_LOCK_WAIT_S": "0.5"})
         out, err = opener.communicate(timeout=60)
-    finally:
-        holder.kill()
-        holder.wait()
     msg = str(e.value)
     assert 1.0 <= waited < 10
     assert "\n" not in msg and msg.startswith(f"{path}: cannot open the catalog: held by process {holder.pid} (")
