@@ -15,7 +15,7 @@ import pytest
 
 from core.paths import MANIFESTS
 from core.catalog import Catalog
-from conftest import copy_catalog
+from tests.conftest import copy_catalog
 from curation.dedup import (
     DedupPolicy, TaskRule, UnscoredSamplesError, explain, format_explanation, load_policy, report, run_policy,
 )

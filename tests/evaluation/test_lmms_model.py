@@ -12,7 +12,7 @@ import torch
 
 from core.catalog import Catalog
 from curation.heldout import export_heldout, reserve_heldout
-from conftest import copy_catalog
+from tests.conftest import copy_catalog
 
 
 @pytest.fixture(scope="module")
