@@ -199,33 +199,8 @@ class MavorsProcessor:
         return sum(a * b for a, b in (pooled_grid(h, w, self.pooling_size) for h, w in grids))
 
     def planned_media(self, kind: str, meta: dict, name: str) -> dict:
-        """One medium's visual tokens from its shard metadata (``width``, ``height``; a video's ``duration_s`` at
-        the fixed fps, or ``n_frames``/``fps``), by the rules :meth:`encode_media` follows, without decoding."""
-        p = self.patch_size
-        try:
-            width, height = int(meta["width"]), int(meta["height"])
-        except (KeyError, TypeError, ValueError):
-            raise ValueError(f"{name}: media metadata without width/height ({meta}); cannot plan tokens") from None
-        if kind == "image":
-            plan = image_partition(width, height, self.image_size, p, self.max_sub_images, name)
-            (tw, th), grids = plan.thumbnail, []
-            if plan.grid:
-                (m, n), (sw, sh) = plan.grid, plan.sub_image
-                grids = [(sh // p, sw // p)] * (m * n)
-            return {"n_tokens": self.grid_tokens([(th // p, tw // p)] + grids)}
-        if kind != "video":
-            raise ValueError(f"unknown media kind {kind!r}")
-        check_encodable("video", width, height, p, name)
-        w, h = dynamic_resolution(width, height, self.image_size, p)
-        if meta.get("n_frames") and meta.get("fps"):
-            duration = int(meta["n_frames"]) / float(meta["fps"])  # what read_video measures: n frame steps
-        elif meta.get("duration_s") is not None:
-            duration = float(meta["duration_s"])
-        else:
-            raise ValueError(f"{name}: video metadata without n_frames/fps or duration_s ({meta}); cannot plan tokens")
-        chunks = len(plan_video(resampled_frame_count(duration, self.video_fps), self.frames_per_chunk,
-                                self.max_chunks, name).chunk_positions)
-        return {"n_tokens": self.grid_tokens([(h // p, w // p)] * chunks)}
+        """One medium's visual tokens from its shard metadata, without decoding (:func:`media_grids`)."""
+        return {"n_tokens": self.grid_tokens(media_grids(kind, meta, self, name))}
 
     # ---- text ----------------------------------------------------------------------------------
     def _text_ids(self, text: str) -> list[int]:
@@ -393,6 +368,41 @@ class MavorsProcessor:
 
     def batch_decode(self, sequences, skip_special_tokens: bool = True) -> list[str]:
         return self.tokenizer.batch_decode(sequences, skip_special_tokens=skip_special_tokens)
+
+
+
+def media_grids(kind: str, meta: dict, settings, name: str = "media") -> list[tuple[int, int]]:
+    """Patch grid (h, w) of every chunk one medium becomes, from its metadata (``width``, ``height``; a video's
+    ``n_frames``/``fps`` or ``duration_s`` at the fixed fps), by the rules :meth:`MavorsProcessor.encode_media`
+    follows, without decoding. ``settings``: a :class:`MavorsProcessor` or a :class:`MavorsConfig` (both carry
+    ``image_size``, ``patch_size``, ``frames_per_chunk``, ``video_fps``, ``max_chunks``, ``max_sub_images``).
+    The vision encoder's work is the sum of h*w (patches before pooling); the LLM's visual tokens are the
+    pooled grids' (:func:`model.preprocessing.pooled_grid`): token budgets and capacity planning use both."""
+    p = settings.patch_size
+    try:
+        width, height = int(meta["width"]), int(meta["height"])
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"{name}: media metadata without width/height ({meta}); cannot plan tokens") from None
+    if kind == "image":
+        plan = image_partition(width, height, settings.image_size, p, settings.max_sub_images, name)
+        (tw, th), grids = plan.thumbnail, []
+        if plan.grid:
+            (m, n), (sw, sh) = plan.grid, plan.sub_image
+            grids = [(sh // p, sw // p)] * (m * n)
+        return [(th // p, tw // p)] + grids
+    if kind != "video":
+        raise ValueError(f"unknown media kind {kind!r}")
+    check_encodable("video", width, height, p, name)
+    w, h = dynamic_resolution(width, height, settings.image_size, p)
+    if meta.get("n_frames") and meta.get("fps"):
+        duration = int(meta["n_frames"]) / float(meta["fps"])  # what read_video measures: n frame steps
+    elif meta.get("duration_s") is not None:
+        duration = float(meta["duration_s"])
+    else:
+        raise ValueError(f"{name}: video metadata without n_frames/fps or duration_s ({meta}); cannot plan tokens")
+    chunks = len(plan_video(resampled_frame_count(duration, settings.video_fps), settings.frames_per_chunk,
+                            settings.max_chunks, name).chunk_positions)
+    return [(h // p, w // p)] * chunks
 
 
 _PLACEHOLDER_KIND = {"<|image_pad|>": "image", "<|video_pad|>": "video"}

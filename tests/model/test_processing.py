@@ -180,3 +180,37 @@ def test_read_only_frames_convert_without_a_warning(processor):
     std = np.array(processor.image_std, dtype=np.float32)[:, None, None]
     expected = (frame.transpose(2, 0, 1).astype(np.float32) / 255.0 - mean) / std
     np.testing.assert_allclose(x.numpy(), expected, rtol=0, atol=1e-6)
+
+
+def test_media_grids_at_paper_settings_match_hand_worked_examples():
+    """§3 settings (R_v 384, patch 14, 2x2 pooling, F = 16 at 2 fps, <= 64 chunks, <= 9 sub-images), by hand:
+    - 384x384 image: 384 is 27.4 patches -> 27 (378 px), one 27x27 chunk, pooled 14x14 = 196 tokens;
+    - 1024x768 image: N_s = floor(786432 / 384^2) = 5; of the (m, n) with m*n in {4, 5, 6}, 3x2 is nearest log(4/3);
+      thumbnail (384*sqrt(4/3), 384*sqrt(3/4)) = (443.4, 332.6) -> 32x24 patches; sub-images 341.3x384 (fewer
+      pixels than 384^2: kept, patch-rounded) -> 24x27 patches, six of them; tokens 16*12 + 6 * 12*14 = 1200;
+    - 640x360 video of 20 s: 40 frames at 2 fps -> ceil(40/16) = 3 chunks of (512, 288) -> 37x21 patches,
+      pooled 19x11 = 209 tokens each, 627 in all;
+    - a 10-minute 1280x720 video: 1200 frames would be 75 chunks; frame dropping keeps 64 of 209 tokens."""
+    from model.configuration import MavorsConfig
+    from model.preprocessing import pooled_grid
+    from model.processing import media_grids
+
+    cfg = MavorsConfig()
+    assert (cfg.image_size, cfg.patch_size, cfg.pooling_size, cfg.frames_per_chunk, cfg.video_fps) == (384, 14, 2, 16, 2.0)
+
+    def tokens(grids):
+        return sum(a * b for a, b in (pooled_grid(h, w, 2) for h, w in grids))
+
+    g = media_grids("image", {"width": 384, "height": 384}, cfg)
+    assert g == [(27, 27)] and tokens(g) == 196
+    g = media_grids("image", {"width": 1024, "height": 768}, cfg)
+    assert g == [(24, 32)] + [(27, 24)] * 6 and tokens(g) == 1200
+    assert sum(h * w for h, w in g) == 24 * 32 + 6 * 27 * 24  # the vision encoder's patches, before pooling
+    for meta in ({"width": 640, "height": 360, "duration_s": 20.0}, {"width": 640, "height": 360, "n_frames": 600,
+                                                                      "fps": 30.0}):
+        g = media_grids("video", meta, cfg)
+        assert g == [(21, 37)] * 3 and tokens(g) == 627
+    g = media_grids("video", {"width": 1280, "height": 720, "duration_s": 600.0}, cfg)
+    assert g == [(21, 37)] * 64 and tokens(g) == 64 * 209
+    with pytest.raises(ValueError, match="clip.mp4: video metadata without"):
+        media_grids("video", {"width": 640, "height": 360}, cfg, "clip.mp4")
