@@ -91,7 +91,7 @@ def _probe_batch(batch: dict):
 
 
 def probe_media(media: Sequence[MediaKey], *, ray_settings: RaySettings | None = None, workers: int | None = None,
-                batch_size: int = 8) -> dict[MediaKey, dict]:
+                batch_size: int = 32) -> dict[MediaKey, dict]:
     """Hash and probe files on Ray Data; returns (path, kind) -> result row (``reason`` set on failure).
 
     ``workers``: at most this many concurrent Ray tasks (None: as many as Ray has CPUs);
@@ -123,14 +123,18 @@ def _probe_on_ray(media: Sequence[MediaKey], ray_settings: RaySettings | None, w
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
     parallel = workers or int(ray.cluster_resources().get("CPU", 1))
-    n_blocks = max(1, min(4 * parallel, -(-len(media) // batch_size)))  # a few blocks per worker, full batches
+    # Blocks of about 4 full batches (one task each: results stream back as blocks finish and the task overhead
+    # stays small), and at least 4 blocks per worker so none idles at the end.
+    batches = -(-len(media) // batch_size)
+    n_blocks = max(1, min(batches, max(4 * parallel, batches // 4)))
     ds = ray.data.from_items([{"path": p, "kind": k} for p, k in media], override_num_blocks=n_blocks)
     ds = ds.map_batches(_probe_batch, batch_size=batch_size, num_cpus=1,
                         concurrency=min(workers, n_blocks) if workers else None)
     results: dict[MediaKey, dict] = {}
-    for row in ds.iter_rows():
-        results[(row["path"], row["kind"])] = row
-        bar.advance()
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):  # whole blocks: little driver CPU
+        rows = batch.to_pylist()
+        results.update(((row["path"], row["kind"]), row) for row in rows)
+        bar.advance(len(rows))
     return results
 
 

@@ -105,8 +105,10 @@ def _grain(frame: np.ndarray, noise: float, seed: int) -> np.ndarray:
 
 
 def write_video(path: Path, scene: Scene, width: int, height: int, fps: int, n_frames: int,
-                codec: str = "h264", noise: float = 0.0) -> dict:
-    """Encode a clip with PyAV; returns its generation truth (kind, size, fps, frames, codec)."""
+                codec: str = "h264", noise: float = 0.0, keyint: int | None = None) -> dict:
+    """Encode a clip with PyAV; returns its generation truth (kind, size, fps, frames, codec).
+
+    ``keyint``: frames between h264 keyframes (None: x264's default, 250: a short clip is one GOP)."""
     import av
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -115,7 +117,7 @@ def write_video(path: Path, scene: Scene, width: int, height: int, fps: int, n_f
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.codec_context.thread_count = 1  # single-threaded encoding: identical bytes every run
         if codec == "h264":
-            stream.options = {"preset": "ultrafast", "crf": "28", "bf": "0"}
+            stream.options = {"preset": "ultrafast", "crf": "28", "bf": "0", **({"g": str(keyint)} if keyint else {})}
         for i in range(n_frames):
             pixels = _grain(draw(scene, width, height, i / max(1, n_frames - 1)), noise, i)
             frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
