@@ -72,9 +72,10 @@ def armed_fault(point: str) -> Fault | None:
 
 
 def kill_process(point: str, why: str) -> None:
-    """Say why on stderr (log handlers may not flush before the kill), then SIGKILL this process and, when
+    """Say why on stderr (log handlers and proxies may not flush before the kill), then SIGKILL this process and, when
     it leads one, its process group."""
-    print(f"fault injection: SIGKILL during step {point} ({why})", file=sys.stderr, flush=True)
+    # straight to fd 2: a console's live display may hold sys.stderr in a proxy that writes on its refresh
+    os.write(2, f"fault injection: SIGKILL during step {point} ({why})\n".encode())
     if os.getpgid(0) == os.getpid():
         os.killpg(os.getpid(), signal.SIGKILL)
     os.kill(os.getpid(), signal.SIGKILL)

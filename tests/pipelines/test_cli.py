@@ -9,11 +9,14 @@ import sys
 import pytest
 import yaml
 
+from pipelines.console import QUIET_ENV
+
 
 def run(args, tmp_path):
     settings = tmp_path / "settings.yaml"
     settings.write_text(yaml.safe_dump({"work_dir": str(tmp_path / "work")}))
-    env = {**os.environ, "MAVORS_CONFIG": str(settings)}
+    # without the quiet variables an in-process CLI call of an earlier test left in os.environ
+    env = {**{k: v for k, v in os.environ.items() if k not in QUIET_ENV}, "MAVORS_CONFIG": str(settings)}
     return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True,
                           env=env, timeout=300)
 

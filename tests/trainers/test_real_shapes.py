@@ -111,7 +111,7 @@ def arrangement(shards: Path) -> list[tuple[str, ...]]:
     from trainers.data import build_loader
 
     per_rank = [[b["kind"][0] for b in itertools.islice(
-        build_loader(shards, _Kinds(), micro_size=1, rank=r, world_size=2, seed=SEED, shuffle_buffer=1000), STEPS)]
+        build_loader(shards, _Kinds(), micro_size=1, rank=r, world_size=2, seed=SEED, shuffle_window=1000), STEPS)]
         for r in range(2)]
     return list(zip(*per_rank))
 
