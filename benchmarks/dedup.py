@@ -125,6 +125,8 @@ def main() -> None:
     ap.add_argument("--memory-limit", default="3GB", help="DuckDB memory_limit (it spills beyond it)")
     ap.add_argument("--child", choices=["policy", "groupby"], help=argparse.SUPPRESS)
     ap.add_argument("--db", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--build-memory-limit", default="3GB", help="DuckDB memory_limit while the synthetic catalog "
+                    "is built (its primary-key indexes must fit in memory: ~0.1 GB per 10^6 samples)")
     ap.add_argument("--unordered", action="store_true", help="preserve_insertion_order = false (CatalogSettings)")
     ap.add_argument("--tmp", type=Path, default=None, help="folder of the synthetic catalog and DuckDB's spill "
                     "files (default: the system temp folder; 10^8 rows take ~25 GB there)")
@@ -138,7 +140,8 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory(prefix="dedup-bench-", dir=args.tmp) as tmp:
         db = Path(tmp) / "bench.duckdb"
-        build_s = build(db, args.rows, args.groups, settings)
+        build_s = build(db, args.rows, args.groups,
+                        settings.model_copy(update={"memory_limit": args.build_memory_limit}))
         floor = measure(db, args, "groupby")
         pol = measure(db, args, "policy")
     gib = 1024 ** 3
