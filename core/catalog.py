@@ -36,6 +36,7 @@ import duckdb
 import pyarrow as pa
 
 from core.paths import MANIFESTS, REPO_ROOT, resolved, stored
+from core.settings import CatalogSettings, load_settings
 
 SCHEMA_DIR = MANIFESTS / "schema"
 DEFAULT_CATALOG = Path("mavors-work") / "catalog.duckdb"
@@ -120,9 +121,12 @@ class Catalog:
     """
 
     def __init__(self, path: str | Path = DEFAULT_CATALOG, *, read_only: bool = False,
-                 schema_dir: Path = SCHEMA_DIR, lock_wait_s: float | None = None):
+                 schema_dir: Path = SCHEMA_DIR, lock_wait_s: float | None = None,
+                 settings: CatalogSettings | None = None):
         self.path = Path(path)
         self.read_only = read_only
+        # DuckDB settings apply when this process opens the file; another Catalog already holding it keeps its own.
+        self.settings = settings if settings is not None else load_settings().duckdb
         self.lock_wait_s = _lock_wait_s() if lock_wait_s is None else lock_wait_s
         self._held = threading.local()  # the connection of this thread's current operation, if any
         if not read_only:
@@ -155,7 +159,7 @@ class Catalog:
         if held is not None:
             yield held
             return
-        con = _open_files.acquire(self.path, self.read_only, self.lock_wait_s)
+        con = _open_files.acquire(self.path, self.read_only, self.lock_wait_s, self.settings.duckdb_config())
         self._held.con = con
         try:
             yield con
@@ -387,7 +391,8 @@ class _OpenFiles:
         self._lock = threading.Lock()
         self._open: dict[str, tuple[duckdb.DuckDBPyConnection, bool, int]] = {}  # path -> (database, read-only, users)
 
-    def acquire(self, path: Path, read_only: bool, wait_s: float) -> duckdb.DuckDBPyConnection:
+    def acquire(self, path: Path, read_only: bool, wait_s: float,
+                config: dict[str, Any]) -> duckdb.DuckDBPyConnection:
         """A connection to ``path``, waiting (jittered exponential backoff) up to ``wait_s`` while another
         process holds the file."""
         if _in_ray_worker():
@@ -406,7 +411,7 @@ class _OpenFiles:
                     holder = f"a read-only connection of this process (PID {os.getpid()})"
                 else:
                     try:
-                        database = _connect(path, read_only)
+                        database = _connect(path, read_only, config)
                     except _Locked as e:
                         holder = e.holder
                     else:
@@ -436,11 +441,11 @@ class _OpenFiles:
 _open_files = _OpenFiles()
 
 
-def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+def _connect(path: Path, read_only: bool, config: dict[str, Any]) -> duckdb.DuckDBPyConnection:
     """``duckdb.connect``; a held file raises :class:`_Locked` naming the holder, other failures
     :class:`CatalogError`."""
     try:
-        return duckdb.connect(str(path), read_only=read_only)
+        return duckdb.connect(str(path), read_only=read_only, config=config)
     except duckdb.IOException as e:
         if not read_only and not os.access(path if path.exists() else path.parent, os.W_OK):
             raise CatalogError(_unwritable(path, str(e))) from e

@@ -24,6 +24,33 @@ class RaySettings(ConfigModel):
     """Object store size for a locally started Ray, in MiB. Cluster: set by ``ray start``."""
 
 
+class CatalogSettings(ConfigModel):
+    """How DuckDB runs the catalog's queries (passed to ``duckdb.connect`` when the file is opened). Big steps
+    (dedup, ingest, mixture draws over 10^8 rows) stay within ``memory_limit`` by spilling sorts, windows,
+    joins and aggregates to ``temp_directory``."""
+
+    threads: int | None = Field(None, ge=1)
+    """DuckDB worker threads. None: one per core (DuckDB's default). Cluster: the driver node's cores, e.g. 32."""
+    memory_limit: str | None = None
+    """DuckDB's memory limit, e.g. ``6GB``: beyond it, operators spill to ``temp_directory``. None: DuckDB's
+    default, 80% of RAM (too much when Ray workers share the machine). Cluster: half the head node's RAM, e.g.
+    ``128GB``."""
+    temp_directory: ConfigPath | None = None
+    """Where DuckDB spills. None: ``<catalog file>.tmp`` beside the catalog (DuckDB's default). Cluster: a
+    node-local NVMe folder, e.g. ``/local/mavors/duckdb-tmp``, not the shared filesystem."""
+    preserve_insertion_order: bool = True
+    """DuckDB keeps the row order of results without ORDER BY when True; False (here and on the cluster) lets
+    large INSERT ... SELECT and window queries run in parallel with less memory. Every catalog query that needs
+    an order says ORDER BY."""
+
+    def duckdb_config(self) -> dict[str, str | int | bool]:
+        """The ``config`` of ``duckdb.connect`` (unset fields: DuckDB's defaults)."""
+        config = {"threads": self.threads, "memory_limit": self.memory_limit,
+                  "temp_directory": None if self.temp_directory is None else str(self.temp_directory),
+                  "preserve_insertion_order": self.preserve_insertion_order}
+        return {k: v for k, v in config.items() if v is not None}
+
+
 class Settings(ConfigModel):
     work_dir: ConfigPath = Path("mavors-work")
     """Root of everything the platform writes: catalog, shards, checkpoints, reports (relative: to the settings
@@ -32,6 +59,8 @@ class Settings(ConfigModel):
     """DuckDB catalog file; default ``<work_dir>/catalog.duckdb``. Paths the catalog stores are relative to its
     folder (:func:`core.paths.stored`), so keep it inside the work dir for the work dir to stay movable."""
     ray: RaySettings = RaySettings()
+    duckdb: CatalogSettings = CatalogSettings()
+    """How DuckDB runs catalog queries (threads, memory limit, where it spills)."""
 
     @property
     def catalog(self) -> Path:

@@ -4,11 +4,13 @@
     python -c "from curation.ingest import ingest; ..."
 
 Steps, per call:
-1. the driver reads every source's annotations into items (bad lines/items refused with a reason);
+1. the driver reads every source's annotations into items (bad lines/items refused with a reason), streamed
+   into a Parquet file per source (:func:`stage_items`), so memory does not grow with the number of items;
 2. the distinct media files of all sources are hashed (streaming sha256) and probed (Pillow / PyAV)
    by Ray Data tasks, which return rows and never touch the catalog (DuckDB has one writer);
 3. for each source, the driver writes ``sources``, ``media``, ``samples`` and ``quarantine`` rows in
-   ONE transaction, so a crash leaves a source either fully ingested or untouched.
+   ONE transaction, so a crash leaves a source either fully ingested or untouched: DuckDB reads the staged
+   Parquet and joins the probe results in SQL (:func:`write_source`); no row becomes a Python object.
 
 Re-ingesting adds nothing: media rows are keyed by content hash (the same bytes reached from two
 sources are one row), samples by ``<source>/<item>``; an item whose content hash changed replaces
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,10 +32,12 @@ from core import progress
 from core.catalog import Catalog
 from curation.media import hash_and_probe
 from core.settings import RaySettings
-from curation.sources import RawItem, SourceManifest, iter_items
+from curation.sources import SourceManifest, iter_items
 from model.preprocessing import MediaError
 
 STAGE = "ingest"
+STAGE_BATCH_ROWS = 10_000
+"""Items per staged Parquet row group: what one source's read holds in memory at a time."""
 
 MediaKey = tuple[str, str]  # (absolute path, "image" | "video")
 
@@ -138,10 +143,111 @@ def _probe_on_ray(media: Sequence[MediaKey], ray_settings: RaySettings | None, w
     return results
 
 
-def _media_row(r: dict) -> dict:
-    return {"media_hash": r["media_hash"], "kind": r["kind"], "bytes": int(r["bytes"]), "width": int(r["width"]),
-            "height": int(r["height"]), "duration_s": r["duration_s"], "fps": r["fps"],
-            "n_frames": int(r["n_frames"]), "codec": r["codec"], "storage_path": r["path"]}
+# -- staging: the items of a source, read once, as Parquet row groups ---------------------------------
+_STAGED_SCHEMA = [("row", "int64"), ("item", "string"), ("conversation", "string"), ("paths", "list<string>"),
+                  ("kinds", "list<string>"), ("reason", "string"), ("detail", "string")]
+
+
+@dataclass
+class StagedSource:
+    """A source's items as read, in a Parquet file (not in memory), and the distinct media they cite."""
+
+    manifest: SourceManifest
+    path: Path
+    items: int
+    media: dict[MediaKey, None]  # insertion-ordered set: one entry per distinct file, not per item
+
+
+def stage_items(manifest: SourceManifest, media_store: Path, path: Path, batch_rows: int | None = None
+                ) -> StagedSource:
+    """Read a source's items (:func:`curation.sources.iter_items`) into ``path``, ``batch_rows`` (default
+    :data:`STAGE_BATCH_ROWS`) per row group; conversations as canonical JSON (the text :func:`content_sha256`
+    hashes). Memory: one batch plus the distinct media paths."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    batch_rows = batch_rows or STAGE_BATCH_ROWS
+    schema = pa.schema([(name, pa.list_(pa.string()) if typ == "list<string>" else getattr(pa, typ)())
+                        for name, typ in _STAGED_SCHEMA])
+    media: dict[MediaKey, None] = {}
+    cols: dict[str, list] = {name: [] for name, _ in _STAGED_SCHEMA}
+    n = 0
+    with pq.ParquetWriter(path, schema) as writer:
+        def flush() -> None:
+            writer.write_table(pa.table(cols, schema=schema))
+            for c in cols.values():
+                c.clear()
+
+        for it in iter_items(manifest, media_store):
+            cols["row"].append(n)
+            cols["item"].append(it.item)
+            cols["conversation"].append(None if it.conversation is None else _canonical(it.conversation))
+            cols["paths"].append([p for p, _ in it.media])
+            cols["kinds"].append([k for _, k in it.media])
+            cols["reason"].append(it.reason)
+            cols["detail"].append(it.detail)
+            if it.reason is None:
+                for key in it.media:
+                    media[key] = None
+            n += 1
+            if len(cols["row"]) >= batch_rows:
+                flush()
+        flush()
+    return StagedSource(manifest, path, n, media)
+
+
+def _canonical(conversation: list[dict]) -> str:
+    return json.dumps(conversation, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+_CONTENT_SHA256_SQL = """sha256('{"conversation":' || i.conversation || ',"media":'
+                                || CAST(to_json(i.media_hashes) AS VARCHAR) || '}')"""
+""":func:`content_sha256` in SQL, over the canonical conversation text and the hash list (hex strings need no
+escaping, so DuckDB's compact JSON of the list is the text Python writes; a test holds the two equal)."""
+
+_ITEMS_SQL = """
+CREATE TEMP TABLE _ingest_items AS
+WITH rd AS (
+    SELECT row, item, conversation, paths, kinds, reason, detail,
+           row_number() OVER (PARTITION BY item ORDER BY row) AS occurrence
+    FROM read_parquet($staged)
+),
+cited AS (  -- every medium of every readable item, with its probe result
+    SELECT u.row, u.i, u.path, p.media_hash, p.reason AS probe_reason, p.detail AS probe_detail
+    FROM (SELECT row, unnest(paths) AS path, unnest(kinds) AS kind, generate_subscripts(paths, 1) AS i
+          FROM rd WHERE reason IS NULL AND occurrence = 1) u
+    JOIN _ingest_probed p ON p.path = u.path AND p.kind = u.kind
+),
+per_item AS (
+    SELECT row,
+           list(media_hash ORDER BY i) AS media_hashes,
+           min(i) FILTER (WHERE probe_reason IS NOT NULL) AS bad_i,
+           arg_min(probe_reason, i) FILTER (WHERE probe_reason IS NOT NULL) AS probe_reason,
+           arg_min(path || ': ' || probe_detail, i) FILTER (WHERE probe_reason IS NOT NULL) AS probe_detail
+    FROM cited GROUP BY row
+)
+SELECT r.row,
+       CASE WHEN r.occurrence > 1 THEN r.item || '#' || r.occurrence ELSE r.item END AS item,
+       r.conversation,
+       coalesce(m.media_hashes, []::TEXT[]) AS media_hashes,
+       m.bad_i,
+       CASE WHEN r.occurrence > 1 THEN 'duplicate_item' ELSE coalesce(r.reason, m.probe_reason) END AS reason,
+       CASE WHEN r.occurrence > 1 THEN 'item id ''' || r.item || ''' occurs ' || r.occurrence || ' times'
+            ELSE coalesce(r.detail, m.probe_detail) END AS detail
+FROM rd r LEFT JOIN per_item m USING (row)
+"""
+"""One row per staged item: its id (a repeated id numbered ``<id>#<n>`` and refused as ``duplicate_item``, the
+first occurrence kept), media hashes in placeholder order, and the refusal reason: the reader's, else the first
+medium's that failed to probe (``bad_i``: its position)."""
+
+
+def _probed_table(staged: StagedSource, probed: dict[MediaKey, dict], catalog: Catalog):
+    """The probe rows of the source's media as an Arrow table (``storage_path`` as the catalog stores it)."""
+    import pyarrow as pa
+
+    rows = [probed[key] for key in staged.media]
+    table = pa.Table.from_pylist(rows, schema=pa.schema([(name, getattr(pa, typ)()) for name, typ in _PROBE_SCHEMA]))
+    return table.append_column("storage_path", pa.array([catalog.stored(r["path"]) for r in rows], pa.string()))
 
 
 def _source_row(m: SourceManifest) -> dict:
@@ -151,57 +257,64 @@ def _source_row(m: SourceManifest) -> dict:
             "manifest_sha256": m.manifest_sha256()}
 
 
-def write_source(catalog: Catalog, manifest: SourceManifest, items: list[RawItem],
-                 probed: dict[MediaKey, dict], run_id: str | None) -> SourceReport:
-    """Turn one source's items + probe results into rows and write them in one transaction."""
-    report = SourceReport(manifest.name, items=len(items))
-    samples, refused, media = [], [], {}
-    for it in items:
-        reason, detail = it.reason, it.detail
-        hashes = []
-        for key in it.media if reason is None else []:
-            r = probed[key]
-            if r["reason"]:
-                reason, detail = r["reason"], f"{key[0]}: {r['detail']}"
-                break
-            hashes.append(r["media_hash"])
-            media.setdefault(r["media_hash"], {**_media_row(r), "run_id": run_id})
-        if reason:
-            refused.append({"source": manifest.name, "item": it.item, "reason": reason, "detail": detail,
-                            "stage": STAGE, "run_id": run_id})
-            report.quarantined[reason] += 1
-            continue
-        samples.append({"sample_id": f"{manifest.name}/{it.item}", "source": manifest.name, "item": it.item,
-                        "task": manifest.task, "conversation": it.conversation, "media_hashes": hashes,
-                        "stage_hints": list(manifest.stage_hints),
-                        "content_sha256": content_sha256(it.conversation, hashes), "run_id": run_id})
+def write_source(catalog: Catalog, staged: StagedSource, probed: dict[MediaKey, dict],
+                 run_id: str | None) -> SourceReport:
+    """Turn one source's staged items + probe results into rows and write them in one transaction, in SQL
+    (DuckDB reads the staged Parquet; no row of the source becomes a Python object)."""
+    manifest = staged.manifest
+    report = SourceReport(manifest.name, items=staged.items)
+    params = {"source": manifest.name, "stage": STAGE, "run_id": run_id, "task": manifest.task,
+              "hints": list(manifest.stage_hints)}
+
+    def run(sql: str, *names: str):
+        return con.execute(sql, {k: params[k] for k in names})
 
     with catalog.transaction() as con:
-        # What a row says beyond its content: a manifest edit (task, stage hints) also rewrites the row.
-        existing = {sid: (h, task, hints) for sid, h, task, hints in con.execute(
-            "SELECT sample_id, content_sha256, task, stage_hints FROM samples WHERE source = ?",
-            [manifest.name]).fetchall()}
-        known_media = {h for (h,) in con.execute(
-            "SELECT media_hash FROM media WHERE media_hash IN (SELECT unnest(?::TEXT[]))", [list(media)]).fetchall()}
-        new = [s for s in samples if s["sample_id"] not in existing]
-        changed = [s for s in samples if s["sample_id"] in existing and existing[s["sample_id"]] != (
-            s["content_sha256"], s["task"], s["stage_hints"])]
-        report.new, report.replaced = len(new), len(changed)
-        report.unchanged = len(samples) - len(new) - len(changed)
-        report.new_media = len(set(media) - known_media)
+        con.register("_ingest_probed", _probed_table(staged, probed, catalog))
+        con.execute(_ITEMS_SQL, {"staged": str(staged.path)})
+        run(f"""
+            CREATE TEMP TABLE _ingest_ok AS
+            SELECT $source || '/' || i.item AS sample_id, i.item, i.conversation, i.media_hashes,
+                   {_CONTENT_SHA256_SQL} AS content_sha256,
+                   CASE WHEN e.sample_id IS NULL THEN 'new'
+                        WHEN e.content_sha256 = {_CONTENT_SHA256_SQL} AND e.task = $task
+                             AND e.stage_hints IS NOT DISTINCT FROM $hints THEN 'unchanged'
+                        ELSE 'replaced' END AS status
+            FROM _ingest_items i LEFT JOIN samples e ON e.sample_id = $source || '/' || i.item
+            WHERE i.reason IS NULL""", "source", "task", "hints")
+        counts = dict(con.execute("SELECT status, count(*) FROM _ingest_ok GROUP BY status").fetchall())
+        report.new, report.replaced, report.unchanged = (counts.get(k, 0) for k in ("new", "replaced", "unchanged"))
+        report.stale = run("SELECT count(*) FROM samples s WHERE s.source = $source AND NOT EXISTS "
+                           "(SELECT 1 FROM _ingest_ok o WHERE o.sample_id = s.sample_id)", "source").fetchone()[0]
+        report.quarantined.update(dict(con.execute(
+            "SELECT reason, count(*) FROM _ingest_items WHERE reason IS NOT NULL GROUP BY reason").fetchall()))
         catalog.insert("sources", [{**_source_row(manifest), "run_id": run_id}], on_conflict="replace", con=con)
-        catalog.insert("media", [media[h] for h in media if h not in known_media], con=con)
-        catalog.insert("samples", new, con=con)
-        catalog.insert("samples", changed, on_conflict="replace", con=con)
+        # Media new to the catalog that readable items cite before their first medium that failed to probe.
+        report.new_media = run("""
+            INSERT INTO media (media_hash, kind, bytes, width, height, duration_s, fps, n_frames, codec,
+                               storage_path, run_id)
+            SELECT p.media_hash, p.kind, p.bytes, p.width, p.height, p.duration_s, p.fps, p.n_frames, p.codec,
+                   p.storage_path, $run_id
+            FROM _ingest_probed p
+            WHERE p.media_hash IN (SELECT unnest(media_hashes[1:coalesce(bad_i, len(media_hashes) + 1) - 1])
+                                   FROM _ingest_items WHERE reason IS NULL OR bad_i IS NOT NULL)
+              AND p.media_hash NOT IN (SELECT media_hash FROM media)
+            QUALIFY row_number() OVER (PARTITION BY p.media_hash ORDER BY p.path) = 1""", "run_id").fetchone()[0]
+        for status, verb in (("new", "INSERT"), ("replaced", "INSERT OR REPLACE")):
+            run(f"""
+                {verb} INTO samples (sample_id, source, item, task, conversation, media_hashes, stage_hints,
+                                     content_sha256, run_id)
+                SELECT sample_id, $source, item, $task, conversation, media_hashes, $hints, content_sha256, $run_id
+                FROM _ingest_ok WHERE status = '{status}'""", "source", "task", "hints", "run_id")
         # Refusals mirror the source as read now: a fixed item loses its old refusal, a still-bad one keeps its row.
-        now = {(r["item"], r["reason"]) for r in refused}
-        before = con.execute("SELECT item, reason FROM quarantine WHERE source = ? AND stage = ?",
-                             [manifest.name, STAGE]).fetchall()
-        gone = [[manifest.name, STAGE, item, reason] for item, reason in before if (item, reason) not in now]
-        if gone:
-            con.executemany("DELETE FROM quarantine WHERE source = ? AND stage = ? AND item = ? AND reason = ?", gone)
-        catalog.quarantine(refused, con=con)
-        report.stale = len(set(existing) - {s["sample_id"] for s in samples})
+        run("""DELETE FROM quarantine q WHERE q.source = $source AND q.stage = $stage AND NOT EXISTS (
+                   SELECT 1 FROM _ingest_items i WHERE i.item = q.item AND i.reason = q.reason)""", "source", "stage")
+        run("""INSERT OR IGNORE INTO quarantine (source, item, reason, detail, stage, run_id)
+               SELECT $source, item, reason, detail, $stage, $run_id FROM _ingest_items WHERE reason IS NOT NULL""",
+            "source", "stage", "run_id")
+        con.execute("DROP TABLE _ingest_items")
+        con.execute("DROP TABLE _ingest_ok")
+        con.unregister("_ingest_probed")  # temp tables and registrations of a failed write go with its rollback
     return report
 
 
@@ -213,9 +326,11 @@ def ingest(manifests: Sequence[SourceManifest], catalog: Catalog, *, media_store
     ``media_store``: where media packed in tars are extracted, content-addressed
     (default ``<catalog folder>/media``), so every ``media.storage_path`` is a plain file.
     ``run_id``: the caller's run (``mavors ingest``, the curate flow), stored with the rows it writes.
+    Items are staged in Parquet files in a temporary folder, so memory does not grow with the sources.
     """
     media_store = media_store or catalog.path.parent / "media"
-    read = [(m, list(iter_items(m, media_store))) for m in manifests]
-    wanted = list(dict.fromkeys(k for _, items in read for it in items if it.reason is None for k in it.media))
-    probed = probe_media(wanted, ray_settings=ray_settings, workers=workers)
-    return [write_source(catalog, m, items, probed, run_id) for m, items in read]
+    with tempfile.TemporaryDirectory(prefix="mavors-ingest-") as tmp:
+        staged = [stage_items(m, media_store, Path(tmp) / f"{i}.parquet") for i, m in enumerate(manifests)]
+        wanted = list(dict.fromkeys(k for s in staged for k in s.media))
+        probed = probe_media(wanted, ray_settings=ray_settings, workers=workers)
+        return [write_source(catalog, s, probed, run_id) for s in staged]

@@ -17,6 +17,7 @@ with a countable reason; they never raise on a bad item, only on an unreadable s
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import hashlib
 import json
@@ -24,8 +25,7 @@ import os
 import shutil
 import tarfile
 import tempfile
-from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
@@ -222,6 +222,13 @@ def confined_media_path(manifest: SourceManifest, value: str, roots: list[Path])
     return str(real)
 
 
+def _media_resolver(manifest: SourceManifest) -> Callable[[str], str]:
+    """:func:`confined_media_path` for one read of a source, remembering the paths it resolved: annotation rows
+    cite the same files many times (one realpath per distinct path, not per row)."""
+    roots = manifest.media_roots()
+    return functools.lru_cache(maxsize=1 << 16)(lambda value: confined_media_path(manifest, value, roots))
+
+
 def caption_conversation(manifest: SourceManifest, kind: str, caption: Any) -> list[dict[str, str]]:
     """A caption row as a two-turn conversation: the caption prompt, then the caption."""
     if not isinstance(caption, str):
@@ -232,7 +239,10 @@ def caption_conversation(manifest: SourceManifest, kind: str, caption: Any) -> l
 
 
 def iter_items(manifest: SourceManifest, media_store: Path) -> Iterator[RawItem]:
-    """All items of a source in file order. ``media_store``: where webdataset members are extracted."""
+    """All items of a source in file order, streamed (a file of 10^7 items is never held whole).
+    ``media_store``: where webdataset members are extracted. An item id that occurs twice is yielded twice:
+    :func:`curation.ingest.ingest` keeps the first and refuses the others (``duplicate_item``) in SQL, so no
+    set of every id is kept here."""
     for path in manifest.annotation_paths:
         if not path.exists():
             raise FileNotFoundError(f"{manifest.manifest_path}: field 'path': {path} does not exist")
@@ -242,26 +252,17 @@ def iter_items(manifest: SourceManifest, media_store: Path) -> Iterator[RawItem]
         "caption_parquet": _read_caption_parquet,
         "webdataset": lambda m: _read_webdataset(m, media_store),
     }[manifest.format]
-    seen: Counter[str] = Counter()
-    for raw in reader(manifest):
-        seen[raw.item] += 1
-        if seen[raw.item] > 1:  # the first occurrence is kept; later ones are refused under a numbered id
-            raw = RawItem(f"{raw.item}#{seen[raw.item]}", reason="duplicate_item",
-                          detail=f"item id {raw.item!r} occurs {seen[raw.item]} times")
-        yield raw
+    yield from reader(manifest)
+
+
+_JSON_BATCH = 8192
+"""Records fetched from DuckDB's JSON reader at a time (bounded memory for any file size)."""
 
 
 def _json_records(path: Path) -> Iterator[tuple[int, Any, ItemError | None]]:
     """(row number, record, error) of a JSON list file or a JSONL file; bad lines come back as errors."""
     if path.suffix == ".json":
-        try:
-            data = json.loads(path.read_bytes().decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"{path}: not a valid UTF-8 JSON file ({e})") from None
-        if not isinstance(data, list):
-            raise ValueError(f"{path}: expected a JSON list of items, got {type(data).__name__}")
-        for i, rec in enumerate(data):
-            yield i, rec, None
+        yield from _json_list_records(path)
         return
     with open(path, "rb") as f:
         for i, line in enumerate(f):
@@ -278,6 +279,25 @@ def _json_records(path: Path) -> Iterator[tuple[int, Any, ItemError | None]]:
                 yield i, None, ItemError("bad_json", f"{path.name} line {i + 1}: {e}")
 
 
+def _json_list_records(path: Path) -> Iterator[tuple[int, Any, None]]:
+    """(row number, record, None) of a JSON list file, streamed: DuckDB's reader splits the list into records
+    (batches of :data:`_JSON_BATCH`), each parsed here; a file that is not a UTF-8 JSON list is a ValueError."""
+    import duckdb
+
+    con = duckdb.connect()
+    try:
+        cur = con.execute("SELECT json FROM read_json_objects(?, format = 'array')", [str(path)])
+        row = 0
+        while batch := cur.fetchmany(_JSON_BATCH):
+            for (text,) in batch:
+                yield row, json.loads(text), None
+                row += 1
+    except duckdb.Error as e:
+        raise ValueError(f"{path}: not a valid UTF-8 JSON list of items ({str(e).splitlines()[0]})") from None
+    finally:
+        con.close()
+
+
 def _item_id(manifest: SourceManifest, rec: Any, row: int) -> str:
     if isinstance(rec, dict) and rec.get(manifest.fields.id) not in (None, ""):
         return str(rec[manifest.fields.id])
@@ -291,7 +311,7 @@ def _line_id(path: Path, row: int) -> str:
 
 def _read_llava(manifest: SourceManifest) -> Iterator[RawItem]:
     f = manifest.fields
-    roots = manifest.media_roots()
+    resolve = _media_resolver(manifest)
     path = manifest.annotation_paths[0]
     for row, rec, err in _json_records(path):
         if err:
@@ -305,18 +325,18 @@ def _read_llava(manifest: SourceManifest) -> Iterator[RawItem]:
             for kind, key in (("image", f.image), ("video", f.video)):
                 value = rec.get(key)
                 for rel in ([value] if isinstance(value, str) else value or []):
-                    media.append((confined_media_path(manifest, rel, roots), kind))
+                    media.append((resolve(rel), kind))
             yield RawItem(item, normalize_conversation(rec.get(f.conversations), media), media)
         except ItemError as e:
             yield RawItem(item, reason=e.reason, detail=e.detail)
 
 
-def _caption_row(manifest: SourceManifest, rec: Any, row: int, roots: list[Path]) -> RawItem:
+def _caption_row(manifest: SourceManifest, rec: Any, row: int, resolve: Callable[[str], str]) -> RawItem:
     item = _item_id(manifest, rec, row)
     try:
         if not isinstance(rec, dict) or not isinstance(rec.get(manifest.fields.media), str):
             raise ItemError("bad_json", f"row has no {manifest.fields.media!r} path")
-        path = confined_media_path(manifest, rec[manifest.fields.media], roots)
+        path = resolve(rec[manifest.fields.media])
         kind = media_kind(rec[manifest.fields.media]) or ("video" if manifest.modality == "video" else "image")
         return RawItem(item, caption_conversation(manifest, kind, rec.get(manifest.fields.caption)), [(path, kind)])
     except ItemError as e:
@@ -324,24 +344,24 @@ def _caption_row(manifest: SourceManifest, rec: Any, row: int, roots: list[Path]
 
 
 def _read_caption_jsonl(manifest: SourceManifest) -> Iterator[RawItem]:
-    roots = manifest.media_roots()
+    resolve = _media_resolver(manifest)
     path = manifest.annotation_paths[0]
     for row, rec, err in _json_records(path):
         if err:
             yield RawItem(_line_id(path, row), reason=err.reason, detail=err.detail)
         else:
-            yield _caption_row(manifest, rec, row, roots)
+            yield _caption_row(manifest, rec, row, resolve)
 
 
 def _read_caption_parquet(manifest: SourceManifest) -> Iterator[RawItem]:
     import pyarrow.parquet as pq
 
     pf = pq.ParquetFile(manifest.annotation_paths[0])
-    roots = manifest.media_roots()
+    resolve = _media_resolver(manifest)
     row = 0
     for batch in pf.iter_batches(batch_size=4096):
         for rec in batch.to_pylist():
-            yield _caption_row(manifest, rec, row, roots)
+            yield _caption_row(manifest, rec, row, resolve)
             row += 1
 
 

@@ -202,3 +202,16 @@ def test_paths_inside_the_catalog_folder_are_stored_relative_and_resolve_from_an
     with Catalog(Path("moved") / "catalog.duckdb", read_only=True) as cat:
         paths = [cat.resolved(r["storage_path"]) for r in cat.query("SELECT storage_path FROM media ORDER BY 1")]
     assert paths == [Path("/datasets/c.jpg"), moved / "media" / "a.jpg", moved / "media" / "b.jpg"]
+
+
+def test_duckdb_settings_apply_when_the_file_is_opened_and_come_from_the_settings_file(tmp_path, monkeypatch):
+    from core.settings import CatalogSettings
+
+    settings = CatalogSettings(threads=1, memory_limit="100MB", temp_directory=tmp_path / "spill")
+    with Catalog(tmp_path / "a.duckdb", settings=settings) as cat, cat.connection():
+        got = [cat.scalar(f"SELECT current_setting('{k}')") for k in ("threads", "memory_limit", "temp_directory")]
+    assert got[0] == 1 and got[1] in ("95.3 MiB", "100.0 MB") and got[2] == str(tmp_path / "spill")
+    (tmp_path / "settings.yaml").write_text("duckdb: {threads: 1, memory_limit: 200MB}\n")
+    monkeypatch.setenv("MAVORS_CONFIG", str(tmp_path / "settings.yaml"))
+    with Catalog(tmp_path / "b.duckdb") as cat:
+        assert cat.scalar("SELECT current_setting('memory_limit')") in ("190.7 MiB", "200.0 MB")
