@@ -67,7 +67,8 @@ def build_stream(spec: StageSpec, model, processor, rank: int, world: int, work_
         stream = build_loader(data_sources(spec, work_dir), DeferredCollate(processor) if budget else processor,
                               micro_size=spec.batch.micro_size, rank=rank, world_size=world, seed=spec.data.seed,
                               shuffle_window=spec.data.shuffle_window, slice_size=spec.data.slice_size,
-                              num_workers=spec.data.workers, dpo=spec.loss.kind == "dpo")
+                              num_workers=spec.data.workers, dpo=spec.loss.kind == "dpo", deal=spec.data.deal,
+                              global_size=spec.batch.global_size)
         collate = processor.collate if budget else None
     if not budget:
         return stream
