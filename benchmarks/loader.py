@@ -132,8 +132,8 @@ def main() -> None:
         root = make_shards(Path(d), a.samples, int(processor.video_fps))
         print(f"{a.processor} processor; shards: {a.samples} samples (text / 640x480 JPEG / two JPEGs / 8 s mp4 320x240), micro-batch "
               f"{a.micro}, {a.batches} micro-batches timed, best of {a.repeat}")
-        print(f"  {'layout':<11} {'workers':<8} {'start-up s':>10} {'samples/s':>10} {'vs 1 worker':>12} {'MB/batch':>9}"
-              f"   load before")
+        print(f"  {'layout':<11} {'workers':<8} {'start-up s':>10} {'samples/s':>10} {'vs 1 worker':>12} "
+              f"{'MB/batch':>9}   load before")
         for layout, proc in (("tubelets", processor), ("frame rows", processor.with_frame_rows())):
             rates = {}
             for workers in (0, 1, 2):

@@ -215,7 +215,8 @@ class MavorsForConditionalGeneration(MavorsPreTrainedModel):
             if zero is not None:
                 embeds = embeds + zero.to(embeds.dtype)
             return MavorsInputs(embeds, attention_mask, input_ids, visual_mask, 0.0)
-        visual = self.encode_visual(pixel_values, chunk_grids, chunk_positions, chunk_sequences, threshold, chunk_frames)
+        visual = self.encode_visual(pixel_values, chunk_grids, chunk_positions, chunk_sequences, threshold,
+                                    chunk_frames)
         if n_placeholders != sum(visual.sequence_counts):
             raise ValueError(f"input_ids hold {n_placeholders} visual placeholders but the media produce "
                              f"{sum(visual.sequence_counts)} visual tokens (processor/model config mismatch?)")

@@ -73,7 +73,8 @@ class IntraChunkVisionEncoder(nn.Module):
         """Values per packed patch row: C * F * p * p."""
         return self.channels * self.frames * self.patch * self.patch
 
-    def tubelets(self, pixel_values: torch.Tensor, chunk_grids: torch.Tensor, chunk_frames: torch.Tensor) -> torch.Tensor:
+    def tubelets(self, pixel_values: torch.Tensor, chunk_grids: torch.Tensor,
+                 chunk_frames: torch.Tensor) -> torch.Tensor:
         """:func:`frame_rows_to_tubelets` at this encoder's C, F and p."""
         return frame_rows_to_tubelets(pixel_values, chunk_grids, chunk_frames, self.channels, self.frames, self.patch)
 

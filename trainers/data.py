@@ -40,7 +40,8 @@ it skips, the workers start once per run (not per epoch), and the order cannot d
 State (:meth:`ShardLoader.state_dict`): the global position after the last micro-batch handed out, each
 source's epoch and cursor and digest, and the round-robin credits, the same on every rank at a step
 boundary (a vision deal's state inside a step is the step's start plus ``step_micro``: the rank's micro-batches
-of the step already handed out, and the world size the deal was made for). Resuming with a changed blend (a weight changed, a source added or dropped) migrates: kept
+of the step already handed out, and the world size the deal was made for). Resuming with a changed blend (a weight
+changed, a source added or dropped) migrates: kept
 sources continue at their cursors, new ones start at their first sample, credits restart; a source
 whose shard list changed under the same name is refused (its cursor would point into another order).
 

@@ -243,7 +243,8 @@ def test_vision_deal_balances_every_steps_samples(mixed_shards, processor):
         if deal == "vision":
             for (a, b), step_loads in zip(ids, loads):
                 block = a + b
-                best = min(max(sum(cost[block[i]] for i in half), sum(cost[block[i]] for i in range(4) if i not in half))
+                best = min(max(sum(cost[block[i]] for i in half),
+                               sum(cost[block[i]] for i in range(4) if i not in half))
                            for half in itertools.combinations(range(4), 2))
                 assert max(step_loads) == best, (block, [cost[i] for i in block])
     assert all(v <= s for v, s in zip(worse["vision"], worse["strided"]))
