@@ -5,7 +5,7 @@ of float32 per 640x480 image) and ``frame rows`` (each distinct frame once, what
 model makes the tubelets on its device, :mod:`model.processing`). The main process's cost of making them on the
 CPU instead is printed apart (ms per micro-batch).
 
-    python benchmarks/loader.py                     # ~2 min on 2 cores
+    python benchmarks/loader.py                     # ~4 min on 2 idle cores (both layouts)
     python benchmarks/loader.py --samples 240 --micro 4
 
 The shards mix what Stage 2 trains on: text-only, one JPEG (640x480), two JPEGs, and an 8 s mp4 (320x240,
