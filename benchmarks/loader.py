@@ -1,8 +1,11 @@
 """Shard loader worker scaling: steady-state samples/s of :class:`trainers.data.ShardLoader` with the Mavors
 processor at paper settings (384 px, patch 14, F=16, up to 9 sub-images; ``--processor tiny``: the test model's),
-for 0, 1 and 2 DataLoader workers.
+for 0, 1 and 2 DataLoader workers, in both pixel layouts: ``tubelets`` (an image's frame repeated F times, 81 MB
+of float32 per 640x480 image) and ``frame rows`` (each distinct frame once, what the trainer's loader uses; the
+model makes the tubelets on its device, :mod:`model.processing`). The main process's cost of making them on the
+CPU instead is printed apart (ms per micro-batch).
 
-    python benchmarks/loader.py                     # ~2 min on 2 cores
+    python benchmarks/loader.py                     # ~4 min on 2 idle cores (both layouts)
     python benchmarks/loader.py --samples 240 --micro 4
 
 The shards mix what Stage 2 trains on: text-only, one JPEG (640x480), two JPEGs, and an 8 s mp4 (320x240,
@@ -87,6 +90,28 @@ def measure(root: Path, processor, workers: int, micro: int, batches: int) -> tu
     return t1 - t0, seen / (t2 - t1)
 
 
+def _batches(root: Path, processor, micro: int, n: int) -> list[dict]:
+    stream = iter(build_loader(root, processor, micro_size=micro, seed=0, shuffle_window=64))
+    return [next(stream) for _ in range(n)]
+
+
+def megabytes(root: Path, processor, micro: int = 4, n: int = 4) -> float:
+    """Mean MB of pixel_values per micro-batch (what crosses from a worker), over the first ``n``."""
+    return sum(b["pixel_values"].nbytes for b in _batches(root, processor, micro, n)) / n / 1e6
+
+
+def expand_ms(root: Path, processor, micro: int, n: int = 4) -> float:
+    """ms per micro-batch to make frame rows into tubelets on the CPU (:func:`model.vision.frame_rows_to_tubelets`)."""
+    from model.vision import frame_rows_to_tubelets
+
+    batches = [b for b in _batches(root, processor.with_frame_rows(), micro, n) if "chunk_frames" in b]
+    t0 = time.perf_counter()
+    for b in batches:
+        frame_rows_to_tubelets(b["pixel_values"], b["chunk_grids"], b["chunk_frames"], processor.num_channels,
+                               processor.frames_per_chunk, processor.patch_size)
+    return (time.perf_counter() - t0) / max(1, len(batches)) * 1e3
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--samples", type=int, default=96, help="samples in the shards (the stream cycles over them)")
@@ -107,17 +132,22 @@ def main() -> None:
         root = make_shards(Path(d), a.samples, int(processor.video_fps))
         print(f"{a.processor} processor; shards: {a.samples} samples (text / 640x480 JPEG / two JPEGs / 8 s mp4 320x240), micro-batch "
               f"{a.micro}, {a.batches} micro-batches timed, best of {a.repeat}")
-        print(f"  {'workers':<8} {'start-up s':>10} {'samples/s':>10} {'vs 1 worker':>12}   load before")
-        rates = {}
-        for workers in (0, 1, 2):
-            load = os.getloadavg()[0]
-            runs = [measure(root, processor, workers, a.micro, a.batches) for _ in range(a.repeat)]
-            start, rate = min(r[0] for r in runs), max(r[1] for r in runs)
-            rates[workers] = rate
-            ratio = f"{rate / rates[1]:.2f}x" if 1 in rates else ""
-            print(f"  {workers:<8} {start:10.2f} {rate:10.1f} {ratio:>12}   {load:.1f}")
-        print(f"2 workers / 1 worker: {rates[2] / rates[1]:.2f}x (goal >= 1.6x on 2 idle cores); cpus "
-              f"{os.cpu_count()}, load average now {os.getloadavg()[0]:.1f}")
+        print(f"  {'layout':<11} {'workers':<8} {'start-up s':>10} {'samples/s':>10} {'vs 1 worker':>12} "
+              f"{'MB/batch':>9}   load before")
+        for layout, proc in (("tubelets", processor), ("frame rows", processor.with_frame_rows())):
+            rates = {}
+            for workers in (0, 1, 2):
+                load = os.getloadavg()[0]
+                runs = [measure(root, proc, workers, a.micro, a.batches) for _ in range(a.repeat)]
+                start, rate = min(r[0] for r in runs), max(r[1] for r in runs)
+                rates[workers] = rate
+                ratio = f"{rate / rates[1]:.2f}x" if 1 in rates else ""
+                print(f"  {layout:<11} {workers:<8} {start:10.2f} {rate:10.1f} {ratio:>12} {megabytes(root, proc):9.1f}"
+                      f"   {load:.1f}")
+            print(f"  {layout}: 2 workers / 1 worker {rates[2] / rates[1]:.2f}x (goal >= 1.6x on 2 idle cores)")
+        print(f"frame rows -> tubelets on the CPU (the model does it on its device): "
+              f"{expand_ms(root, processor, a.micro):.1f} ms per micro-batch; cpus {os.cpu_count()}, "
+              f"load average now {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -162,7 +162,7 @@ def batch_flops(model, batch: dict) -> float:
         visual = int(torch.isin(batch["input_ids"], torch.tensor([model.config.image_token_id,
                                                                   model.config.video_token_id])).sum())
         chunk_patches = batch["chunk_grids"].prod(1).double()  # (N,)
-        flops += 6 * params["ive"] * batch["pixel_values"].shape[0]
+        flops += 6 * params["ive"] * float(chunk_patches.sum())  # patches (pixel_values rows may be frame rows)
         flops += 12 * vc.num_hidden_layers * vc.hidden_size * float((chunk_patches ** 2).sum())
         flops += 6 * (params["ifa"] + params["projector"]) * visual
     return float(flops)

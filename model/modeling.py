@@ -26,7 +26,7 @@ from model.configuration import MavorsConfig
 from model.preprocessing import pooled_grid
 from model.vision import IntraChunkVisionEncoder
 
-VISUAL_INPUT_KEYS = ("pixel_values", "chunk_grids", "chunk_positions", "chunk_sequences")
+VISUAL_INPUT_KEYS = ("pixel_values", "chunk_grids", "chunk_positions", "chunk_sequences", "chunk_frames")
 
 
 class MavorsProjector(nn.Module):
@@ -123,13 +123,15 @@ class MavorsForConditionalGeneration(MavorsPreTrainedModel):
 
     # ---- vision path -------------------------------------------------------------------------
     def encode_visual(self, pixel_values: torch.Tensor, chunk_grids: torch.Tensor, chunk_positions: torch.Tensor,
-                      chunk_sequences: torch.Tensor, compression_threshold: float | None = None) -> VisualEncoding:
+                      chunk_sequences: torch.Tensor, compression_threshold: float | None = None,
+                      chunk_frames: torch.Tensor | None = None) -> VisualEncoding:
         """Packed chunks -> projected visual tokens.
 
         pixel_values (P, C*F*p*p); chunk_grids (N, 2) patch grid (h, w); chunk_positions (N,) C-RoPE
-        ids; chunk_sequences (N,) IFA sequence of each chunk (non-decreasing).
+        ids; chunk_sequences (N,) IFA sequence of each chunk (non-decreasing). With chunk_frames (N,), pixel_values
+        are the processor's frame rows (R, C*p*p) (:mod:`model.processing`), made into tubelets here, on the device.
         """
-        feats = self.ive(pixel_values, chunk_grids)  # (T, d_V)
+        feats = self.ive(pixel_values, chunk_grids, chunk_frames)  # (T, d_V)
         per_chunk = torch.tensor([a * b for a, b in (pooled_grid(h, w, self.config.pooling_size)
                                                      for h, w in chunk_grids.tolist())], device=feats.device)
         positions = chunk_positions.repeat_interleave(per_chunk)  # (T,)
@@ -186,7 +188,8 @@ class MavorsForConditionalGeneration(MavorsPreTrainedModel):
     def get_inputs_embeds(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                           pixel_values: torch.Tensor | None = None, chunk_grids: torch.Tensor | None = None,
                           chunk_positions: torch.Tensor | None = None, chunk_sequences: torch.Tensor | None = None,
-                          compression_threshold: float | None = None, **_: object) -> MavorsInputs:
+                          compression_threshold: float | None = None, chunk_frames: torch.Tensor | None = None,
+                          **_: object) -> MavorsInputs:
         """LLM input embeddings with the visual tokens spliced into the placeholder positions.
 
         compression_threshold defaults to config.token_compression_threshold (None = off); when
@@ -196,10 +199,10 @@ class MavorsForConditionalGeneration(MavorsPreTrainedModel):
         if compression_threshold is None:
             compression_threshold = self.config.token_compression_threshold
         return self._splice(input_ids, attention_mask, pixel_values, chunk_grids, chunk_positions, chunk_sequences,
-                            compression_threshold)
+                            compression_threshold, chunk_frames)
 
     def _splice(self, input_ids, attention_mask, pixel_values, chunk_grids, chunk_positions, chunk_sequences,
-                threshold: float | None) -> MavorsInputs:
+                threshold: float | None, chunk_frames: torch.Tensor | None = None) -> MavorsInputs:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         visual_mask = (input_ids == self.config.image_token_id) | (input_ids == self.config.video_token_id)
@@ -212,7 +215,8 @@ class MavorsForConditionalGeneration(MavorsPreTrainedModel):
             if zero is not None:
                 embeds = embeds + zero.to(embeds.dtype)
             return MavorsInputs(embeds, attention_mask, input_ids, visual_mask, 0.0)
-        visual = self.encode_visual(pixel_values, chunk_grids, chunk_positions, chunk_sequences, threshold)
+        visual = self.encode_visual(pixel_values, chunk_grids, chunk_positions, chunk_sequences, threshold,
+                                    chunk_frames)
         if n_placeholders != sum(visual.sequence_counts):
             raise ValueError(f"input_ids hold {n_placeholders} visual placeholders but the media produce "
                              f"{sum(visual.sequence_counts)} visual tokens (processor/model config mismatch?)")
@@ -231,7 +235,7 @@ class MavorsForConditionalGeneration(MavorsPreTrainedModel):
                 labels: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None,
                 pixel_values: torch.Tensor | None = None, chunk_grids: torch.Tensor | None = None,
                 chunk_positions: torch.Tensor | None = None, chunk_sequences: torch.Tensor | None = None,
-                **kwargs):
+                chunk_frames: torch.Tensor | None = None, **kwargs):
         """Causal-LM forward; with ``labels`` (-100 outside answer tokens) returns the shifted
         next-token loss. Token compression is never applied here (it would break label alignment).
 
@@ -243,7 +247,7 @@ class MavorsForConditionalGeneration(MavorsPreTrainedModel):
         (transformers only reads packing from ``position_ids`` when there is none)."""
         if inputs_embeds is None:
             inputs_embeds = self._splice(input_ids, attention_mask, pixel_values, chunk_grids, chunk_positions,
-                                         chunk_sequences, threshold=None).inputs_embeds
+                                         chunk_sequences, threshold=None, chunk_frames=chunk_frames).inputs_embeds
         if attention_mask is None and kwargs.get("position_ids") is not None:
             kwargs.setdefault("use_cache", False)
         return self.llm(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, **kwargs)
@@ -252,13 +256,14 @@ class MavorsForConditionalGeneration(MavorsPreTrainedModel):
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                  pixel_values: torch.Tensor | None = None, chunk_grids: torch.Tensor | None = None,
                  chunk_positions: torch.Tensor | None = None, chunk_sequences: torch.Tensor | None = None,
-                 compression_threshold: float | None = None, labels: torch.Tensor | None = None, **generate_kwargs):
+                 compression_threshold: float | None = None, labels: torch.Tensor | None = None,
+                 chunk_frames: torch.Tensor | None = None, **generate_kwargs):
         """Generate from a (left-padded for batches) processor batch; returns the prompt's ``input_ids`` followed
         by the new tokens, (B, L + n_new), as transformers' generate does, so ``out[:, input_ids.shape[1]:]``
         are the new ones (the LLM, prompted by embeddings, returns only those; with token compression the
         prompt it saw was shorter, but the ids returned are the ones given)."""
         mi = self.get_inputs_embeds(input_ids, attention_mask, pixel_values, chunk_grids, chunk_positions,
-                                    chunk_sequences, compression_threshold)
+                                    chunk_sequences, compression_threshold, chunk_frames)
         new = self.llm.generate(inputs_embeds=mi.inputs_embeds, attention_mask=mi.attention_mask, **generate_kwargs)
         prompt = input_ids.repeat_interleave(new.shape[0] // input_ids.shape[0], dim=0)  # num_return_sequences
         return torch.cat([prompt, new.to(prompt.device)], dim=1)

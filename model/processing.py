@@ -16,6 +16,13 @@ Visual layout (what `MavorsForConditionalGeneration` consumes):
 A video: fixed-fps frames, c_V = ceil(T_V/F) chunks, last chunk padded by repeating its last frame,
 frame dropping beyond max_chunks. An image: thumbnail + Eq. 8 sub-images, each repeated F times.
 
+``frame_rows=True`` (the training loader's, so a DataLoader worker hands the main process 1/F of an image's
+floats: 5 MB instead of 81 MB at 384 px, F=16) keeps each chunk's distinct frames once instead:
+``pixel_values`` (R, C*p*p), one row per patch per stored frame (patch-major, then frame), and
+``chunk_frames`` (N,): frames stored per chunk (1 for an image, F for a video). The model takes either layout:
+given ``chunk_frames`` its IVE rebuilds the tubelets on its device, value for value
+(:func:`model.vision.frame_rows_to_tubelets`), so the F-fold copy crosses neither processes nor the bus.
+
     proc = MavorsProcessor.from_pretrained("mavors-work/models/mavors")    # or AutoProcessor.from_pretrained
     batch = proc.encode_batch([conv], media=[["clip.mp4"]])     # training batch (right padding, labels)
     batch = proc.encode_messages(messages, add_generation_prompt=True)   # one sample
@@ -37,6 +44,7 @@ The Hugging Face way works too: importing this module registers the class with `
 """
 from __future__ import annotations
 
+import copy
 import json
 import re
 from dataclasses import dataclass
@@ -76,6 +84,7 @@ class MavorsProcessor:
                  pooling_size: int = 2, video_fps: float = 2.0, max_chunks: int = 64, max_sub_images: int = 9,
                  image_mean=SIGLIP_MEAN, image_std=SIGLIP_STD, num_channels: int = 3):
         self.tokenizer = tokenizer
+        self.frame_rows = False  # an output layout, not a setting (module docstring; :meth:`with_frame_rows`)
         self.frames_per_chunk = frames_per_chunk
         self.patch_size = patch_size
         self.image_size = image_size
@@ -130,6 +139,12 @@ class MavorsProcessor:
         settings = {**saved, **{k: v for k, v in kwargs.items() if k in saved}}
         return cls(AutoTokenizer.from_pretrained(path, trust_remote_code=False), **settings)
 
+    def with_frame_rows(self) -> "MavorsProcessor":
+        """This processor emitting the frame-row layout (module docstring): what a loader's workers should use."""
+        proc = copy.copy(self)
+        proc.frame_rows = True
+        return proc
+
     # ---- visual inputs -------------------------------------------------------------------------
     def _to_tensor(self, frame: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
         """uint8 (H, W, 3) -> normalized float (3, h, w) at size=(w, h), bicubic with antialiasing."""
@@ -151,6 +166,21 @@ class MavorsProcessor:
         x = frames[:, :, : h * p, : w * p].reshape(f, c, h, p, w, p)
         return x.permute(2, 4, 1, 0, 3, 5).reshape(h * w, c * f * p * p)
 
+    def to_frame_rows(self, frames: torch.Tensor) -> torch.Tensor:
+        """One chunk's distinct frames (k, C, H, W) -> (h*w*k, C*p*p): per row-major patch, its k frames' pixels."""
+        k, c, hh, ww = frames.shape
+        p = self.patch_size
+        h, w = hh // p, ww // p
+        x = frames[:, :, : h * p, : w * p].reshape(k, c, h, p, w, p)
+        return x.permute(2, 4, 0, 1, 3, 5).reshape(h * w * k, c * p * p)
+
+    def _chunk(self, frames: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """A chunk's pixel tensor in this processor's layout, and its stored frame count: ``frames`` (k, C, H, W)
+        are its distinct frames (k = 1 for an image, repeated F times as tubelets; k = F for a video)."""
+        if self.frame_rows:
+            return self.to_frame_rows(frames), frames.shape[0]
+        return self.to_tubelets(frames.expand(self.frames_per_chunk, -1, -1, -1)), self.frames_per_chunk
+
     def image_chunks(self, source: MediaSource, name: str) -> list[torch.Tensor]:
         """Thumbnail then sub-images (row-major), each a normalized (3, h, w) frame."""
         rgb = load_image(source, name)
@@ -169,7 +199,7 @@ class MavorsProcessor:
         f, p = self.frames_per_chunk, self.patch_size
         if kind == "image":
             frames = self.image_chunks(source, name)
-            tubelets = [self.to_tubelets(fr[None].expand(f, -1, -1, -1)) for fr in frames]
+            tubelets, stored = zip(*(self._chunk(fr[None]) for fr in frames))
             grids = [(fr.shape[1] // p, fr.shape[2] // p) for fr in frames]
             positions = [0] * len(frames)
             sequences = list(range(len(frames)))  # each sub-image aggregated on its own
@@ -185,14 +215,14 @@ class MavorsProcessor:
 
             frames, plan = read_video(source, self.video_fps, f, self.max_chunks, convert, name)
             video = torch.stack(frames)  # (c_V*F, 3, H, W)
-            tubelets = [self.to_tubelets(video[i:i + f]) for i in range(0, video.shape[0], f)]
+            tubelets, stored = zip(*(self._chunk(video[i:i + f]) for i in range(0, video.shape[0], f)))
             grids = [(video.shape[2] // p, video.shape[3] // p)] * len(tubelets)
             positions = list(plan.chunk_positions)
             sequences = [0] * len(tubelets)
         else:
             raise ValueError(f"unknown media kind {kind!r}")
-        return dict(tubelets=tubelets, grids=grids, positions=positions, sequences=sequences,
-                    n_tokens=self.grid_tokens(grids))
+        return dict(tubelets=list(tubelets), frames=list(stored), grids=grids, positions=positions,
+                    sequences=sequences, n_tokens=self.grid_tokens(grids))
 
     def grid_tokens(self, grids: list[tuple[int, int]]) -> int:
         """Visual tokens of chunks with these patch grids (h, w), after pooling."""
@@ -267,19 +297,27 @@ class MavorsProcessor:
         for item in visual:
             sequences += [offset + s for s in item["sequences"]]
             offset += max(item["sequences"]) + 1
-        return {
+        sample = {
             "input_ids": torch.tensor(ids, dtype=torch.long),
             "attention_mask": torch.ones(len(ids), dtype=torch.long),
             "labels": torch.tensor(labels, dtype=torch.long),
-            "pixel_values": torch.cat(tub) if tub else torch.zeros(0, self.tubelet_size),
+            "pixel_values": torch.cat(tub) if tub else torch.zeros(0, self.row_size),
             "chunk_grids": torch.tensor([g for item in visual for g in item["grids"]], dtype=torch.long).view(-1, 2),
             "chunk_positions": torch.tensor([q for item in visual for q in item["positions"]], dtype=torch.long),
             "chunk_sequences": torch.tensor(sequences, dtype=torch.long),
         }
+        if self.frame_rows:
+            sample["chunk_frames"] = torch.tensor([k for item in visual for k in item["frames"]], dtype=torch.long)
+        return sample
 
     @property
     def tubelet_size(self) -> int:
         return self.num_channels * self.frames_per_chunk * self.patch_size ** 2
+
+    @property
+    def row_size(self) -> int:
+        """Values per row of ``pixel_values``: a tubelet's, or with ``frame_rows`` one frame's patch."""
+        return self.tubelet_size // self.frames_per_chunk if self.frame_rows else self.tubelet_size
 
     # ---- batching ------------------------------------------------------------------------------
     def collate(self, samples: list[dict], padding_side: str = "right") -> dict:
@@ -304,6 +342,8 @@ class MavorsProcessor:
         batch["chunk_grids"] = torch.cat([s["chunk_grids"] for s in samples]).view(-1, 2)
         batch["chunk_positions"] = torch.cat([s["chunk_positions"] for s in samples])
         batch["chunk_sequences"] = torch.cat(sequences) if sequences else torch.zeros(0, dtype=torch.long)
+        if "chunk_frames" in samples[0]:
+            batch["chunk_frames"] = torch.cat([s["chunk_frames"] for s in samples])
         return batch
 
     def encode_batch(self, conversations: list[list[dict]], media: list[list[MediaSource]] | None = None,

@@ -33,6 +33,20 @@ def resize_position_embedding(table: torch.Tensor, h: int, w: int) -> torch.Tens
     return grid.permute(0, 2, 3, 1).reshape(h * w, -1)
 
 
+def frame_rows_to_tubelets(pixel_values: torch.Tensor, chunk_grids: torch.Tensor, chunk_frames: torch.Tensor,
+                           channels: int, frames: int, patch: int) -> torch.Tensor:
+    """The processor's frame-row layout (R, C*p*p), one row per patch per stored frame, ``chunk_frames`` (N,)
+    stored frames per chunk (1: an image's frame, repeated F times; F: a video's) -> tubelets (P, C*F*p*p), the
+    values the processor's default layout holds (:mod:`model.processing`), on the tensors' device."""
+    c, f, pp = channels, frames, patch * patch
+    grids, stored = chunk_grids.tolist(), chunk_frames.tolist()
+    out = []
+    for rows, (h, w), k in zip(pixel_values.split([h * w * k for (h, w), k in zip(grids, stored)]), grids, stored):
+        x = rows.view(h * w, k, c, pp).expand(h * w, f, c, pp)  # k == 1: the one frame F times (a view)
+        out.append(x.permute(0, 2, 1, 3).reshape(h * w, c * f * pp))  # (patches, C, F, p*p) flattened
+    return torch.cat(out) if out else pixel_values.new_zeros(0, c * f * pp)
+
+
 class IntraChunkVisionEncoder(nn.Module):
     """Per-chunk spatio-temporal features H_i in R^{n_V/4 x d_V} (Eq. 1 + ViT + pooling)."""
 
@@ -58,6 +72,11 @@ class IntraChunkVisionEncoder(nn.Module):
     def tubelet_size(self) -> int:
         """Values per packed patch row: C * F * p * p."""
         return self.channels * self.frames * self.patch * self.patch
+
+    def tubelets(self, pixel_values: torch.Tensor, chunk_grids: torch.Tensor,
+                 chunk_frames: torch.Tensor) -> torch.Tensor:
+        """:func:`frame_rows_to_tubelets` at this encoder's C, F and p."""
+        return frame_rows_to_tubelets(pixel_values, chunk_grids, chunk_frames, self.channels, self.frames, self.patch)
 
     def embed(self, tubelets: torch.Tensor) -> torch.Tensor:
         """Eq. 1: Conv(C_i) / F.  tubelets (N, C*F*p*p) -> (N, d_V)."""
@@ -91,11 +110,15 @@ class IntraChunkVisionEncoder(nn.Module):
         pooled = F.avg_pool2d(grid, self.pooling_size, self.pooling_size, ceil_mode=True)
         return pooled.flatten(2)[0].t()
 
-    def forward(self, pixel_values: torch.Tensor, chunk_grids: torch.Tensor) -> torch.Tensor:
-        """pixel_values (P, C*F*p*p), chunk_grids (N, 2) -> pooled tokens (sum_i n_i, d_V), chunk-major.
+    def forward(self, pixel_values: torch.Tensor, chunk_grids: torch.Tensor,
+                chunk_frames: torch.Tensor | None = None) -> torch.Tensor:
+        """pixel_values (P, C*F*p*p), chunk_grids (N, 2) -> pooled tokens (sum_i n_i, d_V), chunk-major. With
+        ``chunk_frames`` (N,), pixel_values are frame rows (R, C*p*p), made into tubelets first (:meth:`tubelets`).
 
         When every parameter is frozen (training stage 1) the encoder runs without autograd.
         """
+        if chunk_frames is not None:
+            pixel_values = self.tubelets(pixel_values, chunk_grids, chunk_frames)
         if not any(p.requires_grad for p in self.parameters()):
             with torch.no_grad():
                 return self._encode(pixel_values, chunk_grids)

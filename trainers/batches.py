@@ -56,7 +56,8 @@ def data_sources(spec: StageSpec, work_dir: Path) -> list:
 def build_stream(spec: StageSpec, model, processor, rank: int, world: int, work_dir: Path):
     """This rank's micro-batch stream for the stage. In ``tokens``/``packed`` batch modes the planned units of
     ``micro_size`` samples arrive unpadded and :class:`trainers.packing.BudgetStream` re-forms each step's
-    samples into token-budget micro-batches (the samples of every step are the same in all modes)."""
+    samples into token-budget micro-batches (the samples of every step are the same in all modes). Shard batches
+    carry the processor's frame rows (:mod:`model.processing`): the model makes the tubelets on its device."""
     budget = spec.batch.mode != "samples"
     if spec.data.synthetic is not None:
         stream = synthetic_stream(spec, model, processor, spec.batch.micro_size, rank, world, deferred=budget)
@@ -64,10 +65,13 @@ def build_stream(spec: StageSpec, model, processor, rank: int, world: int, work_
     else:
         from trainers.data import build_loader
 
+        if hasattr(processor, "with_frame_rows"):  # an image's frame once, not F times, from worker to model
+            processor = processor.with_frame_rows()
         stream = build_loader(data_sources(spec, work_dir), DeferredCollate(processor) if budget else processor,
                               micro_size=spec.batch.micro_size, rank=rank, world_size=world, seed=spec.data.seed,
                               shuffle_window=spec.data.shuffle_window, slice_size=spec.data.slice_size,
-                              num_workers=spec.data.workers, dpo=spec.loss.kind == "dpo")
+                              num_workers=spec.data.workers, dpo=spec.loss.kind == "dpo", deal=spec.data.deal,
+                              global_size=spec.batch.global_size)
         collate = processor.collate if budget else None
     if not budget:
         return stream

@@ -22,7 +22,14 @@ The global order is a function of (seed, shard sets, weights) only, not of world
    its next epoch, so a small replay source repeats while a large one is still in its first pass;
 3. rank ``r`` of ``W`` takes positions ``r, r+W, r+2W, ...``; its m-th micro-batch is the next ``micro_size``
    of them. A step of ``accumulation`` micro-batches on every rank is the contiguous block of ``global_size``
-   positions, whatever ``W``, so a run resumed on another world size trains the same samples per step.
+   positions, whatever ``W``, so a run resumed on another world size trains the same samples per step;
+4. or, with ``deal="vision"``, each step's block of ``global_size`` positions is dealt to ranks by visual
+   tokens instead (:func:`trainers.packing.balance_ranks`: longest first to the least-loaded rank, equal sample
+   counts), the tokens planned from the records' media metadata before decoding
+   (:func:`trainers.packing.planned_visual_tokens`; every rank reads the block's JSON members and computes the
+   same deal); a rank's share, in position order, makes its ``accumulation`` micro-batches. The step's samples
+   are the same set as strided, only their ranks change, so resuming on another world size still trains every
+   step's samples.
 
 Reading: the main process walks the order and hands each micro-batch's sample addresses (source, shard,
 sample number) to a DataLoader worker (workers take the rank's micro-batches round-robin, the DataLoader
@@ -32,7 +39,9 @@ it skips, the workers start once per run (not per epoch), and the order cannot d
 
 State (:meth:`ShardLoader.state_dict`): the global position after the last micro-batch handed out, each
 source's epoch and cursor and digest, and the round-robin credits, the same on every rank at a step
-boundary. Resuming with a changed blend (a weight changed, a source added or dropped) migrates: kept
+boundary (a vision deal's state inside a step is the step's start plus ``step_micro``: the rank's micro-batches
+of the step already handed out, and the world size the deal was made for). Resuming with a changed blend (a weight
+changed, a source added or dropped) migrates: kept
 sources continue at their cursors, new ones start at their first sample, credits restart; a source
 whose shard list changed under the same name is refused (its cursor would point into another order).
 
@@ -88,6 +97,7 @@ from torch.utils.data import DataLoader, Dataset
 from curation.shards.format import PREFERENCE_SIDES, answered, media_bytes
 from curation.shards.read import ShardEntry, ShardReader, iter_samples, list_shards
 from model.preprocessing import MediaError
+from trainers.packing import balance_ranks, planned_visual_tokens
 
 log = logging.getLogger(__name__)
 
@@ -314,17 +324,33 @@ def _as_is(item):
     return item
 
 
+DEALS = ("strided", "vision")
+
+
 class ShardLoader:
-    """Infinite (or ``max_epochs``-long), resumable stream of micro-batches for one rank."""
+    """Infinite (or ``max_epochs``-long), resumable stream of micro-batches for one rank. ``deal`` (module
+    docstring, 3 and 4): ``vision`` needs ``global_size`` (samples per step) and a processor with
+    ``planned_media`` (:class:`model.processing.MavorsProcessor`)."""
 
     def __init__(self, sources: Sequence[Source], processor: SampleProcessor, *, micro_size: int, rank: int = 0,
                  world_size: int = 1, seed: int = 0, shuffle_window: int = 1000, slice_size: int = 64,
-                 num_workers: int = 0, dpo: bool = False, max_epochs: int | None = None):
+                 num_workers: int = 0, dpo: bool = False, max_epochs: int | None = None, deal: str = "strided",
+                 global_size: int | None = None):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world size {world_size}")
         names = [s.name for s in sources]
         if not sources or len(set(names)) != len(names):
             raise ValueError(f"a blend needs one or more sources with distinct names (got {names})")
+        if deal not in DEALS:
+            raise ValueError(f"deal must be one of {DEALS}, not {deal!r}")
+        if deal == "vision":
+            if global_size is None or global_size % (micro_size * world_size):
+                raise ValueError(f"deal vision needs global_size, a multiple of micro_size {micro_size} x world size "
+                                 f"{world_size} (got {global_size})")
+            if not hasattr(processor, "planned_media"):
+                raise ValueError(f"deal vision plans visual tokens with the processor's planned_media, which "
+                                 f"{type(processor).__name__} lacks")
+        self.deal, self.global_size = deal, global_size
         self.sources, self.processor, self.micro_size = list(sources), processor, micro_size
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.shuffle_window, self.slice_size, self.num_workers = shuffle_window, slice_size, num_workers
@@ -345,19 +371,49 @@ class ShardLoader:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         order = self._order()
         order.load_state_dict(state)  # checks it fits these sources
-        self._state = order.state_dict()
+        inside = state.get("step_micro")
+        if inside is not None and (self.deal != "vision" or inside["world_size"] != self.world_size):
+            raise ValueError(f"loader state saved inside a step of a vision deal on {inside['world_size']} ranks "
+                             f"cannot continue as deal {self.deal} on {self.world_size}; resume from a step boundary")
+        self._state = {**order.state_dict(), **({"step_micro": inside} if inside is not None else {})}
+
+    def _left(self, order: GlobalOrder) -> int:
+        return (self.end or 1 << 62) - order.position
 
     def plans(self) -> Iterator[tuple[list[SampleRef], dict]]:
         """This rank's micro-batches from the current state: (sample addresses, order state after it)."""
         order = self._order()
         order.load_state_dict(self._state)
+        if self.deal == "vision":
+            yield from self._vision_plans(order, self._state.get("step_micro", {}).get("done", 0))
+            return
         per_round = self.micro_size * self.world_size
         while self.end is None or order.position < self.end:
-            refs = [order.next() for _ in range(min(per_round, (self.end or 1 << 62) - order.position))]
+            refs = [order.next() for _ in range(min(per_round, self._left(order)))]
             mine = refs[self.rank::self.world_size]
             if not mine:
                 return
             yield mine, order.state_dict()
+
+    def _vision_plans(self, order: GlobalOrder, done: int) -> Iterator[tuple[list[SampleRef], dict]]:
+        """Per step: the block's records (JSON only) -> planned visual tokens -> this rank's share of the deal."""
+        reader = ShardReader()  # the main process's own offset tables (the workers keep theirs)
+        urls = [[s.url for s in src.shards] for src in self.sources]
+        while self.end is None or order.position < self.end:
+            start = order.state_dict()
+            refs = [order.next() for _ in range(min(self.global_size, self._left(order)))]
+            records = [json.loads(reader.read(urls[r.source][r.shard], r.index, only="json")["json"]) for r in refs]
+            share = balance_ranks(planned_visual_tokens(records, self.processor), self.world_size)[self.rank]
+            mine = [refs[i] for i in share]
+            if not mine:
+                return
+            batches = [mine[k:k + self.micro_size] for k in range(0, len(mine), self.micro_size)]
+            end = order.state_dict()
+            for m in range(done, len(batches)):
+                last = m == len(batches) - 1
+                yield batches[m], end if last else {**start, "step_micro": {"done": m + 1,
+                                                                            "world_size": self.world_size}}
+            done = 0
 
     # -- iteration ---------------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -376,14 +432,14 @@ class ShardLoader:
 def build_loader(sources: str | Path | Sequence[Source], processor: SampleProcessor, *, micro_size: int,
                  rank: int = 0, world_size: int = 1, seed: int = 0, shuffle_window: int = 1000,
                  slice_size: int = 64, dpo: bool = False, num_workers: int = 0,
-                 max_epochs: int | None = None) -> ShardLoader:
+                 max_epochs: int | None = None, deal: str = "strided", global_size: int | None = None) -> ShardLoader:
     """The rank's micro-batch stream over a blend of shard sets, or the one set under a folder (see
     :class:`ShardLoader`)."""
     if isinstance(sources, (str, Path)):
         sources = [Source.from_root("shards", sources)]
     return ShardLoader(sources, processor, micro_size=micro_size, rank=rank, world_size=world_size, seed=seed,
                        shuffle_window=shuffle_window, slice_size=slice_size, num_workers=num_workers, dpo=dpo,
-                       max_epochs=max_epochs)
+                       max_epochs=max_epochs, deal=deal, global_size=global_size)
 
 
 def iter_pairs_once(root: str | Path, processor: SampleProcessor, *, micro_size: int, rank: int = 0,

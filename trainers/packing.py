@@ -28,10 +28,10 @@ How many micro-batches a step has now depends on the data, so ranks may differ; 
 rank to the largest count with empty micro-batches (:func:`trainers.module.stand_in`), so collectives match.
 
 Vision balance across ranks: :func:`balance_ranks` deals a global batch's samples to ranks by visual tokens
-(greedy longest-first), planned from the shard records before decoding (:func:`planned_visual_tokens`), and
-:func:`imbalance` is the max/mean load that the metrics report per step. The shard loader walks one global order and
-every rank computes the addresses of a whole round (:mod:`trainers.data`), but ranks still take strided positions;
-dealing a step's samples by these two instead is not wired into it yet.
+(greedy longest-first, equal sample counts), planned from the shard records before decoding
+(:func:`planned_visual_tokens`); the shard loader deals every step's block of the global order so with
+``data.deal: vision`` (:mod:`trainers.data`), and the metrics report the decoded result per step as
+``visual_tokens_per_rank`` and :func:`imbalance` (max / mean).
 """
 from __future__ import annotations
 
@@ -42,6 +42,7 @@ from typing import Any
 
 import torch
 
+from model.preprocessing import MediaError
 from trainers.losses import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,9 @@ class DeferredCollate:
 
     def encode(self, *args, **kwargs):
         return self.processor.encode(*args, **kwargs)
+
+    def planned_media(self, *args, **kwargs):
+        return self.processor.planned_media(*args, **kwargs)
 
     def collate(self, samples: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
         return {"samples": list(samples)}
@@ -171,24 +175,38 @@ class BudgetStream:
 
 # -- vision balance across ranks -------------------------------------------------------------------------
 def balance_ranks(costs: Sequence[int], world_size: int) -> list[list[int]]:
-    """Deal samples (their visual tokens, ``costs``) to ``world_size`` ranks, greedy longest-first (LPT): each
-    sample, largest first, goes to the rank with the least load so far (ties: lowest rank). Returns each rank's
-    sample indices in ascending order. LPT's makespan is within 4/3 of the optimum (Graham 1969)."""
+    """Deal samples (their visual tokens, ``costs``) to ``world_size`` ranks, greedy longest-first (LPT) with equal
+    counts: each sample, largest first, goes to the least-loaded rank that still has room (ties: lowest rank).
+    Rank r gets ``len // W`` samples, plus one for the first ``len % W`` ranks, as many as a strided deal gives
+    it, so every rank keeps its micro-batch count. Returns each rank's sample indices in ascending order."""
+    n = len(costs)
+    room = [n // world_size + (r < n % world_size) for r in range(world_size)]
     loads = [0] * world_size
     ranks: list[list[int]] = [[] for _ in range(world_size)]
-    for i in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
-        r = min(range(world_size), key=lambda k: (loads[k], k))
+    for i in sorted(range(n), key=lambda i: (-costs[i], i)):
+        r = min((k for k in range(world_size) if room[k]), key=lambda k: (loads[k], k))
         ranks[r].append(i)
         loads[r] += costs[i]
+        room[r] -= 1
     return [sorted(r) for r in ranks]
 
 
 def planned_visual_tokens(records: Sequence[dict], processor) -> list[int]:
-    """Visual tokens of shard records (their JSON: ``conversation`` + ``media`` metadata) by the processor's plan
-    (:meth:`model.processing.MavorsProcessor.plan`), before decoding: the costs :func:`balance_ranks` deals by
-    when a loader holds a global batch's records."""
-    return [processor.plan(r["conversation"], r.get("media", []), name=str(r.get("sample_id"))).visual_tokens
-            for r in records]
+    """Visual tokens of shard records (their JSON's ``media`` metadata, in placeholder order) by the processor's
+    plan (:meth:`model.processing.MavorsProcessor.planned_media`), before decoding and without tokenizing: the
+    costs :func:`balance_ranks` deals by. A medium the processor will refuse (smaller than one patch) costs 0:
+    decoding leaves its sample out."""
+    def cost(record: dict) -> int:
+        name = str(record.get("sample_id") or record.get("pair_id"))
+        total = 0
+        for k, meta in enumerate(record.get("media", [])):
+            try:
+                total += processor.planned_media(meta.get("kind"), meta, f"{name}: media #{k + 1}")["n_tokens"]
+            except MediaError:
+                return 0
+        return total
+
+    return [cost(r) for r in records]
 
 
 def imbalance(loads: Sequence[float]) -> float | None:

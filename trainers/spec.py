@@ -136,6 +136,13 @@ class DataSpec(ConfigModel):
     slice_size: int = Field(64, ge=1)
     """Consecutive samples of a shard kept together when an epoch's slices are shuffled; with the window this
     sets how far a shard's neighbours spread (Energon's ``max_samples_per_sequence``). Embedded and cluster 64."""
+    deal: Literal["strided", "vision"] = "strided"
+    """How each step's ``global_size`` samples (one block of the global order, the same whatever the world size)
+    go to ranks (:mod:`trainers.data`). ``strided``: rank r takes positions r, r+W, ...; ``vision``: balanced by
+    visual tokens planned from the records' media metadata before decoding (longest first to the least-loaded
+    rank, equal sample counts), so no rank waits on another's vision tower; the metrics' ``vision_imbalance``
+    measures the result. Shard data only (curated shards carry every medium's width/height, which ``vision``
+    needs). Embedded default ``strided``; cluster value ``vision``."""
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "DataSpec":
@@ -144,6 +151,8 @@ class DataSpec(ConfigModel):
             raise ValueError(f"give exactly one of shards, blend, mixture, synthetic (got {given or 'none'})")
         if (self.mixture is None) != (self.mixture_stage is None):
             raise ValueError("mixture and mixture_stage go together")
+        if self.deal == "vision" and self.synthetic is not None:
+            raise ValueError("deal vision plans from shard records; synthetic data deals strided")
         if self.blend is not None:
             keys = [b.key for b in self.blend]
             if not keys or len(set(keys)) != len(keys):

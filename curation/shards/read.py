@@ -94,8 +94,9 @@ class ShardReader:
             self.tables[shard] = samples
         return self.tables[shard]
 
-    def read(self, shard: str, index: int) -> dict[str, bytes | str]:
-        """Sample ``index`` (0-based, in file order) of ``shard``."""
+    def read(self, shard: str, index: int, only: str | None = None) -> dict[str, bytes | str]:
+        """Sample ``index`` (0-based, in file order) of ``shard``; with ``only`` (a suffix: ``"json"``) just that
+        member, e.g. the record without its media, for planning before decoding."""
         table = self.table(shard)
         if not 0 <= index < len(table):
             raise IndexError(f"{shard}: no sample {index} (it holds {len(table)}; run `mavors shards verify`)")
@@ -103,6 +104,8 @@ class ShardReader:
         sample: dict[str, bytes | str] = {"__key__": members[0][0].partition(".")[0], "__url__": shard}
         with open(shard, "rb") as f:
             for name, offset, size in members:
+                if only is not None and name.partition(".")[2].lower() != only:
+                    continue
                 f.seek(offset)
                 sample[name.partition(".")[2].lower()] = f.read(size)
         return sample

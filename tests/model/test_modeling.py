@@ -24,6 +24,26 @@ def batch(processor, media):
     return processor.encode_batch([CONV], [media])
 
 
+def test_frame_rows_give_the_same_logits_and_loss(mavors, processor, media):
+    """The frame-row layout (an image's frame once, what the training loader's workers send) gives bit-identical
+    logits and loss to the F-fold tubelets, for images, sub-images, video and a text-only row in one batch."""
+    rng = np.random.default_rng(1)
+    convs = [CONV, [{"from": "human", "value": "<image>\n<image>\nSame?"}, {"from": "gpt", "value": "No."}],
+             [{"from": "human", "value": "Two plus two?"}, {"from": "gpt", "value": "Four."}]]
+    media_lists = [media, [rng.integers(0, 255, (150, 90, 3), dtype=np.uint8),
+                           rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)], []]
+    full = processor.encode_batch(convs, media_lists)
+    rows = processor.with_frame_rows().encode_batch(convs, media_lists)
+    f = processor.frames_per_chunk
+    assert full["pixel_values"].numel() > rows["pixel_values"].numel() * 2  # images stored once, not F times
+    assert set(rows["chunk_frames"].tolist()) == {1, f}  # image chunks store 1 frame, the video's chunks F
+    assert rows["pixel_values"].shape[0] == int((full["chunk_grids"].prod(1) * rows["chunk_frames"]).sum())
+    assert all(torch.equal(full[k], rows[k]) for k in full if k != "pixel_values")
+    with torch.no_grad():
+        a, b = mavors(**full), mavors(**rows)  # the batches carry their labels: loss too
+    assert torch.equal(a.logits, b.logits) and torch.equal(a.loss, b.loss)
+
+
 def test_named_submodules_for_trainers(mavors):
     names = {n for n, _ in mavors.named_children()}
     assert {"ive", "ifa", "projector", "llm"} <= names

@@ -35,6 +35,19 @@ def test_processor_layout_equals_patch_loop(processor):
     torch.testing.assert_close(processor.to_tubelets(frames), tubelets_by_loop(frames, processor.patch_size))
 
 
+def test_frame_rows_make_the_processors_tubelets(mavors, processor):
+    """An image chunk's one frame and a video chunk's F frames as frame rows (1/F of the image's values) -> the IVE's
+    tubelets equal the patch loop's over the F-fold frames, value for value."""
+    f, p = processor.frames_per_chunk, processor.patch_size
+    image, video = torch.randn(1, 3, 32, 48), torch.randn(f, 3, 48, 16)
+    rows = processor.with_frame_rows()
+    packed = torch.cat([rows.to_frame_rows(image), rows.to_frame_rows(video)])
+    assert packed.shape == (2 * 3 + 3 * 1 * f, 3 * p * p)
+    got = mavors.ive.tubelets(packed, torch.tensor([[2, 3], [3, 1]]), torch.tensor([1, f]))
+    expected = torch.cat([tubelets_by_loop(image.expand(f, -1, -1, -1), p), tubelets_by_loop(video, p)])
+    assert torch.equal(got, expected)
+
+
 def test_pooling_odd_grid_averages_existing_patches(mavors):
     """3x5 grid of scalar features 0..14 -> ceil -> 2x3 windows; edge windows average what exists."""
     feats = torch.arange(15.0)[:, None].repeat(1, 4)  # (15, 4), row-major grid [[0..4], [5..9], [10..14]]

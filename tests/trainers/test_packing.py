@@ -7,6 +7,7 @@ vision balance by hand.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 from pathlib import Path
 
@@ -49,6 +50,9 @@ def test_balance_ranks_by_hand():
     assert balance_ranks(costs, 3) == [[0, 5], [1, 4], [2, 3]]  # 9 | 8 | 7
     assert imbalance([9, 8, 7]) == pytest.approx(9 / 8)
     assert imbalance([0, 0]) is None
+    # equal counts: 10->r0, 1->r1, 1->r1 (1<10), r1 is full (2 of 4), so the last 1 goes to r0 whatever its load
+    assert balance_ranks([10, 1, 1, 1], 2) == [[0, 3], [1, 2]]  # 11 | 2; unconstrained LPT: [0] | [1, 2, 3]
+    assert balance_ranks([4, 9, 1, 6, 2], 2) == [[1, 2, 4], [0, 3]]  # 9->r0, 6->r1, 4->r1, 2->r0, 1->r0: 12 | 10
 
 
 def test_pack_rows_restarts_positions_and_ignores_first_labels():
@@ -66,6 +70,9 @@ def test_spec_knobs():
     spec = toy_spec(batch={"global_size": 4, "micro_size": 2, "mode": "packed", "max_tokens": 512})
     assert (spec.batch.mode, spec.batch.max_tokens) == ("packed", 512)
     assert toy_spec().batch.mode == "samples"
+    assert toy_spec().data.deal == "strided"
+    with pytest.raises(Exception, match="synthetic data deals strided"):
+        toy_spec(data={"synthetic": {"n_samples": 8}, "deal": "vision"})
     with pytest.raises(Exception, match="needs max_tokens"):
         toy_spec(batch={"global_size": 4, "micro_size": 2, "mode": "tokens"})
     with pytest.raises(Exception, match="only applies"):
@@ -197,6 +204,74 @@ def test_shard_records_balance_by_planned_visual_tokens(mixed_shards, processor)
     every_other = [sum(costs[0::2]), sum(costs[1::2])]  # a round-robin deal by position
     assert imbalance(loads) <= imbalance(every_other)
     assert max(loads) - min(loads) <= max(costs)  # LPT: the last sample dealt went to the lighter rank
+
+
+def _dealt(shards: Path, processor, deal: str, rank: int, world: int = 2, workers: int = 0, state=None):
+    """A loader of micro-batches of one sample, 4 samples a step (2 ranks x 2 accumulation, or 1 x 4)."""
+    from trainers.data import build_loader
+
+    loader = build_loader(shards, processor, micro_size=1, rank=rank, world_size=world, seed=0, shuffle_window=4,
+                          num_workers=workers, deal=deal, global_size=4)
+    if state is not None:
+        loader.load_state_dict(state)
+    return loader
+
+
+def _first(loader, n: int) -> list[dict]:
+    return list(itertools.islice(iter(loader), n))
+
+
+def test_vision_deal_balances_every_steps_samples(mixed_shards, processor):
+    """Each step's block of 4 samples is the strided deal's set (and the one-rank run's), dealt 2 + 2 so the heavier
+    rank carries the fewest visual tokens any 2 + 2 split gives (brute force over the splits; tokens counted
+    from the decoded placeholders, not planned); over 4 steps max/mean is lower than strided's. Workers do
+    not change the deal."""
+    visual_ids = torch.tensor([processor.image_token_id, processor.video_token_id])
+    steps = 4
+    runs = {deal: [_first(_dealt(mixed_shards, processor, deal, r), 2 * steps) for r in (0, 1)]
+            for deal in ("strided", "vision")}
+    cost = {b["sample_id"][0]: int(torch.isin(b["input_ids"], visual_ids).sum())
+            for r in runs["strided"] for b in r}
+    one_rank = _first(_dealt(mixed_shards, processor, "vision", 0, world=1), 4 * steps)
+    worse = {}
+    for deal, (r0, r1) in runs.items():
+        ids = [[[b["sample_id"][0] for b in r[2 * s:2 * s + 2]] for r in (r0, r1)] for s in range(steps)]
+        assert [sorted(a + b) for a, b in ids] == [sorted(b["sample_id"][0] for b in one_rank[4 * s:4 * s + 4])
+                                                   for s in range(steps)], deal
+        loads = [[sum(cost[i] for i in rank) for rank in step] for step in ids]
+        worse[deal] = [max(step) for step in loads]
+        if deal == "vision":
+            for (a, b), step_loads in zip(ids, loads):
+                block = a + b
+                best = min(max(sum(cost[block[i]] for i in half),
+                               sum(cost[block[i]] for i in range(4) if i not in half))
+                           for half in itertools.combinations(range(4), 2))
+                assert max(step_loads) == best, (block, [cost[i] for i in block])
+    assert all(v <= s for v, s in zip(worse["vision"], worse["strided"]))
+    assert sum(worse["vision"]) < sum(worse["strided"])
+    with_worker = _first(_dealt(mixed_shards, processor, "vision", 0, workers=1), 2 * steps)
+    assert [b["sample_id"] for b in with_worker] == [b["sample_id"] for b in runs["vision"][0]]
+
+
+def test_vision_deal_resumes_inside_a_step_and_at_its_boundary(mixed_shards, processor):
+    """Inside a step the state is the step's start plus the rank's micro-batches done (resumed exactly, on the same
+    deal and world size only); at a step boundary it is the strided deal's state."""
+    loader = _dealt(mixed_shards, processor, "vision", 0)
+    stream = iter(loader)
+    next(stream), next(stream)
+    boundary = loader.state_dict()
+    next(stream)  # the first micro-batch of step 2
+    inside = loader.state_dict()
+    rest = [next(stream)["sample_id"] for _ in range(3)]
+    assert inside["step_micro"] == {"done": 1, "world_size": 2} and inside["position"] == 4
+    resumed = _dealt(mixed_shards, processor, "vision", 0, state=inside)
+    assert [b["sample_id"] for b in _first(resumed, 3)] == rest
+    strided = _dealt(mixed_shards, processor, "strided", 0)
+    _first(strided, 2)
+    assert strided.state_dict() == boundary
+    for deal, world in (("strided", 2), ("vision", 1)):
+        with pytest.raises(ValueError, match="inside a step of a vision deal on 2 ranks"):
+            _dealt(mixed_shards, processor, deal, 0, world=world, state=inside)
 
 
 def _stream(mode: str, shards: Path, processor, max_tokens: int | None = None):

@@ -1,7 +1,7 @@
 """Resume on another world size: 2 ZeRO-2 ranks (real ``deepspeed`` launcher, gloo, tiny Mavors, real shards),
 SIGKILL after step 3, resume the step-2 checkpoint on 1 rank. The samples of every step are the uninterrupted
-2-rank run's (nothing lost or repeated), and the losses match it (the optimizer state moved over: DeepSpeed's
-elastic ZeRO checkpoint). ~2 min on 2 busy cores: slow; ``test_data.py`` checks the same order without DeepSpeed.
+2-rank run's (nothing lost or repeated; each step's samples dealt to ranks by visual tokens, ``deal: vision``), and
+the losses match it (the optimizer state moved over: DeepSpeed's elastic ZeRO checkpoint). ~2 min on 2 busy cores: slow; ``test_data.py`` checks the same order without DeepSpeed.
 """
 from __future__ import annotations
 
@@ -32,11 +32,11 @@ def _shards(root):
                 {"from": "human", "value": f"What is {n} plus one?"}, {"from": "gpt", "value": f"{n + 1}."}]}, []))
             continue
         buf = io.BytesIO()
-        Image.fromarray(np.random.default_rng(n).integers(0, 255, (32 + 8 * (n % 3), 48, 3), np.uint8)).save(
-            buf, format="PNG")
+        height = 32 + 8 * (n % 3)
+        Image.fromarray(np.random.default_rng(n).integers(0, 255, (height, 48, 3), np.uint8)).save(buf, format="PNG")
         records.append(sample_record(sid, {"sample_id": sid, "conversation": [
             {"from": "human", "value": "<image>\nWhat colour is it?"}, {"from": "gpt", "value": f"Noise {n}."}]},
-            [(buf.getvalue(), "png", {"kind": "image"})]))
+            [(buf.getvalue(), "png", {"kind": "image", "width": 48, "height": height})]))
     write_records(records, root, prefix="mix", max_samples=8, max_bytes=1 << 24)
     return root
 
@@ -45,7 +45,8 @@ def _shards(root):
 def test_two_ranks_killed_resume_on_one_rank_with_the_same_samples(tiny_work, tmp_path):
     spec = {
         "name": "ws", "init": {"pretrained": "{work_dir}/models/mavors"},
-        "data": {"shards": str(_shards(tmp_path / "shards")), "shuffle_window": 8, "slice_size": 4, "workers": 1},
+        "data": {"shards": str(_shards(tmp_path / "shards")), "shuffle_window": 8, "slice_size": 4, "workers": 1,
+                 "deal": "vision"},
         "modules": {"ive": {"trainable": True, "lr_scale": 0.1}, "ifa": {"trainable": True, "lr_scale": 0.1},
                     "projector": {"trainable": True}, "llm": {"trainable": True}},
         "optim": {"lr": 1e-3}, "schedule": {"kind": "cosine", "min_ratio": 0.1},
