@@ -27,7 +27,6 @@ import contextlib
 import os
 import re
 import signal
-import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass

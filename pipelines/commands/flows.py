@@ -158,18 +158,23 @@ def serve_cmd(
                                                help="YAML {deployment name: {flow parameter: value}}."),
     allow_demo: bool = typer.Option(False, "--allow-demo-defaults", help=ALLOW_DEMO_HELP),
 ) -> None:
-    """Serve the deployments; without PREFECT_API_URL, start a Prefect server on 127.0.0.1 first."""
+    """Serve the deployments; without PREFECT_API_URL, start a Prefect server on 127.0.0.1 first.
+
+    The deployments are built (and demo defaults refused) before any server starts, so a refusal
+    leaves no server behind and costs no start-up."""
     from core.config import read_yaml
+    from pipelines.flows import configure_prefect
 
     config = os.environ.get("MAVORS_CONFIG")
     extra = read_yaml(params_file) if params_file else None
+    configure_prefect(_work_dir(work_dir))
+    from pipelines.deployments import build_deployments
+
+    deployments = build_deployments(config=Path(config) if config else None, work_dir=work_dir, only=only,
+                                    interval_s=interval, parameters=extra, allow_demo_defaults=allow_demo)
     with _prefect_server(work_dir, port):
         from prefect import serve
 
-        from pipelines.deployments import build_deployments
-
-        deployments = build_deployments(config=Path(config) if config else None, work_dir=work_dir, only=only,
-                                        interval_s=interval, parameters=extra, allow_demo_defaults=allow_demo)
         serve(*deployments)
 
 
@@ -217,9 +222,10 @@ def _prefect_server(work_dir: Optional[Path], port: Optional[int]) -> Iterator[s
         server, api_url = start_local_server(port, log_path=wd / "prefect-server.log")
         os.environ["PREFECT_API_URL"] = api_url
         console.print(f"Prefect server on 127.0.0.1 (log: {wd / 'prefect-server.log'})")
+    # soft_wrap: a URL cut at the terminal's width cannot be copied
     console.print(f"Prefect UI: {ui_url(api_url)}  (deployments: {ui_url(api_url)}/deployments, "
-                  f"runs: {ui_url(api_url)}/runs)")
-    console.print(f"in another shell: export PREFECT_API_URL={api_url}", highlight=False)
+                  f"runs: {ui_url(api_url)}/runs)", soft_wrap=True)
+    console.print(f"in another shell: export PREFECT_API_URL={api_url}", highlight=False, soft_wrap=True)
     try:
         yield api_url
     finally:

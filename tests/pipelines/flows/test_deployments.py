@@ -79,6 +79,22 @@ def test_demo_defaults_are_refused_against_cluster_settings(tmp_path):
     assert len(build_deployments()) == 3
 
 
+def test_serve_refuses_demo_defaults_before_starting_a_server(tmp_path):
+    """``mavors serve`` against cluster settings with demo defaults exits with the one-line refusal and
+    leaves no Prefect server (no server log in the work dir, nothing listening after it)."""
+    cluster = tmp_path / "cluster.yaml"
+    cluster.write_text(f"work_dir: {tmp_path / 'work'}\nray:\n  address: auto\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    done = subprocess.run([sys.executable, "-m", "pipelines.cli", "--config", str(cluster), "serve",
+                           "--only", "training"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "'training' would run the demo's defaults" in errors[0], done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "work" / "prefect-server.log").exists()
+    assert "Prefect server on" not in done.stdout
+
+
 @pytest.mark.timeout(300)
 def test_ui_command_shows_the_runs_recorded_in_the_work_dir(tmp_path):
     """``mavors ui`` serves Prefect's UI over the ephemeral runs of a work dir, wired to its own API port."""
