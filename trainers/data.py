@@ -85,6 +85,7 @@ import hashlib
 import itertools
 import json
 import logging
+import multiprocessing
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -324,6 +325,18 @@ def _as_is(item):
     return item
 
 
+def _worker_context(num_workers: int):
+    """Workers start from a fork server, a fresh interpreter that imported this module once, not by forking
+    the caller: a process that already runs threads (DeepSpeed, gloo, an in-process Prefect flow or Ray
+    driver) can leave a forked child in a state that dies on exit (seen as "DataLoader worker exited
+    unexpectedly with exit code 1" after a served Prefect deployment in the same process)."""
+    if num_workers == 0:
+        return None
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return context
+
+
 DEALS = ("strided", "vision")
 
 
@@ -419,7 +432,7 @@ class ShardLoader:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         dataset = _MicroBatches(self.sources, self.processor, self.dpo)
         arrived = iter(DataLoader(dataset, sampler=self.plans(), batch_size=None, num_workers=self.num_workers,
-                                  collate_fn=_as_is))
+                                  collate_fn=_as_is, multiprocessing_context=_worker_context(self.num_workers)))
         try:
             for batch, state in arrived:
                 self.skipped += batch["skipped"]
