@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from core.paths import REPO_ROOT
+from core.processes import process_memory
 
 
 def build(path: Path, rows: int, groups: int, settings) -> float:
@@ -77,7 +78,7 @@ def run_child(path: Path, settings, mode: str) -> None:
         seconds = time.perf_counter() - t0
     usage = resource.getrusage(resource.RUSAGE_SELF)
     print(json.dumps({"seconds": seconds, "cpu_seconds": usage.ru_utime + usage.ru_stime - cpu0,
-                      "peak_rss": usage.ru_maxrss * 1024, "spilled": spill.peak, "counts": counts}))
+                      "peak_rss": process_memory("VmHWM"), "spilled": spill.peak, "counts": counts}))
 
 
 class _SpillWatch(threading.Thread):

@@ -25,7 +25,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,7 @@ import time
 from pathlib import Path
 
 from core.paths import REPO_ROOT
+from core.processes import process_memory
 
 STEPS = ("ingest", "ppl_rows", "dedup", "heldout", "mixture", "shard_media", "shard_plan")
 BYTES_PER_SAMPLE_GOAL = 200
@@ -127,7 +127,7 @@ def _child(args: argparse.Namespace) -> None:
     cpu0 = time.process_time()
     seconds, detail = run_step(args.child, args.root, args.n, args)
     print(json.dumps({"seconds": seconds, "cpu_seconds": time.process_time() - cpu0,
-                      "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "detail": detail},
+                      "peak_rss": process_memory("VmHWM"), "detail": detail},
                      default=str))
 
 

@@ -1,5 +1,6 @@
 """Child processes the platform starts (trainer launchers, evaluation children, servers): a free port to
-rendezvous on, and a command run to completion with its output in a log file.
+rendezvous on, a command run to completion with its output in a log file, and a process's memory as the kernel
+counts it.
 """
 from __future__ import annotations
 
@@ -17,6 +18,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def process_memory(field: str = "VmHWM", pid: int | str = "self") -> int:
+    """Bytes of one memory line of ``/proc/PID/status``: ``VmHWM`` (peak RSS) or ``VmRSS`` (RSS now). Peaks are
+    read here, not from ``getrusage().ru_maxrss``: Linux carries the spawning process's RSS over fork and exec
+    into ``ru_maxrss``, so a child started by a 1.2 GB pytest reported a 1.2 GB peak whatever it did itself."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) * 1024
+    raise ValueError(f"/proc/{pid}/status has no {field} line")
 
 
 def project_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:

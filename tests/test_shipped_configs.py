@@ -14,6 +14,7 @@ WORK_DIR = Path("/srv/mavors-work")
 
 
 def _loaders():
+    from benchmarks.capacity import Profiles
     from curation.captions import load_roster
     from core.config import load_yaml
     from curation.dedup import load_policy
@@ -35,6 +36,7 @@ def _loaders():
         "manifests/mixtures": load_mixture,
         "manifests/stages": load_stage,
         "manifests/dpo": lambda p: load_yaml(p, DpoConfig),
+        "manifests/capacity": lambda p: load_yaml(p, Profiles),
         "infra/settings": lambda p: load_yaml(p, Settings),
     }
 

@@ -1,6 +1,7 @@
 """Child processes: a free rendezvous port, a command run into a log file, the checkout on the child's path."""
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sys
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from core.processes import free_port, project_env, run_logged
+from core.processes import free_port, process_memory, project_env, run_logged
 
 CHECKOUT = Path(__file__).resolve().parents[2]  # tests/core/ -> the repository root
 
@@ -65,3 +66,23 @@ def test_run_logged_polls_while_the_child_runs_and_once_after(tmp_path):
                poll=lambda: seen.append(int(out.read_text()) if out.exists() else 0), poll_s=0.1)
     assert seen[-1] == 3 and len(seen) >= 4  # polled during the ~0.9 s run, then after the exit
     assert seen == sorted(seen) and {1, 2} <= set(seen)
+
+
+def test_process_memory_counts_the_child_alone_not_the_parent_it_was_spawned_from():
+    """A child that touches 64 MiB, started by a parent holding 512 MiB more: its VmHWM covers its own 64 MiB and
+    stays far below the parent's size, while ``ru_maxrss`` (what the peak was read from before) reports the
+    parent's RSS."""
+    import subprocess
+
+    held = bytearray(512 * 2**20)
+    held[::4096] = b"\1" * len(held[::4096])  # resident, not just reserved
+    code = ("import json, resource; from core.processes import process_memory; x = bytearray(64 * 2**20); "
+            "x[::4096] = b'\\1' * len(x[::4096]); print(json.dumps([process_memory('VmHWM'), process_memory('VmRSS'),"
+            " resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=project_env(), check=True)
+    hwm, rss, maxrss = json.loads(out.stdout)
+    assert 64 * 2**20 <= hwm < 256 * 2**20 and rss <= hwm
+    assert maxrss > 512 * 2**20  # the kernel's carry-over this helper avoids
+    del held
+    with pytest.raises(ValueError, match="no VmNope line"):
+        process_memory("VmNope")

@@ -24,13 +24,14 @@ N = 100_000
 RSS_BOUND = 250 * 2**20
 """Peak RSS the two steps may add to the child's baseline (imports, PyAV and Pillow loaded, catalog open) with
 DuckDB held to 128 MB: 2.5 kB per sample. The ingest before it streamed (every item a RawItem with its
-conversation dicts, then a row dict) added 364 MB here for ingest alone; the streaming one adds ~190 MB, most
+conversation dicts, then a row dict) added 364 MB here for ingest alone; the streaming one adds ~200 MB, most
 of it constant (Arrow's allocator, the staged batch, DuckDB's buffers)."""
 
 CHILD = """
-import json, resource, sys
+import json, sys
 from pathlib import Path
 from core.catalog import Catalog
+from core.processes import process_memory
 from core.settings import CatalogSettings
 from curation.dedup import DedupPolicy, TaskRule, run_policy
 from curation.ingest import ingest, probe_media
@@ -41,7 +42,7 @@ manifests = load_manifests(sorted(root.glob("*.yaml")))
 cat = Catalog(root / "work" / "catalog.duckdb", settings=CatalogSettings(memory_limit="128MB", threads=2))
 probe_media([(str(root / "pool" / "i0000.png"), "image"), (str(root / "pool" / "v000.mp4"), "video")],
             workers=0)  # decoders loaded before the baseline
-baseline = int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS")).split()[1]) * 1024
+baseline = process_memory("VmRSS")
 reports = ingest(manifests, cat, workers=0)
 # scores as a scorer would leave them (test setup, not the step under test): one per sample, ties included
 cat.con.execute("INSERT INTO ppl_scores (sample_id, scorer, template_version, text_scope, ppl, mean_nll, n_tokens, "
@@ -49,7 +50,7 @@ cat.con.execute("INSERT INTO ppl_scores (sample_id, scorer, template_version, te
                 "0, 8, 'synthetic', '-' FROM samples")
 counts = run_policy(cat, DedupPolicy(name="p", scorer="t", seed=3, tasks={
     "qa": TaskRule(rule="keep_k_lowest", k=2), "caption": TaskRule(rule="random_one_of_k_lowest", k=2)}))
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peak = process_memory("VmHWM")
 print(json.dumps({"baseline": baseline, "peak": peak, "counts": counts,
                   "reports": [{"source": r.source, "new": r.new, "refused": dict(r.quarantined)} for r in reports]}))
 """

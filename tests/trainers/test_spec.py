@@ -110,7 +110,7 @@ def test_data_override_replaces_the_data_section_and_keeps_its_seed():
     moved = spec.with_data({"shards": "/pairs/shards"}, "toy.yaml")
     assert moved.data.model_dump() == {"shards": "/pairs/shards", "mixture": None, "mixture_stage": None,
                                        "synthetic": None, "blend": None, "seed": 7, "shuffle_window": 1000,
-                                       "workers": 0, "slice_size": 64}
+                                       "workers": 0, "slice_size": 64, "deal": "strided"}
     assert moved.model_dump(exclude={"data"}) == spec.model_dump(exclude={"data"})
     assert spec.with_data({"shards": "/p", "seed": 3}, "toy.yaml").data.seed == 3
 
