@@ -18,11 +18,12 @@ batch 2.
 Three launches through the real ``deepspeed`` launcher (gloo, one thread per rank): 3 steps straight; 3 steps with
 a SIGKILL of both ranks right after step 3 (checkpoint of step 2 only); the relaunch resumes at step 2 and
 redoes step 3. The resumed run's losses equal the straight run's bit for bit and its exported weights have the
-same fingerprints. Peak RSS per rank (VmHWM, polled) and s/step are printed, not asserted. Measured on an otherwise idle machine
-(load ~2, these two ranks): 6.0 / 5.9 GiB per rank (11.5 GiB together) straight, 6.0 / 5.3 GiB on resume
-(checkpoints hold the trainable parameters only); s/step 7, 30, 33 and 36 for the redone step.
+same fingerprints. Peak RSS per rank (VmHWM, polled) and s/step are printed, not asserted. Measured on an otherwise
+idle machine (load ~2, these two ranks; data seed 42: text|video, video|image, text|multi-image): 5.9 / 5.7 GiB per
+rank (11.2 GiB together) straight, 5.3 / 5.3 GiB on resume (checkpoints hold the trainable parameters only);
+s/step 20.7, 21.9, 9.6 and 7.9 for the redone step.
 
-    pytest -q -s -m slow tests/trainers/test_real_shapes.py      # 6 min on 2 idle cores, 18 at load 6-7
+    pytest -q -s -m slow tests/trainers/test_real_shapes.py      # 5 min on 2 idle cores, 18 at load 6-7
 """
 from __future__ import annotations
 
