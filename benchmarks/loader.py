@@ -14,6 +14,10 @@ tubelets, tokenization) and collates. Worker start-up (from creating the loader 
 forking, the first shard offset tables, the first decode) is reported apart; the rate is timed from the first
 micro-batch to the last. Goal: 2 workers >= 1.6x one worker on 2 idle cores; the load average is printed
 (other processes share the cores: a busy machine cannot show the scaling).
+
+Measured on 2 idle cores (load 0.3 before, 1.8 after; nothing else running), defaults: frame rows 18.1 / 18.2 /
+32.7 samples/s with 0 / 1 / 2 workers, 2 workers / 1 worker 1.80x (goal met), start-up 6.7 s per worker count;
+tubelets 6.2 / 4.8 / 7.3, 1.53x (4x the bytes through the workers' queues).
 """
 from __future__ import annotations
 
