@@ -94,9 +94,9 @@ def run_step(step: str, root: Path, n: int, args: argparse.Namespace) -> tuple[f
                        parallel=False, ray_settings=None, run_id="scale", batch=64)
         detail = {"prepared": cat.scalar("SELECT count(*) FROM shard_media")}
     elif step == "shard_plan":
-        plans = {s: _plan_stage(cat, mixture, s, cfg.profile_id(), stage_dir(out, mixture.name, s),
-                                f"{mixture.name}-{stage_slug(s)}") for s in stages}
-        detail = {"shards": sum(len(p) for p in plans.values()),
+        plans = [_plan_stage(cat, mixture, s, cfg.profile_id(), stage_dir(out, mixture.name, s),
+                             f"{mixture.name}-{stage_slug(s)}") for s in stages]
+        detail = {"shards": sum(1 for plan in plans for _ in plan),  # each shard's records dropped once counted
                   "planned": cat.scalar("SELECT count(*) FROM mixture_members WHERE shard IS NOT NULL")}
     else:
         raise ValueError(step)

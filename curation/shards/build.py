@@ -14,9 +14,11 @@ by the curate flow or from the ``shards`` table, :func:`recorded_stage_dirs`). T
    permissions: :class:`core.storage.StorageError`) quarantines nothing: it stops the build.
 2. **plan**: the remaining samples, in draw order, become records
    (:func:`curation.shards.format.sample_record`) packed into shards bounded by
-   ``max_samples`` and ``max_bytes``; each member's shard is recorded in ``mixture_members.shard``.
-3. **write**: Ray tasks each write whole shards (:func:`curation.shards.writer.write_shard`)
-   and return their infos; the driver records them in ``shards``, one transaction per shard.
+   ``max_samples`` and ``max_bytes`` as they stream from the catalog (a page at a time: a
+   stage of any size); each member's shard is recorded in ``mixture_members.shard``.
+3. **write**: while the plan streams, Ray tasks each write whole shards
+   (:func:`curation.shards.writer.write_shard`, a few per CPU in flight) and return their infos;
+   the driver records them in ``shards``, one transaction per shard.
 
 A shard is complete only when its row exists, the row was written from the same plan
 (``plan_sha256``: members and their JSON) and the file's sha256 matches it: a rerun after a
@@ -24,9 +26,10 @@ crash or a failed write skips those, deletes ``*.partial`` files and rewrites an
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,7 +39,7 @@ from core.storage import storage_errors
 from curation.media import MediaInfo
 from curation.mixtures import STAGES, MixtureConfig, stage_slug
 from curation.shards.format import ShardRecord, sample_record
-from curation.shards.writer import (ShardInfo, clean_partials, existing_info, is_complete, pack, plan_sha256,
+from curation.shards.writer import (Packer, ShardInfo, clean_partials, existing_info, is_complete, plan_sha256,
                                     record_tar_bytes, shard_name, write_index, write_shard)
 from curation.transcode import TranscodeConfig, check_image, transcode_video
 from model.preprocessing import MediaError, check_encodable
@@ -88,23 +91,31 @@ def recorded_out_root(cat: Catalog, mixture: str) -> Path | None:
     return roots.pop() if roots else None
 
 
-def run_tasks(fn: Callable[..., Any], jobs: Sequence[tuple], *, parallel: bool,
-              ray_settings: RaySettings | None, on_result: Callable[[Any], None], label: str) -> None:
+def run_tasks(fn: Callable[..., Any], jobs: Iterable[tuple], *, parallel: bool,
+              ray_settings: RaySettings | None, on_result: Callable[[Any], None], label: str,
+              total: int | None = None) -> None:
     """Run ``fn(*job)`` for every job (Ray tasks when ``parallel``); ``on_result`` runs in the driver
-    as each finishes, so results are recorded while others still run. A task that fails stops the run
-    with its own exception (e.g. :class:`core.storage.StorageError`, not Ray's wrapper of it); the
-    tasks still pending are cancelled. ``label``: the progress task (:mod:`core.progress`) counting jobs."""
-    if not jobs:
-        return
-    with progress.task(label, total=len(jobs)) as bar:
-        for result in _results(fn, jobs, parallel, ray_settings):
+    as each finishes, so results are recorded while others still run. ``jobs`` may be a stream (a
+    generator): at most two tasks per cluster CPU are submitted ahead of the results, so a stream
+    of any length is never held whole. A task that fails stops the run with its own exception (e.g.
+    :class:`core.storage.StorageError`, not Ray's wrapper of it); the tasks still pending are cancelled.
+    ``label``: the progress task (:mod:`core.progress`) counting jobs, of ``total`` (a sequence's length;
+    None: unknown)."""
+    if isinstance(jobs, Sequence):
+        if not jobs:
+            return
+        total = len(jobs)
+    with progress.task(label, total=total) as bar:
+        for result in _results(fn, iter(jobs), parallel, ray_settings):
             on_result(result)
             bar.advance()
 
 
-def _results(fn: Callable[..., Any], jobs: Sequence[tuple], parallel: bool,
+def _results(fn: Callable[..., Any], jobs: Iterator[tuple], parallel: bool,
              ray_settings: RaySettings | None) -> Iterator[Any]:
-    if not parallel or len(jobs) <= 1:
+    head = list(itertools.islice(jobs, 2))
+    jobs = itertools.chain(head, jobs)
+    if not parallel or len(head) <= 1:
         for job in jobs:
             yield fn(*job)
         return
@@ -114,16 +125,22 @@ def _results(fn: Callable[..., Any], jobs: Sequence[tuple], parallel: bool,
 
     ensure_ray(ray_settings)
     remote = ray.remote(num_cpus=1, max_retries=2)(fn)
-    pending = [remote.remote(*job) for job in jobs]
-    while pending:
-        done, pending = ray.wait(pending, num_returns=1)
-        try:
-            result = ray.get(done[0])
-        except ray.exceptions.RayTaskError as e:
-            for ref in pending:
-                ray.cancel(ref)
-            raise e.cause from e
-        yield result
+    ahead = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
+    pending: list = []
+    try:
+        while True:
+            pending += [remote.remote(*job) for job in itertools.islice(jobs, ahead - len(pending))]
+            if not pending:
+                return
+            done, pending = ray.wait(pending, num_returns=1)
+            try:
+                result = ray.get(done[0])
+            except ray.exceptions.RayTaskError as e:
+                raise e.cause from e
+            yield result
+    finally:
+        for ref in pending:
+            ray.cancel(ref)
 
 
 # -- a mixture build ---------------------------------------------------------------------------------
@@ -243,83 +260,132 @@ class _PlannedShard:
     records: list[ShardRecord]
 
 
+PLAN_PAGE = 10_000
+"""Plan rows read at a time from the stage's scratch copy of them (the plan never holds every sample)."""
+
+_PLAN_ROWS = """
+    SELECT mm.sample_id, mm.source, mm.task, mm.entry, mm.dedup_policy, mm.dedup_reason,
+           s.item, s.conversation, len(s.media_hashes) AS n_media,
+           list(struct_pack(media_hash := sm.media_hash, original_bytes := md.bytes, path := sm.path,
+                            ext := sm.ext, sha256 := sm.sha256, bytes := sm.bytes, kind := sm.kind,
+                            width := sm.width, height := sm.height, fps := sm.fps, n_frames := sm.n_frames,
+                            duration_s := sm.duration_s, codec := sm.codec) ORDER BY u.i) AS media
+    FROM mixture_members mm JOIN samples s USING (sample_id)
+    LEFT JOIN unnest(s.media_hashes) WITH ORDINALITY AS u(h, i) ON true
+    LEFT JOIN shard_media sm ON sm.media_hash = u.h AND sm.profile = $profile
+    LEFT JOIN media md ON md.media_hash = u.h
+    WHERE mm.mixture = $mixture AND mm.stage = $stage
+      AND NOT EXISTS (SELECT 1 FROM quarantine q WHERE q.source = s.source AND q.item = s.item)
+    GROUP BY ALL
+    ORDER BY min(mm.draw_key), mm.sample_id"""
+"""A stage's shardable members in draw order, each with its prepared media (NULL fields: not prepared)."""
+
+
 def _plan_stage(cat: Catalog, mixture: MixtureConfig, stage: str, profile: str, out_dir: Path,
-                prefix: str) -> list[_PlannedShard]:
-    """Records of the stage's shardable members in draw order, packed; the plan is recorded per member."""
-    rows = cat.query(
-        """SELECT mm.sample_id, mm.source, mm.task, mm.entry, mm.dedup_policy, mm.dedup_reason,
-                  s.item, s.conversation, s.media_hashes,
-                  list(struct_pack(media_hash := sm.media_hash, original_bytes := md.bytes, path := sm.path,
-                                   ext := sm.ext, sha256 := sm.sha256, bytes := sm.bytes, kind := sm.kind,
-                                   width := sm.width, height := sm.height, fps := sm.fps, n_frames := sm.n_frames,
-                                   duration_s := sm.duration_s, codec := sm.codec) ORDER BY u.i) AS media
-           FROM mixture_members mm JOIN samples s USING (sample_id)
-           LEFT JOIN unnest(s.media_hashes) WITH ORDINALITY AS u(h, i) ON true
-           LEFT JOIN shard_media sm ON sm.media_hash = u.h AND sm.profile = $profile
-           LEFT JOIN media md ON md.media_hash = u.h
-           WHERE mm.mixture = $mixture AND mm.stage = $stage
-             AND NOT EXISTS (SELECT 1 FROM quarantine q WHERE q.source = s.source AND q.item = s.item)
-           GROUP BY ALL
-           ORDER BY min(mm.draw_key), mm.sample_id""",
-        {"mixture": mixture.name, "stage": stage, "profile": profile})
-    records = []
-    for r in rows:
-        media = [m for m in (r["media"] or []) if m["media_hash"] is not None]
-        if len(media) != len(r["media_hashes"]) or any(m["path"] is None for m in media):
-            raise RuntimeError(f"sample {r['sample_id']}: media not prepared for profile {profile} "
-                               "(the media step did not finish); rerun the build")
-        fields = {
-            "sample_id": r["sample_id"], "source": r["source"], "item": r["item"], "task": r["task"],
-            "conversation": json.loads(r["conversation"]) if isinstance(r["conversation"], str) else r["conversation"],
-            "mixture": mixture.name, "stage": stage, "entry": r["entry"],
-            "dedup": {"policy": r["dedup_policy"], "reason": r["dedup_reason"]} if r["dedup_policy"] else None,
-        }
-        records.append(sample_record(r["sample_id"], fields, [
-            (str(cat.resolved(m["path"])), m["ext"], {**{k: m[k] for k in MEDIA_FIELDS},
-                                   "transcode_profile": profile if m["kind"] == "video" else None})
-            for m in media]))
-    groups = pack([record_tar_bytes(rec) for rec in records], mixture.shards.max_samples, mixture.shards.max_bytes)
-    plan = [_PlannedShard(out_dir / shard_name(prefix, i), [records[j] for j in g]) for i, g in enumerate(groups)]
+                prefix: str) -> Iterator[_PlannedShard]:
+    """The stage's shards, packed as the records stream in draw order; each member's shard is recorded in
+    ``mixture_members.shard`` once the last shard is planned (until then it is NULL).
+
+    The plan rows are copied once, in order and in Arrow batches (DuckDB sorts, spilling as it must), to a
+    scratch Parquet file beside the stage folder and read back :data:`PLAN_PAGE` rows at a time: the catalog
+    is not held while shards are written and nothing holds all samples. The members' shards go to a second
+    scratch file, then into the catalog in one join. Both files are removed when the plan ends or stops.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    params = {"mixture": mixture.name, "stage": stage, "profile": profile}
+    rows_file = out_dir.parent / f".{out_dir.name}.plan.parquet"
+    shards_file = out_dir.parent / f".{out_dir.name}.members.parquet"
+    with storage_errors(out_dir.parent):
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+    packer = Packer(mixture.shards.max_samples, mixture.shards.max_bytes)
+    try:
+        with cat.transaction() as con:
+            con.execute("UPDATE mixture_members SET shard = NULL WHERE mixture = $mixture AND stage = $stage",
+                        {"mixture": mixture.name, "stage": stage})
+            rows = con.sql(_PLAN_ROWS, params=params).to_arrow_reader(PLAN_PAGE)
+            # Python files, not paths: the OS error (errno, "No space left on device") reaches storage_errors,
+            # and the file is closed even when closing the Parquet writer fails.
+            with storage_errors(rows_file), open(rows_file, "wb") as sink, pq.ParquetWriter(sink, rows.schema) as out:
+                for batch in rows:
+                    out.write_batch(batch, row_group_size=PLAN_PAGE)
+        with storage_errors(shards_file), open(shards_file, "wb") as sink, pq.ParquetWriter(
+                sink, pa.schema([("sample_id", pa.string()), ("shard", pa.string())])) as members:
+            index, records = 0, []
+            with pq.ParquetFile(rows_file) as plan_rows:
+                for batch in plan_rows.iter_batches(PLAN_PAGE):
+                    for row in batch.to_pylist():
+                        record = _stage_record(cat, mixture.name, stage, profile, row)
+                        if packer.add(record_tar_bytes(record)):
+                            yield _assigned(_PlannedShard(out_dir / shard_name(prefix, index), records), members)
+                            index, records = index + 1, []
+                        records.append(record)
+            if records:
+                yield _assigned(_PlannedShard(out_dir / shard_name(prefix, index), records), members)
+        with cat.transaction() as con:
+            con.execute("""UPDATE mixture_members m SET shard = p.shard FROM read_parquet($members) p
+                           WHERE m.mixture = $mixture AND m.stage = $stage AND m.sample_id = p.sample_id""",
+                        {"mixture": mixture.name, "stage": stage, "members": str(shards_file)})
+    finally:
+        for scratch in (rows_file, shards_file):
+            with storage_errors(scratch):
+                scratch.unlink(missing_ok=True)
+
+
+def _assigned(shard: _PlannedShard, members) -> _PlannedShard:
+    """``shard``, its members' names written to the plan's members file first."""
     import pyarrow as pa
 
-    assignment = pa.table({"sample_id": [rec.meta["sample_id"] for p in plan for rec in p.records],
-                           "shard": [p.path.name for p in plan for _ in p.records]})
-    with cat.transaction() as con:
-        con.execute("UPDATE mixture_members SET shard = NULL WHERE mixture = ? AND stage = ?", [mixture.name, stage])
-        con.register("_plan", assignment)
-        try:
-            con.execute("""UPDATE mixture_members m SET shard = p.shard FROM _plan p
-                           WHERE m.mixture = ? AND m.stage = ? AND m.sample_id = p.sample_id""",
-                        [mixture.name, stage])
-        finally:
-            con.unregister("_plan")
-    return plan
+    members.write_table(pa.table({"sample_id": [r.meta["sample_id"] for r in shard.records],
+                                  "shard": [shard.path.name] * len(shard.records)}, schema=members.schema))
+    return shard
 
 
-def _write_stage(cat: Catalog, mixture: MixtureConfig, stage: str, out_dir: Path, plan: list[_PlannedShard],
+def _stage_record(cat: Catalog, mixture: str, stage: str, profile: str, row: dict[str, Any]) -> ShardRecord:
+    """One plan row (:data:`_PLAN_ROWS`) as its shard record."""
+    media = [m for m in (row["media"] or []) if m["media_hash"] is not None]
+    if len(media) != row["n_media"] or any(m["path"] is None for m in media):
+        raise RuntimeError(f"sample {row['sample_id']}: media not prepared for profile {profile} "
+                           "(the media step did not finish); rerun the build")
+    conversation = row["conversation"]
+    fields = {
+        "sample_id": row["sample_id"], "source": row["source"], "item": row["item"], "task": row["task"],
+        "conversation": json.loads(conversation) if isinstance(conversation, str) else conversation,
+        "mixture": mixture, "stage": stage, "entry": row["entry"],
+        "dedup": {"policy": row["dedup_policy"], "reason": row["dedup_reason"]} if row["dedup_policy"] else None,
+    }
+    return sample_record(row["sample_id"], fields, [
+        (str(cat.resolved(m["path"])), m["ext"], {**{k: m[k] for k in MEDIA_FIELDS},
+                                                  "transcode_profile": profile if m["kind"] == "video" else None})
+        for m in media])
+
+
+def _write_stage(cat: Catalog, mixture: MixtureConfig, stage: str, out_dir: Path, plan: Iterable[_PlannedShard],
                  cfg: TranscodeConfig, *, parallel: bool, ray_settings: RaySettings | None, run_id: str | None,
                  on_shard: Callable[[ShardInfo], None] | None) -> StageBuild:
+    """Write the planned shards not complete yet while the plan streams; then remove what the plan no longer
+    holds (files and rows) and write the index."""
     with storage_errors(out_dir):
         out_dir.mkdir(parents=True, exist_ok=True)
     removed = [p.name for p in clean_partials(out_dir)]
-    planned = {p.path.name for p in plan}
-    for stale in sorted(out_dir.glob("*.tar")):
-        if stale.name not in planned:
-            with storage_errors(stale):
-                stale.unlink()
-            removed.append(stale.name)
     recorded = {r["name"]: r for r in cat.query(
         "SELECT name, sha256, plan_sha256 FROM shards WHERE mixture = ? AND stage = ?", [mixture.name, stage])}
-    with cat.transaction() as con:  # rows of shards no longer in the plan
-        for name in set(recorded) - planned:
-            con.execute("DELETE FROM shards WHERE mixture = ? AND stage = ? AND name = ?", [mixture.name, stage, name])
-    # done: the row's checksum matches the file and the row was written from this plan (same members, same JSON)
-    done = {p.path.name for p in plan if p.path.name in recorded
-            and recorded[p.path.name]["plan_sha256"] == plan_sha256(p.records)
-            and is_complete(p.path, recorded[p.path.name]["sha256"])}
-    infos: dict[str, ShardInfo] = {p.path.name: existing_info(p.path, p.records) for p in plan
-                                   if p.path.name in done}
+    planned: list[str] = []
+    infos: dict[str, ShardInfo] = {}
+    done: list[str] = []
     written: list[str] = []
+
+    def jobs() -> Iterator[tuple]:
+        for p in plan:
+            planned.append(p.path.name)
+            row = recorded.get(p.path.name)
+            # done: the row's checksum matches the file and the row was written from this plan (same members, JSON)
+            if row is not None and row["plan_sha256"] == plan_sha256(p.records) and is_complete(p.path, row["sha256"]):
+                infos[p.path.name] = existing_info(p.path, p.records)
+                done.append(p.path.name)
+            else:
+                yield str(p.path), p.records
 
     def record(info: ShardInfo) -> None:
         with cat.transaction() as con:
@@ -329,10 +395,18 @@ def _write_stage(cat: Catalog, mixture: MixtureConfig, stage: str, out_dir: Path
         if on_shard is not None:
             on_shard(info)
 
-    jobs = [(str(p.path), p.records) for p in plan if p.path.name not in done]
-    run_tasks(write_shard, jobs, parallel=parallel, ray_settings=ray_settings, on_result=record,
+    run_tasks(write_shard, jobs(), parallel=parallel, ray_settings=ray_settings, on_result=record,
               label=f"shards {mixture.name} stage {stage}")
-    shards = [infos[p.path.name] for p in plan]
+    kept = set(planned)
+    for stale in sorted(out_dir.glob("*.tar")):
+        if stale.name not in kept:
+            with storage_errors(stale):
+                stale.unlink()
+            removed.append(stale.name)
+    with cat.transaction() as con:  # rows of shards no longer in the plan
+        for name in set(recorded) - kept:
+            con.execute("DELETE FROM shards WHERE mixture = ? AND stage = ? AND name = ?", [mixture.name, stage, name])
+    shards = [infos[name] for name in planned]
     write_index(out_dir, shards, mixture=mixture.name, stage=stage, seed=mixture.seed,
                 transcode_profile=cfg.profile_id(), fps=cfg.fps, gop=cfg.gop)
     quarantined = {r["reason"]: r["n"] for r in cat.query(

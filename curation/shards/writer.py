@@ -50,21 +50,33 @@ def record_tar_bytes(record: ShardRecord) -> int:
     return sum(member_tar_bytes(len(c) if isinstance(c, bytes) else os.path.getsize(c)) for _, c in record.members())
 
 
-def pack(sizes: Sequence[int], max_samples: int, max_bytes: int) -> list[range]:
-    """Split records (tar sizes, in order) into consecutive shards within both bounds.
+class Packer:
+    """Next-fit packing of records, one tar size at a time in order, into consecutive shards within both bounds
+    (a stream of any length: nothing but the open shard's count and bytes is kept).
 
     A record alone over ``max_bytes`` gets a shard of its own (it cannot be split).
     """
-    groups, start, used = [], 0, 0
-    for i, size in enumerate(sizes):
-        n = i - start
-        if n and (n >= max_samples or tar_bytes(used + size) > max_bytes):
-            groups.append(range(start, i))
-            start, used = i, 0
-        used += size
-    if start < len(sizes):
-        groups.append(range(start, len(sizes)))
-    return groups
+
+    def __init__(self, max_samples: int, max_bytes: int):
+        self.max_samples, self.max_bytes = max_samples, max_bytes
+        self.n, self.used = 0, 0  # the open shard's records and their tar bytes
+
+    def add(self, size: int) -> bool:
+        """Count the next record in; True when it opens a new shard (the open one is full, or over
+        ``max_bytes`` with it)."""
+        opens = bool(self.n) and (self.n >= self.max_samples or tar_bytes(self.used + size) > self.max_bytes)
+        if opens:
+            self.n, self.used = 0, 0
+        self.n += 1
+        self.used += size
+        return opens
+
+
+def pack(sizes: Sequence[int], max_samples: int, max_bytes: int) -> list[range]:
+    """Split records (tar sizes, in order) into consecutive shards within both bounds (:class:`Packer`)."""
+    packer = Packer(max_samples, max_bytes)
+    starts = [i for i, size in enumerate(sizes) if packer.add(size) or i == 0]
+    return [range(a, b) for a, b in zip(starts, starts[1:] + [len(sizes)])]
 
 
 # -- writing one shard ---------------------------------------------------------------------------------

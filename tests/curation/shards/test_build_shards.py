@@ -25,8 +25,10 @@ from PIL import Image
 from core.catalog import Catalog
 from core.paths import MANIFESTS, REPO_ROOT
 from curation.mixtures import select_mixture
-from curation.shards.build import build_shards, recorded_stage_dirs
+import curation.shards.build as shards_build
+from curation.shards.build import build_shards, recorded_stage_dirs, run_tasks
 from curation.shards.verify import verify_shards
+from curation.shards.writer import shard_name
 from curation.transcode import TranscodeConfig, keyframe_indices, transcode_video
 from shard_corpus import FPS, GOP, VIDEOS, build, fresh, make_video, mixture, shard_files, tar_samples
 
@@ -117,6 +119,49 @@ def test_same_seed_byte_identical_serial_and_ray(base_catalog, tmp_path, ray_loc
     assert all(not x.written and x.skipped for x in again)  # a rerun verifies and skips every shard
     for idx in (tmp_path / "a").rglob("index.json"):
         assert idx.read_bytes() == (tmp_path / "b" / idx.relative_to(tmp_path / "a")).read_bytes()
+
+
+def test_plan_read_in_pages_smaller_than_a_shard_builds_the_same(base_catalog, tmp_path, monkeypatch):
+    """The plan streams from its scratch file a page at a time: pages of 2 rows against shards of 3 samples
+    (a record's shard decided across page ends) give the same tars, index and member rows as one page."""
+    def built(name: str) -> tuple[dict, dict, list]:
+        with fresh(base_catalog, tmp_path, name) as cat:
+            build(cat, tmp_path / name, parallel=False)
+            members = cat.query("SELECT stage, sample_id, shard FROM mixture_members ORDER BY ALL")
+        index = {str(p.relative_to(tmp_path / name)): p.read_bytes() for p in (tmp_path / name).rglob("index.json")}
+        return shard_files(tmp_path / name), index, members
+
+    whole = built("whole")
+    monkeypatch.setattr(shards_build, "PLAN_PAGE", 2)
+    paged = built("paged")
+    assert paged == whole and len(whole[0]) >= 4
+    assert sum(r["shard"] is not None for r in paged[2]) == sum(n for n in _tar_counts(tmp_path / "paged"))
+    assert not [p for p in tmp_path.rglob("*.parquet")]  # the plan's scratch files are gone
+
+
+def _tar_counts(out: Path) -> list[int]:
+    return [len(tar_samples(p)) for p in sorted(out.rglob("*.tar"))]
+
+
+def test_run_tasks_pulls_a_stream_of_jobs_a_few_ahead_of_the_results(ray_local):
+    """A generator of jobs is consumed as results come back: serially one at a time, on Ray at most two tasks
+    per CPU ahead (2 CPUs here), never the whole stream up front; every result arrives once."""
+    for parallel, ahead in ((False, 1), (True, 4)):
+        pulled, results, lead = [0], [], []
+
+        def jobs():
+            for i in range(40):
+                pulled[0] += 1
+                yield "t", i
+
+        def record(value: str) -> None:
+            results.append(value)
+            lead.append(pulled[0] - len(results))  # jobs taken from the stream and not yet returned
+
+        run_tasks(shard_name, jobs(), parallel=parallel, ray_settings=None, on_result=record, label="t")
+        expected = [f"t-{i:06d}.tar" for i in range(40)]  # independent of shard_name: its documented form
+        assert sorted(results) == expected and (parallel or results == expected)
+        assert max(lead) <= ahead
 
 
 KILL_SCRIPT = textwrap.dedent("""

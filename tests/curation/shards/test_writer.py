@@ -13,7 +13,7 @@ import tarfile
 import numpy as np
 
 from curation.shards.format import ShardRecord
-from curation.shards.writer import pack, record_tar_bytes, tar_bytes, write_records, write_shard
+from curation.shards.writer import Packer, pack, record_tar_bytes, tar_bytes, write_records, write_shard
 
 
 def test_writer_bytes_and_size_formula_match_tarfile(tmp_path):
@@ -38,6 +38,14 @@ def test_pack_bounds_by_count_and_bytes():
     # 512-byte header + 9728 data = 10240 per record; with the 1024 end blocks two records need 30720 bytes.
     assert pack([10240, 10240, 10240], 10, 30720) == [range(0, 2), range(2, 3)]
     assert pack([10 ** 6, 1], 10, 20480) == [range(0, 1), range(1, 2)]  # an oversized record gets a shard alone
+    assert pack([], 2, 10 ** 6) == []
+
+
+def test_packer_marks_each_record_that_opens_a_shard_as_the_stream_goes():
+    packer = Packer(3, 30720)
+    # 10240-byte records, two per 30720-byte shard (end blocks); the oversized one alone; then by count (3)
+    opens = [packer.add(size) for size in (10240, 10240, 10240, 10 ** 6, 100, 100, 100, 100)]
+    assert opens == [False, False, True, True, True, False, False, True]
 
 
 def test_write_records_packs_in_order_and_indexes(tmp_path):
