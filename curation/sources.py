@@ -285,6 +285,7 @@ def _json_list_records(path: Path) -> Iterator[tuple[int, Any, None]]:
     import duckdb
 
     con = duckdb.connect()
+    con.execute("SET enable_progress_bar = false")  # DuckDB's bar would print into the console of a long read
     try:
         cur = con.execute("SELECT json FROM read_json_objects(?, format = 'array')", [str(path)])
         row = 0

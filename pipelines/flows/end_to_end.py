@@ -9,13 +9,13 @@ work the catalog and the file system record as done (which is what correctness r
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 from prefect import flow
 from pydantic import Field
 
+from core import progress
 from core.config import work_dir_path
 from pipelines.flows.common import FlowParams, publish_table, recorded_run, write_run_report
 from pipelines.flows.curate import CurateParams, curate
@@ -86,20 +86,18 @@ def on_curated(params: TrainParams, shard_dirs: dict[str, dict[str, str]]) -> Tr
 
 def demo(work_dir: Path, seed: int = 0, use_ray: bool = False) -> dict[str, Any]:
     """``mavors demo``: demo corpus (``mavors demo-data``) + tiny models (``mavors models make-tiny``) +
-    :func:`end_to_end` with its embedded defaults; returns its summary with per-step wall times."""
+    :func:`end_to_end` with its embedded defaults; returns its summary with the tables the command prints.
+    Every step, these two included, reports its wall time as it finishes (:mod:`core.progress`)."""
     from demo.corpus import generate
     from demo.tiny_models import make_tiny
 
-    timings = []
-    started = time.monotonic()
     corpus = work_dir / "demo"
-    if not (corpus / "corpus.json").exists():
-        generate(corpus, seed=seed)
-    timings.append({"step": "demo-data", "seconds": round(time.monotonic() - started, 1), "state": "Completed"})
-    started = time.monotonic()
-    if not (work_dir / "models" / "mavors").exists():
-        make_tiny(work_dir / "models", seed=seed)
-    timings.append({"step": "make-tiny", "seconds": round(time.monotonic() - started, 1), "state": "Completed"})
+    with progress.task("demo-data"):
+        if not (corpus / "corpus.json").exists():
+            generate(corpus, seed=seed)
+    with progress.task("make-tiny"):
+        if not (work_dir / "models" / "mavors").exists():
+            make_tiny(work_dir / "models", seed=seed)
     summary = end_to_end(EndToEndParams(work_dir=work_dir, use_ray=use_ray))
     curated = summary["curate"]
     summary["tables"] = {
@@ -109,26 +107,5 @@ def demo(work_dir: Path, seed: int = 0, use_ray: bool = False) -> dict[str, Any]
                              "export": s["export"]} for s in summary["stages"]],
         "DPO pairs": [{"domain": d, "reason": r, "inputs": n} for d, reasons in sorted(summary["dpo"]["counts"].items())
                       for r, n in sorted(reasons.items())],
-        "Wall time per step": timings + step_timings(summary["run_id"]),
     }
     return summary
-
-
-def step_timings(flow_run_id: str) -> list[dict[str, Any]]:
-    """Wall time of every task run of a flow run and its subflows, from Prefect's API, in start order."""
-    from prefect import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId
-    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterFlowRunId
-
-    with get_client(sync_client=True) as client:
-        children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
-            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])))
-        ids = [flow_run_id, *(str(c.id) for c in children)]
-        runs = client.read_task_runs(task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=ids)),
-                                     flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)))
-    rows = []
-    for tr in sorted(runs, key=lambda r: r.start_time or r.expected_start_time):
-        seconds = (tr.end_time - tr.start_time).total_seconds() if tr.start_time and tr.end_time else None
-        rows.append({"step": tr.name, "seconds": round(seconds, 1) if seconds is not None else None,
-                     "state": tr.state_name})
-    return rows

@@ -207,10 +207,11 @@ def test_changed_items_replace_their_rows(demo_cat, demo_corpus, tmp_path, ray_l
     assert after["image_captions/cap-0004"]["media_hashes"] == before["image_captions/cap-0008"]["media_hashes"]
 
 
-def test_ingest_without_ray_gives_the_same_catalog(demo_corpus, demo_catalog, tmp_path):
-    store = demo_catalog.parent / "media"
+def test_ingest_without_ray_and_sources_read_in_two_processes_gives_the_same_catalog(demo_corpus, demo_catalog,
+                                                                                     tmp_path):
+    store = demo_catalog.parent / "media"  # the demo catalog: probed on Ray, sources read in this process
     with Catalog(tmp_path / "c.duckdb") as c:
-        ingest(demo_manifests(demo_corpus), c, media_store=store, workers=0, run_id="caller-run")
+        ingest(demo_manifests(demo_corpus), c, media_store=store, workers=0, run_id="caller-run", stage_processes=2)
         # every row written carries the caller's run (its report shows them); no run row of ingest's own
         for table in ("sources", "media", "samples", "quarantine"):
             assert c.query(f"SELECT DISTINCT run_id FROM {table}") == [{"run_id": "caller-run"}], table
