@@ -92,20 +92,17 @@ def recorded_out_root(cat: Catalog, mixture: str) -> Path | None:
 
 
 def run_tasks(fn: Callable[..., Any], jobs: Iterable[tuple], *, parallel: bool,
-              ray_settings: RaySettings | None, on_result: Callable[[Any], None], label: str,
-              total: int | None = None) -> None:
+              ray_settings: RaySettings | None, on_result: Callable[[Any], None], label: str) -> None:
     """Run ``fn(*job)`` for every job (Ray tasks when ``parallel``); ``on_result`` runs in the driver
     as each finishes, so results are recorded while others still run. ``jobs`` may be a stream (a
     generator): at most two tasks per cluster CPU are submitted ahead of the results, so a stream
     of any length is never held whole. A task that fails stops the run with its own exception (e.g.
     :class:`core.storage.StorageError`, not Ray's wrapper of it); the tasks still pending are cancelled.
-    ``label``: the progress task (:mod:`core.progress`) counting jobs, of ``total`` (a sequence's length;
-    None: unknown)."""
-    if isinstance(jobs, Sequence):
-        if not jobs:
-            return
-        total = len(jobs)
-    with progress.task(label, total=total) as bar:
+    ``label``: the progress task (:mod:`core.progress`) counting jobs (of a sequence's length; a stream's
+    total is unknown)."""
+    if isinstance(jobs, Sequence) and not jobs:
+        return
+    with progress.task(label, total=len(jobs) if isinstance(jobs, Sequence) else None) as bar:
         for result in _results(fn, iter(jobs), parallel, ray_settings):
             on_result(result)
             bar.advance()
@@ -294,7 +291,8 @@ def _plan_stage(cat: Catalog, mixture: MixtureConfig, stage: str, profile: str, 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    params = {"mixture": mixture.name, "stage": stage, "profile": profile}
+    members_of = {"mixture": mixture.name, "stage": stage}
+    params = {**members_of, "profile": profile}
     rows_file = out_dir.parent / f".{out_dir.name}.plan.parquet"
     shards_file = out_dir.parent / f".{out_dir.name}.members.parquet"
     with storage_errors(out_dir.parent):
@@ -303,7 +301,7 @@ def _plan_stage(cat: Catalog, mixture: MixtureConfig, stage: str, profile: str, 
     try:
         with cat.transaction() as con:
             con.execute("UPDATE mixture_members SET shard = NULL WHERE mixture = $mixture AND stage = $stage",
-                        {"mixture": mixture.name, "stage": stage})
+                        members_of)
             rows = con.sql(_PLAN_ROWS, params=params).to_arrow_reader(PLAN_PAGE)
             # Python files, not paths: the OS error (errno, "No space left on device") reaches storage_errors,
             # and the file is closed even when closing the Parquet writer fails.
@@ -326,7 +324,7 @@ def _plan_stage(cat: Catalog, mixture: MixtureConfig, stage: str, profile: str, 
         with cat.transaction() as con:
             con.execute("""UPDATE mixture_members m SET shard = p.shard FROM read_parquet($members) p
                            WHERE m.mixture = $mixture AND m.stage = $stage AND m.sample_id = p.sample_id""",
-                        {"mixture": mixture.name, "stage": stage, "members": str(shards_file)})
+                        {**members_of, "members": str(shards_file)})
     finally:
         for scratch in (rows_file, shards_file):
             with storage_errors(scratch):
@@ -381,8 +379,9 @@ def _write_stage(cat: Catalog, mixture: MixtureConfig, stage: str, out_dir: Path
             planned.append(p.path.name)
             row = recorded.get(p.path.name)
             # done: the row's checksum matches the file and the row was written from this plan (same members, JSON)
-            if row is not None and row["plan_sha256"] == plan_sha256(p.records) and is_complete(p.path, row["sha256"]):
-                infos[p.path.name] = existing_info(p.path, p.records)
+            if (row is not None and row["plan_sha256"] == (plan_hash := plan_sha256(p.records))
+                    and is_complete(p.path, row["sha256"])):
+                infos[p.path.name] = existing_info(p.path, p.records, row["sha256"], plan_hash)
                 done.append(p.path.name)
             else:
                 yield str(p.path), p.records

@@ -284,8 +284,8 @@ def write_records(records: Iterable[ShardRecord], out_dir: str | Path, *, prefix
     return infos
 
 
-def existing_info(path: Path, records: Sequence[ShardRecord]) -> ShardInfo:
-    """The info of a shard already on disk (a finished one a rerun keeps), written from ``records``."""
+def existing_info(path: Path, records: Sequence[ShardRecord], sha256: str, plan: str) -> ShardInfo:
+    """The info of a finished shard a rerun keeps, written from ``records``: ``sha256`` and ``plan``
+    (:func:`plan_sha256`) as already checked against its row (:func:`is_complete`), so it is not hashed twice."""
     with storage_errors(path, "read"):
-        return ShardInfo(path.name, str(path), file_sha256(path), len(records), path.stat().st_size,
-                         plan_sha256(records))
+        return ShardInfo(path.name, str(path), sha256, len(records), path.stat().st_size, plan)
